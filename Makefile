@@ -1,0 +1,47 @@
+# Set-up and entry points. Every target creates .venv when missing and installs what it needs.
+# torch is installed first, pinned to the CPU wheel (a bare `torch` requirement pulls a multi-GB CUDA build).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.clipq-installed
+TORCH_SPEC ?= torch==2.13.0
+PYMINOR := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench install libpython lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[all]"
+	touch $(STAMP)
+
+install: $(STAMP) libpython
+
+# The Python-backend stub of tritonserver embeds the shared libpython of the running version.
+libpython:
+	@if ! ldconfig -p | grep -q "libpython$(PYMINOR).so.1.0" && [ ! -e "$$($(PYTHON) -c 'import sysconfig,os;print(os.path.join(sysconfig.get_config_var("LIBDIR"),"libpython$(PYMINOR).so.1.0"))')" ]; then \
+	  echo "installing libpython$(PYMINOR) from Debian"; \
+	  (apt-get update -qq && apt-get install -y -qq libpython$(PYMINOR)) || echo "warning: could not install libpython$(PYMINOR); Triton tests will be skipped"; \
+	fi
+
+demo: install
+	$(VENV)/bin/clipq demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/clipq bench --out bench_results
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs bench_results .pytest_cache

@@ -1,0 +1,1 @@
+"""CLI commands, one module each (``add_parser(subparsers)``; heavy imports inside handlers)."""

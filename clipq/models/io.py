@@ -1,0 +1,229 @@
+"""Checkpoints and the artifact directory on the training side (safetensors / save_pretrained).
+
+``save_*`` write a network under ``checkpoints/`` and record it in the manifest; ``load_*`` read it
+back; ``load_for_export`` gives every network as a module with the exported signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipq.runtime.errors import ArtifactError
+from clipq.runtime.manifest import Manifest
+
+from .export_wrappers import ClipImageTower, ClipTextTower
+from .factory import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PROMPT_DIM,
+    build_clip,
+    build_image_processor,
+    build_lm,
+    get_preset,
+    minilm_dir,
+    wordpiece_tokenizer_file,
+)
+from .img2prompt import EnsembleHead, PromptRegressorA
+from .prompt_encoder import SentenceEncoder
+from .vqa import VQAConfig, VQAModel, VQAProbs
+
+
+# -- tokenizers -----------------------------------------------------------------------------------
+def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_length: int) -> None:
+    """Copy a tokenizer.json into ``tokenizer/<name>/`` with truncation and batch padding set."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(source))
+    pad_id = tok.token_to_id("[PAD]")
+    pad_token = "[PAD]"
+    if pad_id is None:  # CLIP BPE: pads with its end-of-text token
+        pad_token = "<|endoftext|>"
+        pad_id = tok.token_to_id(pad_token) or 0
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    out = m.root / "tokenizer" / name
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    m.add_tree(f"tokenizer/{name}")
+    m.tokenizers[name] = {"path": f"tokenizer/{name}", "max_length": max_length, "pad_id": pad_id}
+
+
+def load_tokenizer(m: Manifest, name: str):
+    """The artifact's tokenizer as a ``tokenizers.Tokenizer`` (truncation/padding configured)."""
+    from tokenizers import Tokenizer
+
+    info = m.tokenizers.get(name)
+    if info is None:
+        raise ArtifactError(f"{m.root}: no tokenizer {name!r} in the manifest")
+    return Tokenizer.from_file(str(m.resolve(f"{info['path']}/tokenizer.json")))
+
+
+def tokenize(tok, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tok.encode_batch(list(texts))
+    ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+    mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+    return ids, mask
+
+
+# -- CLIP -----------------------------------------------------------------------------------------
+def init_clip_artifacts(
+    out: str | os.PathLike[str], preset: str = "tiny", pretrained: str | os.PathLike[str] | None = None
+) -> tuple[Manifest, Any]:
+    """Start an artifact directory: tokenizers, preprocessing and an (untrained or real) CLIP."""
+    m = Manifest.load_or_new(out)
+    pr = get_preset(preset)
+    clip = build_clip(preset, pretrained)
+    size = int(clip.config.vision_config.image_size)
+    if pretrained is not None and (Path(pretrained) / "tokenizer.json").is_file():
+        clip_tok = Path(pretrained) / "tokenizer.json"
+        clip_len = int(clip.config.text_config.max_position_embeddings)
+    else:
+        clip_tok, clip_len = wordpiece_tokenizer_file(), pr.clip_max_length
+    write_tokenizer(m, "clip", clip_tok, clip_len)
+    write_tokenizer(m, "lm", wordpiece_tokenizer_file(), pr.question_max_length)
+    write_tokenizer(m, "prompt", wordpiece_tokenizer_file(), pr.prompt_max_length)
+    mean, std = list(CLIP_MEAN), list(CLIP_STD)
+    if pretrained is not None and (Path(pretrained) / "preprocessor_config.json").is_file():
+        pp = json.loads((Path(pretrained) / "preprocessor_config.json").read_text())
+        mean, std = pp.get("image_mean", mean), pp.get("image_std", std)
+    m.preprocessing = {
+        "size": size, "mean": mean, "std": std, "resize": "shortest_side", "resample": "bicubic", "crop": "center",
+    }
+    m.dims = {"clip_embed": int(clip.config.projection_dim), "prompt_embed": PROMPT_DIM}
+    m.extra["preset"] = preset
+    m.extra["pretrained"] = str(pretrained) if pretrained else None
+    m.extra["lm"] = pr.lm
+    m.extra["vqa_prefix_len"] = pr.vqa_prefix_len
+    return m, clip
+
+
+def save_clip(m: Manifest, clip, name: str = "clip") -> None:
+    d = m.root / "checkpoints" / name
+    if d.exists():
+        shutil.rmtree(d)
+    clip.save_pretrained(d, safe_serialization=True)
+    build_image_processor(m.preprocessing["size"]).save_pretrained(d)
+    shutil.copy(m.root / m.tokenizers["clip"]["path"] / "tokenizer.json", d / "tokenizer.json")
+    m.add_tree(f"checkpoints/{name}")
+    m.checkpoints[name] = f"checkpoints/{name}"
+
+
+def load_clip(m: Manifest, name: str = "clip"):
+    rel = m.checkpoints.get(name)
+    if rel is None:
+        raise ArtifactError(f"{m.root}: no {name!r} checkpoint; run `clipq train clip` first")
+    return build_clip(pretrained=m.resolve_dir(rel))
+
+
+# -- generic module checkpoints -------------------------------------------------------------------
+def _save_module(m: Manifest, name: str, module: nn.Module, config: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    d = m.root / "checkpoints" / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    m.add_tree(f"checkpoints/{name}")
+    m.checkpoints[name] = f"checkpoints/{name}"
+
+
+def _load_state(m: Manifest, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    rel = m.checkpoints.get(name)
+    if rel is None:
+        raise ArtifactError(f"{m.root}: no {name!r} checkpoint in the manifest; train it first")
+    d = m.resolve_dir(rel)
+    return load_file(str(d / "model.safetensors")), json.loads((d / "config.json").read_text())
+
+
+def save_vqa(m: Manifest, variant: str, model: VQAModel) -> None:
+    lm_cfg = model.lm.config.to_dict()
+    _save_module(m, f"vqa_{variant}", model, {"vqa": model.cfg.to_dict(), "lm_config": lm_cfg, "variant": variant})
+
+
+def load_vqa(m: Manifest, variant: str) -> VQAModel:
+    from transformers import AutoConfig, AutoModel
+
+    state, cfg = _load_state(m, f"vqa_{variant}")
+    lm_cfg = dict(cfg["lm_config"])
+    model_type = lm_cfg.pop("model_type")
+    kwargs = {"add_pooling_layer": False} if model_type == "bert" else {}
+    lm = AutoModel.from_config(AutoConfig.for_model(model_type, **lm_cfg), attn_implementation="eager", **kwargs)
+    model = VQAModel(VQAConfig(**cfg["vqa"]), lm)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def save_img2prompt(m: Manifest, model: PromptRegressorA) -> None:
+    _save_module(m, "img2prompt_a", model, {"hidden": model.head[0].out_features})
+
+
+def load_img2prompt(m: Manifest) -> PromptRegressorA:
+    state, cfg = _load_state(m, "img2prompt_a")
+    model = PromptRegressorA(load_clip(m), hidden=cfg["hidden"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_prompt_encoder() -> SentenceEncoder:
+    return SentenceEncoder.pretrained()
+
+
+def load_for_export(artifacts: str | os.PathLike[str], vqa_variant: str | None = None) -> dict[str, nn.Module]:
+    """Every trained network of an artifact directory, wrapped with its exported signature.
+
+    Networks whose checkpoint is missing are left out (export reports which).
+    """
+    m = Manifest.load(artifacts)
+    out: dict[str, nn.Module] = {}
+    clip = load_clip(m).eval()
+    out["clip_image"] = ClipImageTower(clip).eval()
+    out["clip_text"] = ClipTextTower(clip).eval()
+    variant = vqa_variant or m.extra.get("vqa", {}).get("export_variant")
+    if variant is None:
+        have = sorted(k for k in m.checkpoints if k.startswith("vqa_"))
+        variant = have[-1][4:] if have else None
+    if variant is not None:
+        out["vqa"] = VQAProbs(load_vqa(m, variant)).eval()
+    if "img2prompt_a" in m.checkpoints:
+        out["img2prompt_a"] = load_img2prompt(m)
+    out["ensemble_head"] = EnsembleHead().eval()
+    out["prompt_text"] = load_prompt_encoder()
+    return out
+
+
+def build_random_artifacts(
+    out: str | os.PathLike[str], preset: str = "tiny", answers: list[str] | None = None, seed: int = 0
+) -> Manifest:
+    """An artifact directory of untrained networks (for tests and speed benchmarks)."""
+    torch.manual_seed(seed)
+    m, clip = init_clip_artifacts(out, preset)
+    save_clip(m, clip)
+    answers = answers or ["red", "green", "blue", "one", "two", "three", "left", "right", "circle", "square"]
+    m.answer_vocab = list(answers)
+    pr = get_preset(preset)
+    lm = build_lm(pr.lm, seed=seed)
+    vqa = VQAModel(VQAConfig(embed_dim=m.dims["clip_embed"], n_answers=len(answers), prefix_len=pr.vqa_prefix_len), lm)
+    save_vqa(m, "v2", vqa)
+    m.extra["vqa"] = {"export_variant": "v2"}
+    save_img2prompt(m, PromptRegressorA(clip))
+    m.save()
+    return m
+
+
+__all__ = [
+    "build_random_artifacts", "init_clip_artifacts", "load_clip", "load_for_export", "load_img2prompt",
+    "load_prompt_encoder", "load_tokenizer", "load_vqa", "minilm_dir", "save_clip", "save_img2prompt",
+    "save_vqa", "tokenize", "write_tokenizer",
+]

@@ -1,0 +1,9 @@
+"""clipq.runtime: the torch-free client API (preprocessing, tokenisation, backends, index, tasks).
+
+Importing this package must never import torch: a deployment installs the runtime only.
+"""
+
+from __future__ import annotations
+
+from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
+from .manifest import Manifest, ModelSpec, TensorSpec  # noqa: F401

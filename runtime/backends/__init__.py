@@ -1,0 +1,1 @@
+"""Backends that implement :class:`clipq.runtime.backend.Backend`."""

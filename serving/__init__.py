@@ -1,0 +1,1 @@
+"""clipq.serving: renders a Triton model repository from artifacts and runs tritonserver."""
