@@ -1,0 +1,42 @@
+"""`clipq train clip|vqa|img2prompt|reading`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on the embedded world or real data")
+    p.add_argument("task", choices=["clip", "vqa", "img2prompt", "reading", "all"])
+    p.add_argument("--data", required=True, help="dataset root (e.g. from `clipq data synth`)")
+    p.add_argument("--out", "--artifacts", dest="out", required=True, help="artifact directory")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny (default), base, test")
+    p.add_argument("--pretrained", default=None, help="local CLIP checkpoint (save_pretrained directory)")
+    p.add_argument("--lm-pretrained", default=None, help="local language-model checkpoint for VQA")
+    p.add_argument("--variant", default="all", help="VQA variant(s): v1..v4, comma-separated, or all")
+    p.add_argument("--steps", type=int, default=None, help="CLIP training steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--no-hard-negatives", action="store_true", help="CLIP: random batches only")
+    p.add_argument("--questions-per-epoch", type=int, default=None, help="VQA: cap per epoch (time budget)")
+    p.add_argument("--filter-threshold", type=float, default=None, help="img2prompt: CLIP cosine filter")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipq.train.pipeline import TrainSettings, train_tasks
+
+    s = TrainSettings(
+        preset=args.preset, pretrained=args.pretrained, lm_pretrained=args.lm_pretrained,
+        clip_steps=args.steps, batch_size=args.batch_size, hard_negatives=not args.no_hard_negatives,
+        vqa_variants=None if args.variant == "all" else args.variant.split(","),
+        questions_per_epoch=args.questions_per_epoch, filter_threshold=args.filter_threshold,
+        threads=args.threads, seed=args.seed, progress=not args.quiet,
+    )
+    tasks = ["clip", "vqa", "img2prompt", "reading"] if args.task == "all" else [args.task]
+    out = train_tasks(args.data, args.out, tasks, s)
+    print(json.dumps(out, indent=2, default=str))
+    return 0

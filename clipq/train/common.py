@@ -1,0 +1,78 @@
+"""Shared training plumbing: seeds, threads, schedules, image tensors, batched inference."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from clipq.models.factory import CLIP_MEAN, CLIP_STD
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None = None) -> int:
+    n = threads or int(os.environ.get("CLIPQ_THREADS", 0)) or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def to_pixel_values(images: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """uint8 [N,H,W,3] -> normalised float32 [N,3,S,S] (resize only when the size differs).
+
+    The synthetic world is drawn at the model's input size, so training needs no resize; real
+    photos go through the same shortest-side bicubic resize + centre crop as the runtime.
+    """
+    if size is not None and images.shape[1:3] != (size, size):
+        from PIL import Image
+
+        from clipq.runtime.preprocess import ImagePreprocessor
+
+        pre = ImagePreprocessor(size, CLIP_MEAN, CLIP_STD)
+        return torch.from_numpy(pre([Image.fromarray(a) for a in images]))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+@torch.inference_mode()
+def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Apply ``fn`` to aligned slices of ``tensors`` and concatenate the results."""
+    n = tensors[0].shape[0]
+    outs = [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def mean_cosine(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    a = torch.as_tensor(a, dtype=torch.float32)
+    b = torch.as_tensor(b, dtype=torch.float32)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
+def pick(seq: Sequence, idx: np.ndarray) -> list:
+    return [seq[i] for i in idx]

@@ -1,0 +1,101 @@
+"""Training smoke runs of every task on the small world, the evaluation, and the CLI entry points."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clipq.cli import main
+from clipq.runtime.manifest import Manifest
+
+
+def test_training_writes_every_checkpoint(trained_artifacts):
+    out, summary = trained_artifacts
+    m = Manifest.load(out)
+    for name in ("clip", "vqa_v1", "vqa_v2", "vqa_v3", "vqa_v4", "img2prompt_a", "clip_reading"):
+        assert name in m.checkpoints, name
+        m.resolve_dir(m.checkpoints[name])  # hashes verified
+    assert set(summary["vqa"]) == {"v1", "v2", "v3", "v4"}
+    for r in summary["vqa"].values():
+        assert 0.0 <= r["overall"] <= 100.0
+        assert {"object", "number", "color", "location"} <= set(r)
+    assert m.answer_vocab and m.extra["vqa"]["export_variant"] in {"v1", "v2", "v3", "v4"}
+    i2p = summary["img2prompt"]
+    assert -1.0 <= i2p["A"] <= 1.0 and -1.0 <= i2p["B"] <= 1.0
+    assert i2p["ensemble"] >= max(i2p["A"], i2p["B"]) - 0.05  # alpha tuned on val, scored on test
+    assert (out / "knn").is_dir() and m.extra["img2prompt"]["k"] >= 1
+    assert summary["reading"]["candidates"] >= 2
+
+
+def test_prompt_targets_are_real_minilm(trained_artifacts):
+    """The img2prompt targets are all-MiniLM-L6-v2 mean-pooled embeddings, as sentence-transformers computes."""
+    from sentence_transformers import SentenceTransformer
+
+    from clipq.models.factory import minilm_dir
+    from clipq.train.img2prompt import prompt_embeddings
+
+    out, _ = trained_artifacts
+    texts = ["two red circles on the left, flat vector art", "a blue star at the top"]
+    ours = prompt_embeddings(Manifest.load(out), texts).numpy()
+    ref = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_eval_cli_prints_table_and_writes_json(trained_artifacts, small_world, tmp_path, capsys):
+    out, _ = trained_artifacts
+    dest = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--data", str(small_world), "--json", str(dest)]) == 0
+    printed = capsys.readouterr().out
+    assert "VQA accuracy" in printed and "R@5" in printed and "mean cosine" in printed
+    res = json.loads(dest.read_text())
+    for name in ("single", "ensemble"):
+        r = res["retrieval"][name]
+        assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+
+
+def test_train_cli_single_variant(small_world, trained_artifacts, tmp_path):
+    """`clipq train vqa --variant v3` continues v2 from the artifacts; an unknown variant is refused."""
+    import shutil
+
+    src, _ = trained_artifacts
+    art = tmp_path / "a"
+    shutil.copytree(src, art)
+    rc = main(["train", "vqa", "--data", str(small_world), "--out", str(art), "--variant", "v3",
+               "--questions-per-epoch", "32", "--quiet", "--threads", "2"])
+    assert rc == 0
+    assert "vqa_v3" in Manifest.load(art).checkpoints
+    assert main(["train", "vqa", "--data", str(small_world), "--out", str(art), "--variant", "v9", "--quiet"]) == 2
+
+
+def test_train_missing_data_is_a_clear_error(tmp_path, capsys):
+    rc = main(["train", "clip", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--preset", "test",
+               "--steps", "1", "--quiet"])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_kmeans_groups_similar_vectors():
+    import torch
+
+    from clipq.train.clip import kmeans
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.tensor([1.0, 0, 0]) + 0.05 * torch.randn(20, 3, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.tensor([0, 1.0, 0]) + 0.05 * torch.randn(20, 3, generator=g), dim=-1)
+    labels = kmeans(torch.cat([a, b]), 2, seed=0)
+    assert len(set(labels[:20].tolist())) == 1 and len(set(labels[20:].tolist())) == 1
+    assert labels[0] != labels[20]
+
+
+@pytest.mark.parametrize("task", ["clip"])
+def test_hard_negative_batches_come_from_one_cluster(task):
+    from clipq.train.clip import _sample_batch
+
+    rng = np.random.default_rng(0)
+    clusters = [np.arange(0, 40), np.arange(40, 100)]
+    idx = _sample_batch(rng, 100, 16, clusters, 0.5)
+    assert len(idx) == len(set(idx.tolist())) == 16
+    in_one = max(np.isin(idx, c).sum() for c in clusters)
+    assert in_one >= 8
