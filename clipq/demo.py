@@ -16,7 +16,8 @@ from typing import Any
 from clipq.runtime.errors import ClipqError
 
 #: the demo's training budget: data + all training in well under 10 minutes on 2 CPU cores
-DEMO_TRAIN = dict(clip_steps=600, questions_per_epoch=4000, img2prompt_epochs=3, reading_steps=120)
+DEMO_TRAIN = dict(clip_steps=500, questions_per_epoch=3000, vqa_batch_size=96, vqa_lr=1e-3, img2prompt_epochs=3,
+                  reading_steps=100)
 
 
 @dataclass
@@ -71,10 +72,93 @@ def stage_eval(ctx: DemoContext) -> None:
     print(f"written: {res['_path']}")
 
 
+def stage_export(ctx: DemoContext) -> None:
+    from clipq.export import ExportOptions, export_artifacts
+
+    report = export_artifacts(ctx.artifacts, ExportOptions(int8=True, data=str(ctx.data)))
+    print(report.markdown())
+
+
+def _test_items(ctx: DemoContext) -> tuple[list[str], list[Any]]:
+    from clipq.readers import World
+
+    split = World(ctx.data).split("test")
+    return list(split.image_ids), list(split.image_paths)
+
+
+def stage_query(ctx: DemoContext) -> None:
+    """One query of each kind through the in-process runtime (onnxruntime, no torch)."""
+    import clipq.runtime as rt
+    from clipq.runtime.fusion import KnnPromptFusion, describe
+
+    ids, paths = _test_items(ctx)
+    image = str(paths[0])
+    backend = rt.connect(ctx.artifacts)
+    try:
+        clip = rt.ClipEncoder(backend)
+        img = clip.encode_images([image])
+        txt = clip.encode_texts(["two red circles on the left", "a blue star at the top"])
+        print(f"clip_image {image}: {img.shape} (norm {float((img ** 2).sum()) ** 0.5:.3f}); "
+              f"clip_text: {txt.shape}; image-text cosine {[round(float(x), 3) for x in (img @ txt.T)[0]]}")
+        vqa = rt.VqaModel(backend)
+        for q in ("what color are the shapes ?", "how many shapes are in the picture ?", "where are the shapes ?"):
+            a = vqa.ask([image], [q], top_k=3)[0]
+            print(f"ask {q!r}: {a.answer} ({a.prob:.2f}); top {[(t, round(p, 2)) for t, p in a.top]}")
+        m = backend.manifest
+        fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
+        d = describe([image], clip=clip, regressor=rt.PromptRegressor(backend), fusion=fusion,
+                     head=rt.EnsembleHead(backend), alpha=float(m.extra.get("img2prompt", {}).get("alpha", 0.5)))[0]
+        print(f"describe: nearest known prompts {[(t, round(sc, 3)) for t, sc in d.closest]}")
+        ctx.report["query"] = {"image": image, "vqa": a.to_dict(), "describe": d.closest}
+    finally:
+        backend.close()
+
+
+def stage_index(ctx: DemoContext) -> None:
+    """Index the test images, run three text searches and one image search, draw a contact sheet."""
+    import clipq.runtime as rt
+    from clipq.runtime.index import ImageIndex
+    from clipq.runtime.search import ImageSearch, contact_sheet
+
+    ids, paths = _test_items(ctx)
+    backend = rt.connect(ctx.artifacts)
+    try:
+        clip = rt.ClipEncoder(backend)
+        index = ImageIndex.from_images([str(p) for p in paths], clip, ids=ids,
+                                       metadata=[{"path": str(p)} for p in paths], progress=ctx.progress)
+        index_dir = index.save(ctx.out / "test.index")
+        rep = index.recall_check(k=10)
+        print(f"index: {len(index)} images -> {index_dir}; HNSW recall@10 vs exact {rep.recall:.3f}")
+        search = ImageSearch(index, clip)
+        queries = ["two red circles on the left", "a yellow star at the top", "four blue squares at the bottom"]
+        results = search.search_many(queries, k=5)
+        for q, r in zip(queries, results):
+            print(f"search {q!r}: " + ", ".join(f"{x.id} ({x.score:.3f})" for x in r))
+        sheet = contact_sheet(queries, results, ctx.out / "search_contact_sheet.png")
+        print(f"contact sheet: {sheet}")
+        ctx.report["index"] = {"path": str(index_dir), "recall@10": rep.recall,
+                               "searches": {q: [x.id for x in r] for q, r in zip(queries, results)}}
+    finally:
+        backend.close()
+
+
+def stage_serve(ctx: DemoContext) -> None:
+    """Start tritonserver on the artifacts, one query of each kind through it, stop it."""
+    from clipq.serving import serve_and_query
+
+    _, paths = _test_items(ctx)
+    ctx.report["serve"] = serve_and_query(ctx.artifacts, image=str(paths[0]),
+                                          question="what color are the shapes ?", text="two red circles on the left")
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], Any]]] = [
     ("data", stage_data),
     ("train", stage_train),
     ("eval", stage_eval),
+    ("export", stage_export),
+    ("query", stage_query),
+    ("index", stage_index),
+    ("serve", stage_serve),
 ]
 
 

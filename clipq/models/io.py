@@ -113,6 +113,8 @@ def save_clip(m: Manifest, clip, name: str = "clip") -> None:
     shutil.copy(m.root / m.tokenizers["clip"]["path"] / "tokenizer.json", d / "tokenizer.json")
     m.add_tree(f"checkpoints/{name}")
     m.checkpoints[name] = f"checkpoints/{name}"
+    if name == "clip":  # identity of the embedding space: indexes built on it record this id
+        m.extra["clip_model_id"] = m.files[f"checkpoints/{name}/model.safetensors"]["sha256"]
 
 
 def load_clip(m: Manifest, name: str = "clip"):

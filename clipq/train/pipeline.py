@@ -21,6 +21,8 @@ class TrainSettings:
     hard_negatives: bool = True
     vqa_variants: list[str] | None = None
     questions_per_epoch: int | None = None
+    vqa_lr: float | None = None
+    vqa_batch_size: int | None = None
     filter_threshold: float | None = None
     img2prompt_epochs: int | None = None
     reading_steps: int | None = None
@@ -45,6 +47,10 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
         cfg = VQATrainConfig(seed=s.seed)
         if s.questions_per_epoch is not None:
             cfg = replace(cfg, questions_per_epoch=s.questions_per_epoch)
+        if s.vqa_lr is not None:
+            cfg = replace(cfg, lr=s.vqa_lr)
+        if s.vqa_batch_size is not None:
+            cfg = replace(cfg, batch_size=s.vqa_batch_size)
         results["vqa"] = train_vqa(data, out, variants=s.vqa_variants, cfg=cfg, lm_pretrained=s.lm_pretrained,
                                    threads=s.threads, progress=s.progress)
     if "img2prompt" in tasks:

@@ -7,6 +7,7 @@ decay; lr 1e-4 for the mapper and head, 1e-5 for the LM once it is unfrozen (v3,
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import Counter
@@ -179,8 +180,7 @@ def train_vqa(
                 if f"vqa_{spec.init_from}" not in m.checkpoints:
                     raise ClipqError(f"variant {v} continues {spec.init_from}: train {spec.init_from} first")
                 src = load_vqa(m, spec.init_from)
-            model = VQAModel(src.cfg, src.lm.__class__(src.lm.config))
-            model.load_state_dict(src.state_dict())
+            model = copy.deepcopy(src)  # the earlier variant stays as trained
         loss = float("nan")
         if spec.epochs_frozen:
             model.freeze_lm(True)
@@ -198,7 +198,7 @@ def train_vqa(
                 betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
             )
             for e in range(spec.epochs_unfrozen):
-                loss = _run_epoch(model, opt, emb_train, qa_train, cfg, rng, f"vqa {v} epoch (LM unfrozen)", progress)
+                loss = _run_epoch(model, opt, emb_train, qa_train, cfg, rng, f"vqa {v} epoch {e + 1} (LM unfrozen)", progress)
         model.freeze_lm(False)
         model.eval()
         acc = accuracy_by_type(predict(model, emb_test, qa_test), qa_test)

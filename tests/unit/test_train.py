@@ -99,3 +99,23 @@ def test_hard_negative_batches_come_from_one_cluster(task):
     assert len(idx) == len(set(idx.tolist())) == 16
     in_one = max(np.isin(idx, c).sum() for c in clusters)
     assert in_one >= 8
+
+
+def test_vqa_variants_chain_with_pretrained_minilm(small_world, tmp_path):
+    """The embedded default's LM (packaged all-MiniLM-L6-v2): v2 -> v3 continues the same weights."""
+    from clipq.models.io import build_random_artifacts, load_vqa
+    from clipq.train.vqa import VQATrainConfig, train_vqa
+
+    m = build_random_artifacts(tmp_path / "a", "tiny", answers=[])
+    m.answer_vocab = []
+    m.save()
+    res = train_vqa(str(small_world), str(tmp_path / "a"), variants=["v2", "v3"],
+                    cfg=VQATrainConfig(questions_per_epoch=16, batch_size=8), threads=2, progress=False)
+    assert set(res) >= {"v2", "v3"}
+    m = Manifest.load(tmp_path / "a")
+    v2, v3 = load_vqa(m, "v2"), load_vqa(m, "v3")
+    assert type(v3.lm).__name__ == "BertModel"
+    # v3 trained the LM (lr 1e-5) on top of v2: the LM weights moved, the architecture did not
+    w2 = v2.lm.encoder.layer[0].attention.self.query.weight
+    w3 = v3.lm.encoder.layer[0].attention.self.query.weight
+    assert w2.shape == w3.shape and not np.allclose(w2.detach().numpy(), w3.detach().numpy())

@@ -1,0 +1,232 @@
+"""``clipq index build|add|delete|info``: manage an HNSW image index on disk.
+
+Also holds the small helpers the other retrieval commands share (backend options, opening an
+encoder, reading a captions file). Only stdlib at import time; the runtime loads inside handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ARTIFACTS = "runs/demo/artifacts"
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--artifacts``, ``--server`` and ``--json``, the same on every retrieval command."""
+    p.add_argument(
+        "--artifacts",
+        default=os.environ.get("CLIPQ_ARTIFACTS", DEFAULT_ARTIFACTS),
+        help="artifact directory (default: $CLIPQ_ARTIFACTS or %(default)s)",
+    )
+    p.add_argument("--server", default=None, metavar="URL", help="Triton server (grpc://host:port or http://host:port)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines instead of text")
+
+
+def open_encoder(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Connect to the backend the arguments name; returns (backend, ClipEncoder)."""
+    import clipq.runtime as rt
+    from clipq.runtime.tasks import ClipEncoder
+
+    backend = rt.connect(args.artifacts, server=args.server)
+    try:
+        return backend, ClipEncoder(backend)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def read_captions(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Metadata by image id from a captions CSV (header ``image,text``; the first row per image wins).
+
+    Raises:
+        DataFormatError: the file is missing, has no such header, or a row is short.
+    """
+    import csv
+
+    from clipq.runtime.errors import DataFormatError
+
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"image", "text"} <= set(reader.fieldnames):
+                raise DataFormatError("expected a header with columns image,text", path=str(path), line=1)
+            for line, row in enumerate(reader, start=2):
+                if row.get("image") is None or row.get("text") is None:
+                    raise DataFormatError("short row", path=str(path), line=line)
+                out.setdefault(row["image"], {"caption": row["text"]})
+    except OSError as e:
+        raise DataFormatError(f"cannot read: {e}", path=str(path)) from e
+    return out
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- the command -----------------------------------------------------------------------------------
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("index", help="build, change and inspect an image index (HNSW)")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    sub.required = True
+
+    b = sub.add_parser("build", help="encode images and build an index")
+    b.add_argument("images", nargs="+", help="image folders (searched recursively) and/or image files")
+    b.add_argument("-o", "--out", required=True, help="index directory to write")
+    b.add_argument("--captions", help="CSV with header image,text: adds a caption to each image's metadata")
+    b.add_argument("--space", default="cosine", choices=("cosine", "ip", "l2"))
+    b.add_argument("--M", type=int, default=16, help="graph degree (default %(default)s)")
+    b.add_argument("--ef-construction", type=int, default=200, help="build candidate list (default %(default)s)")
+    b.add_argument("--ef", type=int, default=64, help="search candidate list (default %(default)s)")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--skip-invalid", action="store_true", help="skip unreadable images instead of failing")
+    b.add_argument("--force", action="store_true", help="replace an existing index")
+    b.add_argument("--no-progress", action="store_true")
+    add_backend_args(b)
+    b.set_defaults(func=run_build)
+
+    a = sub.add_parser("add", help="encode images and add them to an index")
+    a.add_argument("index", help="index directory")
+    a.add_argument("images", nargs="+", help="image folders and/or files")
+    a.add_argument("--id", dest="ids", action="append", help="id of each image file, in order (repeat)")
+    a.add_argument("--captions", help="CSV with header image,text")
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--skip-invalid", action="store_true")
+    a.add_argument("--no-progress", action="store_true")
+    add_backend_args(a)
+    a.set_defaults(func=run_add)
+
+    d = sub.add_parser("delete", help="delete items by id")
+    d.add_argument("index", help="index directory")
+    d.add_argument("ids", nargs="+", help="ids to delete")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_delete)
+
+    i = sub.add_parser("info", help="describe an index (and optionally measure its recall)")
+    i.add_argument("index", help="index directory")
+    i.add_argument("--recall", action="store_true", help="measure recall@k against exact search")
+    i.add_argument("-k", type=int, default=10, help="k for --recall (default %(default)s)")
+    i.add_argument("--queries", type=int, default=200, help="sampled queries for --recall")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_info)
+
+
+def _add_images(index: Any, encoder: Any, args: argparse.Namespace, ids: list[str] | None = None) -> Any:
+    """Add every folder/file of ``args.images``; returns the merged AddReport."""
+    from clipq.runtime.errors import InvalidInputError
+    from clipq.runtime.index import AddReport
+
+    captions = read_captions(args.captions) if args.captions else None
+    folders = [p for p in args.images if Path(p).is_dir()]
+    files = [p for p in args.images if not Path(p).is_dir()]
+    missing = [p for p in files if not Path(p).is_file()]
+    if missing:
+        raise InvalidInputError(f"no such file or folder: {missing[0]}")
+    if ids is not None and (folders or len(ids) != len(files)):
+        raise InvalidInputError("--id needs one id per image file (and no folders)")
+    total = AddReport()
+    common = {"batch_size": args.batch_size, "progress": not args.no_progress, "skip_invalid": args.skip_invalid}
+    for folder in folders:
+        rep = index.add_images(folder, encoder, metadata=captions, **common)
+        total.added += rep.added
+        total.skipped += rep.skipped
+    if files:
+        file_ids = ids if ids is not None else [Path(f).stem for f in files]
+        rep = index.add_images(files, encoder, ids=file_ids, metadata=captions, **common)
+        total.added += rep.added
+        total.skipped += rep.skipped
+    return total
+
+
+def _report(action: str, path: str, index: Any, rep: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({"action": action, "index": path, "added": len(rep.added), "skipped": rep.skipped, **index.info()})
+        return
+    print(f"{action}: {path}: {len(rep.added)} images added, {len(index)} in the index")
+    for source, reason in rep.skipped:
+        print(f"  skipped {source}: {reason}")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from clipq.runtime.errors import InvalidInputError
+    from clipq.runtime.index import SIDECAR_NAME, ImageIndex
+
+    out = Path(args.out)
+    if (out / SIDECAR_NAME).exists() and not args.force:
+        raise InvalidInputError(f"{out} already holds an index: pass --force to replace it")
+    backend, encoder = open_encoder(args)
+    try:
+        index = ImageIndex(
+            encoder.dim,
+            space=args.space,
+            M=args.M,
+            ef_construction=args.ef_construction,
+            ef=args.ef,
+            model_id=getattr(encoder, "model_id", None),
+            model_hash=getattr(encoder, "model_hash", None),
+        )
+        rep = _add_images(index, encoder, args)
+    finally:
+        backend.close()
+    if not len(index):
+        raise InvalidInputError("no image could be indexed")
+    index.save(out)
+    _report("built", str(out), index, rep, args.json)
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from clipq.runtime.index import ImageIndex
+
+    backend, encoder = open_encoder(args)
+    try:
+        index = ImageIndex.load(args.index, encoder=encoder)
+        rep = _add_images(index, encoder, args, ids=args.ids)
+    finally:
+        backend.close()
+    index.save(args.index)
+    _report("added", args.index, index, rep, args.json)
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from clipq.runtime.index import ImageIndex
+
+    index = ImageIndex.load(args.index)
+    n = index.delete(args.ids)
+    index.save(args.index)
+    if args.json:
+        print_json({"action": "deleted", "index": args.index, "deleted": n, **index.info()})
+    else:
+        print(f"deleted: {args.index}: {n} items, {len(index)} left ({index.deleted_count} awaiting rebuild)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from clipq.runtime.index import ImageIndex
+
+    index = ImageIndex.load(args.index)
+    info = {"index": args.index, **index.info()}
+    if args.recall:
+        info["recall"] = index.recall_check(k=args.k, n_queries=args.queries).to_dict()
+    if args.json:
+        print_json(info)
+        return 0
+    model = info["model_id"] or "unknown"
+    print(f"{args.index}: {info['count']} items ({info['deleted']} deleted, capacity {info['capacity']})")
+    print(f"  dim {info['dim']}, space {info['space']}, M {info['M']}, ef_construction {info['ef_construction']}, ef {info['ef']}")
+    print(f"  model {model[:16]}{'...' if len(model) > 16 else ''}")
+    if args.recall:
+        r = info["recall"]
+        print(
+            f"  recall@{r['k']} {r['recall']:.4f} (min {r['min_recall']:.2f}) on {r['n_queries']} queries at ef {r['ef']}; "
+            f"HNSW {r['hnsw_qps']:.0f} QPS vs exact {r['exact_qps']:.0f} QPS"
+        )
+    return 0

@@ -1,0 +1,116 @@
+"""``clipq tune``: sweep the image-to-prompt ensemble's alpha and Model B's K on validation data.
+
+The paper left both open. This scores ``normalize(alpha*A + (1-alpha)*B_K)`` by mean cosine to the
+true prompt embeddings for every (alpha, K), prints the grid, checks the exported ``ensemble_head``
+against the numpy reference at the best cell, and with ``--write`` stores the best K and alpha in
+the artifact's ``knn/knn.json`` (and refreshes the manifest's hashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_parser(subparsers: Any) -> None:
+    from clipq.commands.index import add_backend_args
+
+    p = subparsers.add_parser("tune", help="sweep the image-to-prompt ensemble's alpha and K on validation data")
+    p.add_argument("--data", required=True, help="data directory (as `clipq data synth` writes it)")
+    p.add_argument("--split", default="val", help="split to tune on (default %(default)s)")
+    p.add_argument("--alphas", type=_floats, default=None, help="comma-separated weights of Model A (default 0,0.1,..,1)")
+    p.add_argument("--ks", type=_ints, default=None, help="comma-separated K values (default 1,3,5,10,20,50)")
+    p.add_argument("--weighting", choices=("inverse_distance", "softmax", "uniform"), help="override Model B's weighting")
+    p.add_argument("--temperature", type=float, help="override the softmax temperature")
+    p.add_argument("--limit", type=int, help="use at most this many validation images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--write", action="store_true", help="store the best K and alpha in <artifacts>/knn/knn.json")
+    add_backend_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    import clipq.runtime as rt
+    from clipq.commands.index import print_json
+    from clipq.readers import World
+    from clipq.runtime.errors import InvalidInputError
+    from clipq.runtime.fusion import DEFAULT_ALPHAS, DEFAULT_KS, KnnPromptFusion, ensemble, mean_cosine, sweep
+
+    alphas = args.alphas or list(DEFAULT_ALPHAS)
+    ks = args.ks or list(DEFAULT_KS)
+    if any(not 0 <= a <= 1 for a in alphas) or any(k < 1 for k in ks):
+        raise InvalidInputError("alphas must lie in [0, 1] and K values be >= 1")
+
+    split = World(args.data).split(args.split)
+    ids = [i for i in split.image_ids if i in split.prompts]
+    if args.limit:
+        ids = ids[: args.limit]
+    if not ids:
+        raise InvalidInputError(f"split {args.split!r} of {args.data} has no images with prompts")
+    paths = [str(split.path_of(i)) for i in ids]
+    prompts = [split.prompts[i] for i in ids]
+
+    backend = rt.connect(args.artifacts, server=args.server)
+    try:
+        encoder = rt.ClipEncoder(backend)
+        knn_dir = Path(backend.manifest.root) / "knn"
+        if any(f.startswith("knn/") for f in backend.manifest.files):
+            backend.manifest.resolve_dir("knn")  # hashes checked against the manifest
+        fusion = KnnPromptFusion.load(knn_dir, encoder=encoder)
+        if args.weighting:
+            fusion.weighting = args.weighting
+        if args.temperature:
+            fusion.temperature = args.temperature
+        image_embeds = encoder.encode_images(paths, batch_size=args.batch_size, progress=not args.json)
+        a_val = rt.PromptRegressor(backend).predict(paths, batch_size=args.batch_size)
+        targets = rt.PromptEncoder(backend).encode(prompts)
+        b_by_k = fusion.predict_many_k(image_embeds, ks)
+        table = sweep(a_val, b_by_k, targets, alphas, ks)
+        best = table.best
+        graph = rt.EnsembleHead(backend).fuse(a_val, b_by_k[best.k], best.alpha)
+    finally:
+        backend.close()
+    reference = ensemble(a_val, b_by_k[best.k], best.alpha)
+    head = {"mean_cosine": mean_cosine(graph, targets), "max_abs_diff": float(np.abs(graph - reference).max())}
+
+    if args.write:
+        manifest = rt.Manifest.load(backend.manifest.root)  # before the change: loading checks file sizes
+        fusion.k, fusion.alpha = best.k, best.alpha
+        fusion.write_config(knn_dir)
+        manifest.add_tree("knn")
+        manifest.save()
+
+    if args.json:
+        print_json({
+            "split": args.split, "n": len(ids), "weighting": fusion.weighting, "temperature": fusion.temperature,
+            **table.to_dict(), "ensemble_head": head, "written": bool(args.write),
+        })
+        return 0
+    print(f"image -> prompt on {len(ids)} {args.split} images: mean cosine to the true prompt embedding")
+    print(f"Model B weighting: {fusion.weighting}" + (f" (T={fusion.temperature:g})" if fusion.weighting == "softmax" else ""))
+    print()
+    print(table.to_markdown())
+    print()
+    a_only, b_only = table.model_a(), table.model_b()
+    if a_only is not None:
+        print(f"Model A alone (alpha=1): {a_only:.4f}")
+    if b_only:
+        kb = max(b_only, key=b_only.__getitem__)
+        print(f"Model B alone (alpha=0): best {b_only[kb]:.4f} at K={kb}")
+    print(f"best: alpha={best.alpha:g}, K={best.k}: {best.score:.4f}")
+    print(f"ensemble_head graph at the best cell: {head['mean_cosine']:.4f} (max |graph - numpy| {head['max_abs_diff']:.2e})")
+    if args.write:
+        print(f"wrote K={best.k}, alpha={best.alpha:g} to {knn_dir / 'knn.json'} (manifest updated)")
+    return 0

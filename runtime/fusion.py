@@ -1,0 +1,624 @@
+"""Model B (KNN text fusion), the A/B ensemble, and the sweep that tunes them.
+
+Model B of the image-to-prompt seed (2401.06167): find the K training images nearest to a query
+image in CLIP space (an :class:`~clipq.runtime.index.ImageIndex`), and return the distance-weighted
+mean of their prompts' sentence embeddings (all-MiniLM-L6-v2, 384-d), re-normalised. The ensemble
+with Model A (a regressor from the image to the same space) is ``normalize(alpha*A + (1-alpha)*B)``;
+the paper left alpha and K open, so :func:`sweep` scores a grid of them on validation data with the
+competition's metric, the mean cosine similarity to the true prompt embeddings.
+
+Everything here is numpy on top of the index: no torch. ``KnnPromptFusion`` persists to a directory
+(the artifact's ``knn/``) as the index, an ``.npy`` file and JSON; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, IndexCorruptError, InvalidInputError, SchemaVersionError, ShapeError
+from .index import ImageEncoder, ImageIndex
+from .manifest import atomic_write_bytes, atomic_write_json, sha256_file
+
+FUSION_SCHEMA_VERSION = 1
+CONFIG_NAME = "knn.json"
+EMBEDS_NAME = "prompt_embeds.npy"
+INDEX_DIRNAME = "index"
+WEIGHTINGS = ("inverse_distance", "softmax", "uniform")
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20, 50)
+
+#: keeps 1/d finite for an exact duplicate (d = 0), which then dominates its neighbours as it should
+_EPS = 1e-6
+
+
+# -- metric helpers ------------------------------------------------------------------------------
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``x / ||x||`` along ``axis`` (zero rows stay zero), as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def cosine_rows(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``pred`` with the same row of ``target``: float [N].
+
+    Raises:
+        ShapeError: the shapes differ or are not 2-D.
+    """
+    p, t = np.asarray(pred, np.float32), np.asarray(target, np.float32)
+    if p.ndim != 2 or p.shape != t.shape:
+        raise ShapeError(f"cosine needs two [N, D] arrays of one shape, got {p.shape} and {t.shape}")
+    return (l2_normalize(p) * l2_normalize(t)).sum(axis=1)
+
+
+def mean_cosine(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean row-wise cosine similarity (the image-to-prompt competition metric)."""
+    return float(cosine_rows(pred, target).mean())
+
+
+def ensemble(a: np.ndarray, b: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """Numpy reference of the exported ``ensemble_head``: ``normalize(alpha*a + (1-alpha)*b)``.
+
+    Args:
+        a: Model A embeddings [N, D].
+        b: Model B embeddings [N, D].
+        alpha: weight of A: a scalar, or one per row ([N] or [N, 1]).
+
+    Returns:
+        float32 [N, D], L2-normalised.
+
+    Raises:
+        ShapeError: shapes do not fit.
+        InvalidInputError: alpha outside [0, 1].
+    """
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ShapeError(f"ensemble needs A and B of one [N, D] shape, got {a.shape} and {b.shape}")
+    w = np.asarray(alpha, np.float32)
+    if w.ndim == 1:
+        w = w[:, None]
+    if w.ndim not in (0, 2) or (w.ndim == 2 and w.shape not in ((a.shape[0], 1), (1, 1))):
+        raise ShapeError(f"alpha must be a scalar, [N] or [N, 1] (N={a.shape[0]}), got shape {np.shape(alpha)}")
+    if not np.all((w >= 0) & (w <= 1)):
+        raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
+    return l2_normalize(w * a + (1.0 - w) * b)
+
+
+def neighbour_weights(scores: np.ndarray, weighting: str, temperature: float, space: str = "cosine") -> np.ndarray:
+    """Weights of K neighbours from their similarity scores: float32 [N, K], rows sum to 1.
+
+    Args:
+        scores: similarities from :meth:`ImageIndex.search_ids` [N, K] (higher is nearer).
+        weighting: ``"inverse_distance"`` (w = 1/d), ``"softmax"`` (softmax of scores/temperature)
+            or ``"uniform"``.
+        temperature: softmax temperature (smaller is sharper).
+        space: the index's space, which fixes how a score turns into a distance.
+
+    Raises:
+        InvalidInputError: unknown weighting or a temperature <= 0.
+    """
+    s = np.asarray(scores, np.float64)
+    if weighting == "inverse_distance":
+        # cosine/ip scores are 1 - distance; l2 scores are -squared distance
+        d = np.sqrt(np.maximum(-s, 0.0)) if space == "l2" else np.maximum(1.0 - s, 0.0)
+        w = 1.0 / (d + _EPS)
+    elif weighting == "softmax":
+        if not temperature > 0:
+            raise InvalidInputError(f"temperature must be > 0, not {temperature!r}")
+        z = s / temperature
+        w = np.exp(z - z.max(axis=1, keepdims=True))
+    elif weighting == "uniform":
+        w = np.ones_like(s)
+    else:
+        raise InvalidInputError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {weighting!r}")
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# -- Model B -------------------------------------------------------------------------------------
+class KnnPromptFusion:
+    """Model B: distance-weighted mean of the prompt embeddings of the K nearest indexed images.
+
+    Args:
+        index: image index over the training images' CLIP embeddings.
+        prompt_embeds: float [n, P] prompt embeddings (P = 384 for all-MiniLM-L6-v2), row i
+            belonging to ``ids[i]``.
+        prompt_texts: the n prompts as text (for :meth:`nearest_prompts`).
+        k: neighbours averaged.
+        weighting: ``"inverse_distance"``, ``"softmax"`` or ``"uniform"``.
+        temperature: softmax temperature (used by ``"softmax"`` only).
+        alpha: weight of Model A in the ensemble, kept here so that the tuned value travels with
+            Model B (``clipq tune --write``).
+        ids: index ids aligned with the rows; default ``index.ids()`` (insertion order).
+
+    Raises:
+        ShapeError / InvalidInputError: sizes or values do not fit.
+        ArtifactError: an id is not in the index, or the index has items without a prompt.
+    """
+
+    def __init__(
+        self,
+        index: ImageIndex,
+        prompt_embeds: np.ndarray,
+        prompt_texts: Sequence[str],
+        *,
+        k: int = 10,
+        weighting: str = "inverse_distance",
+        temperature: float = 0.05,
+        alpha: float = 0.5,
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        emb = np.asarray(prompt_embeds, np.float32)
+        ids = list(index.ids() if ids is None else ids)
+        if emb.ndim != 2 or emb.shape[0] != len(ids):
+            raise ShapeError(f"prompt_embeds must be [{len(ids)}, P] (one row per id), got {emb.shape}")
+        if len(prompt_texts) != len(ids):
+            raise InvalidInputError(f"got {len(prompt_texts)} prompt texts for {len(ids)} ids")
+        if not np.isfinite(emb).all():
+            raise InvalidInputError("prompt_embeds contain NaN or inf values")
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise ArtifactError(f"{len(missing)} prompt ids are not in the index (first: {missing[0]!r})")
+        if len(index) != len(ids):
+            raise ArtifactError(f"the index holds {len(index)} items but {len(ids)} have prompts")
+        self.index = index
+        self.prompt_embeds = l2_normalize(emb)
+        self.prompt_texts = [str(t) for t in prompt_texts]
+        self.ids = ids
+        self._row = {item_id: n for n, item_id in enumerate(ids)}
+        self.k = _check_k(k)
+        neighbour_weights(np.zeros((1, 1)), weighting, temperature)  # validates both
+        self.weighting = weighting
+        self.temperature = float(temperature)
+        if not 0.0 <= alpha <= 1.0:
+            raise InvalidInputError(f"alpha must lie in [0, 1], not {alpha!r}")
+        self.alpha = float(alpha)
+
+    @property
+    def prompt_dim(self) -> int:
+        return int(self.prompt_embeds.shape[1])
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        image_embeds: np.ndarray,
+        prompt_embeds: np.ndarray,
+        prompt_texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        model_id: str | None = None,
+        index_params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> KnnPromptFusion:
+        """Build Model B from training data: CLIP image embeddings and their prompts.
+
+        Args:
+            image_embeds: float [n, D] CLIP image embeddings.
+            prompt_embeds: float [n, P] embeddings of the prompts.
+            prompt_texts: the n prompts.
+            ids: n unique image ids (default ``item-<n>``).
+            model_id: the CLIP encoder's model id (recorded in the index).
+            index_params: extra :class:`ImageIndex` parameters (``M``, ``ef`` ...).
+            **kwargs: :class:`KnnPromptFusion` parameters (``k``, ``weighting`` ...).
+
+        Returns:
+            Model B.
+        """
+        index = ImageIndex.from_embeddings(image_embeds, ids, model_id=model_id, **dict(index_params or {}))
+        return cls(index, prompt_embeds, prompt_texts, ids=index.ids(), **kwargs)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def _neighbours(self, image_embeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = self.index.search_ids(image_embeds, k, num_threads=-1)
+        try:
+            rows = np.array([[self._row[i] for i in r] for r in ids], dtype=np.int64).reshape(scores.shape)
+        except KeyError as e:
+            raise ArtifactError(f"index item {e.args[0]!r} has no prompt (index changed after Model B was built)") from None
+        return rows, scores
+
+    def predict(self, image_embeds: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Model B's prompt embeddings for CLIP image embeddings.
+
+        Args:
+            image_embeds: float [N, D] (or [D]).
+            k: neighbours (default ``self.k``); capped at the index size.
+
+        Returns:
+            float32 [N, P], L2-normalised.
+
+        Raises:
+            DimensionMismatchError / InvalidInputError: unusable embeddings.
+        """
+        kk = self.k if k is None else k
+        return self.predict_many_k(image_embeds, [kk])[kk]
+
+    def predict_many_k(self, image_embeds: np.ndarray, ks: Iterable[int]) -> dict[int, np.ndarray]:
+        """Predictions for several K from one neighbour search (what :func:`sweep` needs).
+
+        Args:
+            image_embeds: float [N, D] (or [D]).
+            ks: neighbour counts.
+
+        Returns:
+            K -> float32 [N, P], L2-normalised.
+        """
+        ks = [_check_k(k) for k in ks]
+        if not ks:
+            raise InvalidInputError("no K given")
+        rows, scores = self._neighbours(image_embeds, max(ks))
+        out = {}
+        for k in ks:
+            kk = min(k, rows.shape[1])
+            w = neighbour_weights(scores[:, :kk], self.weighting, self.temperature, self.index.space)
+            mixed = np.einsum("nk,nkp->np", w, self.prompt_embeds[rows[:, :kk]])  # [N, P]
+            out[k] = l2_normalize(mixed)
+        return out
+
+    def nearest_prompts(self, image_embeds: np.ndarray, n: int = 3) -> list[list[tuple[str, float]]]:
+        """Prompts of the nearest indexed images, as text, with the image similarity.
+
+        Repeated prompt texts are listed once (at their best score).
+
+        Args:
+            image_embeds: float [N, D] (or [D]).
+            n: prompts per image.
+
+        Returns:
+            Per image, up to ``n`` (prompt, score) pairs, best first.
+        """
+        n = _check_k(n)
+        ids, scores = self.index.search_ids(image_embeds, min(max(4 * n, self.k), len(self.index)))
+        out = []
+        for row_ids, row_scores in zip(ids, scores.tolist()):
+            out.append(_dedup_top(((self.prompt_texts[self._row[i]], s) for i, s in zip(row_ids, row_scores)), n))
+        return out
+
+    def closest_prompts(self, prompt_vectors: np.ndarray, n: int = 3) -> list[list[tuple[str, float]]]:
+        """Known prompts nearest to predicted prompt embeddings (cosine in prompt space).
+
+        Use it on the ensemble's output to say in words what it predicts.
+
+        Args:
+            prompt_vectors: float [N, P] (or [P]).
+            n: prompts per row.
+
+        Returns:
+            Per row, up to ``n`` distinct (prompt, cosine) pairs, best first.
+        """
+        n = _check_k(n)
+        q = np.asarray(prompt_vectors, np.float32)
+        q = q[None, :] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.prompt_dim:
+            raise ShapeError(f"prompt vectors must be [N, {self.prompt_dim}], got {np.shape(prompt_vectors)}")
+        sims = l2_normalize(q) @ self.prompt_embeds.T  # [N, n_prompts]
+        take = min(4 * n, sims.shape[1])
+        out = []
+        for row in sims:
+            top = np.argpartition(-row, take - 1)[:take]
+            top = top[np.argsort(-row[top])]
+            out.append(_dedup_top(((self.prompt_texts[j], float(row[j])) for j in top), n))
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save to a directory: ``index/`` (the image index), ``prompt_embeds.npy``, ``knn.json``.
+
+        Each file is written atomically; ``knn.json`` goes last and records the others' hashes,
+        so a half-finished save is detected on load rather than silently mixed.
+
+        Returns:
+            The directory.
+        """
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        self.index.save(root / INDEX_DIRNAME)
+        buf = io.BytesIO()
+        np.save(buf, self.prompt_embeds, allow_pickle=False)
+        atomic_write_bytes(root / EMBEDS_NAME, buf.getvalue())
+        self.write_config(root)
+        return root
+
+    def write_config(self, path: str | os.PathLike[str]) -> Path:
+        """(Re)write only ``knn.json`` (k, weighting, temperature, alpha, ids, prompts) atomically.
+
+        ``clipq tune --write`` uses it to store the tuned K and alpha without rewriting the index.
+
+        Raises:
+            IndexCorruptError: the directory holds no prompt embeddings to point at.
+        """
+        root = Path(path)
+        emb_path = root / EMBEDS_NAME
+        if not emb_path.is_file():
+            raise IndexCorruptError(f"{root}: {EMBEDS_NAME} is missing; save() the whole model first")
+        cfg_path = root / CONFIG_NAME
+        atomic_write_json(
+            cfg_path,
+            {
+                "schema_version": FUSION_SCHEMA_VERSION,
+                "format": "clipq.knn_prompt_fusion",
+                "k": self.k,
+                "weighting": self.weighting,
+                "temperature": self.temperature,
+                "alpha": self.alpha,
+                "prompt_dim": self.prompt_dim,
+                "count": len(self.ids),
+                "embeds": {"file": EMBEDS_NAME, "sha256": sha256_file(emb_path)},
+                "index": INDEX_DIRNAME,
+                "ids": self.ids,
+                "prompts": self.prompt_texts,
+            },
+        )
+        return cfg_path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, encoder: ImageEncoder | None = None, verify: bool = True
+    ) -> KnnPromptFusion:
+        """Load what :meth:`save` wrote.
+
+        Args:
+            path: the directory.
+            encoder: if given, the index must have been built with this encoder's model and dim.
+            verify: check file hashes.
+
+        Returns:
+            Model B.
+
+        Raises:
+            IndexCorruptError: a file is missing, corrupt or inconsistent.
+            SchemaVersionError: written by another schema version.
+            DimensionMismatchError / ArtifactError: the encoder does not match the index.
+        """
+        root = Path(path)
+        cfg_path = root / CONFIG_NAME
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IndexCorruptError(f"no Model B at {root}: {CONFIG_NAME} is missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise IndexCorruptError(f"cannot read {cfg_path}: {e}") from e
+        if not isinstance(cfg, dict) or cfg.get("schema_version") != FUSION_SCHEMA_VERSION:
+            found = cfg.get("schema_version") if isinstance(cfg, dict) else None
+            raise SchemaVersionError(f"{cfg_path} has schema version {found!r}; this clipq reads {FUSION_SCHEMA_VERSION}")
+        try:
+            emb_path = root / str(cfg["embeds"]["file"])
+            emb_sha = cfg["embeds"]["sha256"]
+            ids, prompts = list(cfg["ids"]), list(cfg["prompts"])
+            params = {
+                "k": int(cfg["k"]),
+                "weighting": str(cfg["weighting"]),
+                "temperature": float(cfg["temperature"]),
+                "alpha": float(cfg.get("alpha", 0.5)),
+            }
+            index_dir = root / str(cfg.get("index", INDEX_DIRNAME))
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexCorruptError(f"{cfg_path}: missing or malformed field: {e!r}") from e
+        if not emb_path.is_file():
+            raise IndexCorruptError(f"Model B at {root}: {emb_path.name} is missing")
+        if verify and sha256_file(emb_path) != emb_sha:
+            raise IndexCorruptError(f"{emb_path}: sha256 does not match {CONFIG_NAME} (corrupt or half-saved)")
+        try:
+            emb = np.load(emb_path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise IndexCorruptError(f"cannot read {emb_path}: {e}") from e
+        index = ImageIndex.load(index_dir, encoder=encoder, verify=verify)
+        try:
+            return cls(index, emb, prompts, ids=ids, **params)
+        except (InvalidInputError, ArtifactError) as e:
+            raise IndexCorruptError(f"Model B at {root} is inconsistent: {e}") from e
+
+
+# -- describe ------------------------------------------------------------------------------------
+@dataclass
+class PromptDescription:
+    """Image -> prompt for one image: the ensemble's embedding and what it is close to, in words."""
+
+    embedding: np.ndarray  # float32 [P], L2-normalised: normalize(alpha*A + (1-alpha)*B)
+    closest: list[tuple[str, float]]  # known prompts nearest to the embedding (cosine in prompt space)
+    neighbours: list[tuple[str, float]]  # prompts of the nearest indexed images (Model B's evidence)
+    alpha: float
+    k: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "embedding": [round(float(v), 6) for v in self.embedding],
+            "closest": [{"prompt": t, "score": s} for t, s in self.closest],
+            "neighbours": [{"prompt": t, "score": s} for t, s in self.neighbours],
+            "alpha": self.alpha,
+            "k": self.k,
+        }
+
+
+def describe(
+    images: Sequence[Any],
+    *,
+    clip: ImageEncoder,
+    regressor: Any,
+    fusion: KnnPromptFusion,
+    head: Any | None = None,
+    alpha: float | None = None,
+    n: int = 3,
+) -> list[PromptDescription]:
+    """Image -> prompt with the A/B ensemble, reported as embeddings and as known prompts.
+
+    Written against the task interfaces, so any backend serves it: ``clip.encode_images`` (CLIP
+    image embeddings for Model B's neighbour search), ``regressor.predict`` (Model A,
+    ``PromptRegressor``) and ``head.fuse`` (the exported ``ensemble_head``; None uses the numpy
+    :func:`ensemble`, which computes the same thing).
+
+    Args:
+        images: paths, bytes, PIL images or uint8 arrays.
+        clip: a CLIP image encoder (``ClipEncoder``) matching ``fusion.index``.
+        regressor: Model A.
+        fusion: Model B.
+        head: the ensemble head (``EnsembleHead``), or None.
+        alpha: weight of Model A (default: ``fusion.alpha``, as tuned).
+        n: known prompts reported per image.
+
+    Returns:
+        One :class:`PromptDescription` per image.
+
+    Raises:
+        DimensionMismatchError / ArtifactError: the encoder does not match Model B's index.
+        InvalidImageError: an image cannot be decoded.
+    """
+    fusion.index.check_encoder(clip)
+    items = list(images)
+    w = fusion.alpha if alpha is None else float(alpha)
+    image_embeds = clip.encode_images(items)
+    a = np.asarray(regressor.predict(items), np.float32)
+    b = fusion.predict(image_embeds)
+    fused = ensemble(a, b, w) if head is None else l2_normalize(head.fuse(a, b, w))
+    closest = fusion.closest_prompts(fused, n=n)
+    neighbours = fusion.nearest_prompts(image_embeds, n=n)
+    return [
+        PromptDescription(embedding=fused[i], closest=closest[i], neighbours=neighbours[i], alpha=w, k=fusion.k)
+        for i in range(len(items))
+    ]
+
+
+# -- tuning --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepRow:
+    alpha: float
+    k: int
+    score: float  # mean cosine to the target prompt embeddings
+
+
+@dataclass
+class SweepTable:
+    """Mean cosine of the ensemble for every (alpha, K); alpha = 1 is Model A alone, 0 Model B."""
+
+    rows: list[SweepRow] = field(default_factory=list)
+
+    @property
+    def alphas(self) -> list[float]:
+        return sorted({r.alpha for r in self.rows})
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted({r.k for r in self.rows})
+
+    @property
+    def best(self) -> SweepRow:
+        """The best (alpha, K); ties go to the smaller K, then the larger alpha (less work)."""
+        return max(self.rows, key=lambda r: (round(r.score, 6), -r.k, r.alpha))
+
+    def score(self, alpha: float, k: int) -> float:
+        for r in self.rows:
+            if r.k == k and abs(r.alpha - alpha) < 1e-9:
+                return r.score
+        raise KeyError((alpha, k))
+
+    def model_a(self) -> float | None:
+        """Model A alone (alpha = 1), if swept."""
+        return next((r.score for r in self.rows if r.alpha == 1.0), None)
+
+    def model_b(self) -> dict[int, float]:
+        """Model B alone (alpha = 0) per K, if swept."""
+        return {r.k: r.score for r in self.rows if r.alpha == 0.0}
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "metric": "mean_cosine",
+            "rows": [r.__dict__ for r in self.rows],
+            "best": best.__dict__,
+            "model_a": self.model_a(),
+            "model_b": {str(k): v for k, v in self.model_b().items()},
+        }
+
+    def to_markdown(self) -> str:
+        """A K x alpha grid of mean cosine, the best cell in bold."""
+        alphas, best = self.alphas, self.best
+        cell = {(r.k, r.alpha): r.score for r in self.rows}
+        head = "| K \\ alpha | " + " | ".join(f"{a:g}" for a in alphas) + " |"
+        lines = [head, "|---" * (len(alphas) + 1) + "|"]
+        for k in self.ks:
+            vals = []
+            for a in alphas:
+                v = cell.get((k, a))
+                text = "-" if v is None else f"{v:.4f}"
+                vals.append(f"**{text}**" if (k, a) == (best.k, best.alpha) else text)
+            lines.append(f"| {k} | " + " | ".join(vals) + " |")
+        return "\n".join(lines)
+
+
+def sweep(
+    a_val: np.ndarray,
+    b: Mapping[int, np.ndarray] | Callable[[int], np.ndarray] | np.ndarray,
+    targets: np.ndarray,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    ks: Sequence[int] | None = None,
+) -> SweepTable:
+    """Score the ensemble on validation data for every alpha and K.
+
+    Args:
+        a_val: Model A's predictions [N, P].
+        b: Model B's predictions: a mapping K -> [N, P], a function K -> [N, P], or one array
+            (then ``ks`` must name its single K, or be None for K = 0 meaning "as given").
+        targets: the true prompt embeddings [N, P].
+        alphas: weights of A to try, in [0, 1].
+        ks: neighbour counts to try (default: the mapping's keys, or :data:`DEFAULT_KS`).
+
+    Returns:
+        A :class:`SweepTable`.
+
+    Raises:
+        ShapeError / InvalidInputError: shapes or values do not fit.
+    """
+    a_val = np.asarray(a_val, np.float32)
+    targets = np.asarray(targets, np.float32)
+    if a_val.shape != targets.shape or a_val.ndim != 2:
+        raise ShapeError(f"A and targets must share one [N, P] shape, got {a_val.shape} and {targets.shape}")
+    if isinstance(b, np.ndarray):
+        if ks is not None and len(ks) != 1:
+            raise InvalidInputError("one B array fits one K; pass a mapping or a function for several")
+        k0 = int(ks[0]) if ks else 0
+        b_of: Callable[[int], np.ndarray] = {k0: b}.__getitem__
+        ks = [k0]
+    elif isinstance(b, Mapping):
+        b_of = b.__getitem__
+        ks = sorted(b) if ks is None else list(ks)
+    elif callable(b):
+        b_of = b
+        ks = list(DEFAULT_KS if ks is None else ks)
+    else:
+        raise InvalidInputError(f"b must be an array, a mapping or a function, not {type(b).__name__}")
+    if not alphas:
+        raise InvalidInputError("no alphas given")
+    tn = l2_normalize(targets)
+    table = SweepTable()
+    for k in ks:
+        bk = np.asarray(b_of(k), np.float32)
+        if bk.shape != a_val.shape:
+            raise ShapeError(f"B for K={k} has shape {bk.shape}, A has {a_val.shape}")
+        for alpha in alphas:
+            fused = ensemble(a_val, bk, float(alpha))
+            table.rows.append(SweepRow(float(alpha), int(k), float((fused * tn).sum(axis=1).mean())))
+    return table
+
+
+def _check_k(k: Any) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InvalidInputError(f"k must be an integer >= 1, not {k!r}")
+    return int(k)
+
+
+def _dedup_top(pairs: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+    seen: set[str] = set()
+    out = []
+    for text, score in pairs:
+        if text not in seen:
+            seen.add(text)
+            out.append((text, float(score)))
+            if len(out) == n:
+                break
+    return out

@@ -1,0 +1,357 @@
+"""Text -> image and image -> image search over an :class:`~clipq.runtime.index.ImageIndex`.
+
+Text queries go through prompt templates, as in the image-search seed: the query is wrapped in
+several start phrases ("a photo of ...", "a picture of ..."), each is embedded with CLIP's text
+tower, and the mean of the normalised embeddings (re-normalised) is the query vector. A template
+ensemble smooths over the phrasing the text tower happened to learn. Results are typed
+:class:`~clipq.runtime.index.SearchResult` objects. :func:`contact_sheet` draws queries and their
+results into one PNG (Pillow only).
+
+Written against the encoder interface (``encode_texts`` / ``encode_images``), so the same code runs
+on the in-process and the Triton backends.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import InvalidInputError, InvalidTextError
+from .index import ImageIndex, MetadataFilter, SearchResult
+from .manifest import atomic_write_bytes
+
+#: the default ensemble: mixed start phrases plus the bare text
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of {}.",
+    "a picture of {}.",
+    "an image of {}.",
+    "a rendering of {}.",
+    "{}",
+)
+#: start phrases removed from a query before templating ("a photo of a photo of ..." helps no one)
+_LEAD_PHRASES = (
+    "a photo of",
+    "a photograph of",
+    "a picture of",
+    "an image of",
+    "a rendering of",
+    "an image showing",
+    "a photo showing",
+)
+
+
+class ClipLikeEncoder(Protocol):
+    """What search needs: ``ClipEncoder`` (any backend) or a test double."""
+
+    dim: int
+    model_id: str
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+    def encode_images(self, images: Sequence[Any], batch_size: int = 32, progress: bool = False) -> np.ndarray: ...
+
+
+def parse_templates(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Templates from a user spec.
+
+    Args:
+        spec: ``None``/``"none"`` (the bare text), ``"default"`` (:data:`DEFAULT_TEMPLATES`), a
+            ``|``-separated string, or a sequence of templates. Each must contain ``{}`` once.
+
+    Returns:
+        The templates.
+
+    Raises:
+        InvalidInputError: a template lacks ``{}`` or has it twice.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
+        return ("{}",)
+    if isinstance(spec, str):
+        templates: Sequence[str] = (
+            DEFAULT_TEMPLATES if spec.strip().lower() == "default" else [t for t in spec.split("|") if t.strip()]
+        )
+    else:
+        templates = list(spec)
+    if not templates:
+        raise InvalidInputError("no prompt templates given")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise InvalidInputError(f"a prompt template needs exactly one '{{}}', got {t!r}")
+    return tuple(templates)
+
+
+def apply_templates(text: str, templates: Sequence[str]) -> list[str]:
+    """The query as each template phrases it, after dropping a start phrase it already has.
+
+    Raises:
+        InvalidTextError: the text is empty.
+    """
+    core = " ".join(str(text).split())
+    if not core:
+        raise InvalidTextError("empty search text")
+    low = core.lower()
+    for lead in _LEAD_PHRASES:
+        if low.startswith(lead + " ") and len(core) > len(lead) + 1:
+            core = core[len(lead) + 1 :]
+            break
+    core = core.rstrip(".")
+    # replace, not str.format: a query may contain braces
+    return [t.replace("{}", core) for t in templates]
+
+
+def embed_texts(encoder: ClipLikeEncoder, texts: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+    """Template-ensembled text embeddings: mean of normalised template embeddings, re-normalised.
+
+    Args:
+        encoder: a CLIP encoder with ``encode_texts``.
+        texts: queries.
+        templates: templates (``("{}",)`` for the bare text).
+
+    Returns:
+        float32 [N, D], L2-normalised.
+
+    Raises:
+        InvalidTextError: a query is empty (``index`` names it).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    templates = parse_templates(templates)
+    phrased: list[str] = []
+    for n, text in enumerate(texts):
+        try:
+            phrased.extend(apply_templates(text, templates))
+        except InvalidTextError as e:
+            raise InvalidTextError(e.reason, index=n) from None
+    if not phrased:
+        raise InvalidInputError("no search texts given")
+    emb = np.asarray(encoder.encode_texts(phrased), np.float32)  # [N*T, D]
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    mean = emb.reshape(len(texts), len(templates), -1).mean(axis=1)  # [N, D]
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class ImageSearch:
+    """Search an image index with text or with images.
+
+    Args:
+        index: the image index (built with this encoder's model).
+        encoder: a CLIP encoder on any backend.
+        templates: the default prompt templates for text queries (see :func:`parse_templates`).
+
+    Raises:
+        DimensionMismatchError / ArtifactError: the encoder is not the one the index was built with.
+    """
+
+    def __init__(
+        self, index: ImageIndex, encoder: ClipLikeEncoder, templates: str | Sequence[str] | None = DEFAULT_TEMPLATES
+    ) -> None:
+        index.check_encoder(encoder)
+        self.index = index
+        self.encoder = encoder
+        self.templates = parse_templates(templates)
+
+    def search(
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        templates: str | Sequence[str] | None = None,
+        filter: MetadataFilter | None = None,
+        exact: bool | None = None,
+    ) -> list[SearchResult]:
+        """Images that best match ``text``.
+
+        Args:
+            text: the query.
+            k: results wanted.
+            templates: override the default templates for this query.
+            filter: metadata filter (see :meth:`ImageIndex.search`).
+            exact: force exact (True) or HNSW (False) search.
+
+        Returns:
+            Results best first (score = cosine similarity).
+
+        Raises:
+            InvalidTextError: empty text.
+            InvalidInputError: k < 1 or an empty index.
+        """
+        return self.search_many([text], k, templates=templates, filter=filter, exact=exact)[0]
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        k: int = 5,
+        *,
+        templates: str | Sequence[str] | None = None,
+        filter: MetadataFilter | None = None,
+        exact: bool | None = None,
+    ) -> list[list[SearchResult]]:
+        """:meth:`search` for several queries with one encoder call."""
+        tpl = self.templates if templates is None else parse_templates(templates)
+        vecs = embed_texts(self.encoder, list(texts), tpl)
+        return self.index.search_batch(vecs, k, filter=filter, exact=exact)
+
+    def search_image(
+        self,
+        image: Any,
+        k: int = 5,
+        *,
+        exclude: Iterable[str] = (),
+        filter: MetadataFilter | None = None,
+        exact: bool | None = None,
+    ) -> list[SearchResult]:
+        """Images most similar to ``image`` (a path, bytes, PIL image or uint8 array).
+
+        Args:
+            image: the query image.
+            k: results wanted.
+            exclude: ids to leave out (e.g. the query's own id when it is indexed).
+            filter: metadata filter.
+            exact: force exact or HNSW search.
+
+        Returns:
+            Results best first.
+
+        Raises:
+            InvalidImageError: the image cannot be decoded.
+        """
+        skip = set(exclude)
+        vec = np.asarray(self.encoder.encode_images([_image_arg(image)], batch_size=1), np.float32)
+        hits = self.index.search(vec[0], k + len(skip), filter=filter, exact=exact)
+        return [h for h in hits if h.id not in skip][:k]
+
+
+def results_to_json(queries: Sequence[Any], results: Sequence[Sequence[SearchResult]]) -> list[dict[str, Any]]:
+    """JSON-ready list of {"query", "results": [{"rank", "id", "score", "metadata"}]}."""
+    return [
+        {
+            "query": q if isinstance(q, str) else os.fspath(q) if isinstance(q, os.PathLike) else "<image>",
+            "results": [{"rank": n + 1, **r.to_dict()} for n, r in enumerate(rs)],
+        }
+        for q, rs in zip(queries, results)
+    ]
+
+
+def contact_sheet(
+    queries: Sequence[Any],
+    results: Sequence[Sequence[SearchResult]],
+    out_png: str | os.PathLike[str],
+    *,
+    thumb: int = 96,
+    path_key: str = "path",
+) -> Path:
+    """Draw each query next to its results, one row per query, into a PNG.
+
+    Args:
+        queries: per row, the query: a ``str`` is drawn as text; a ``Path``, bytes, PIL image or
+            uint8 array is drawn as an image.
+        results: per row, the results; each result's image is read from ``metadata[path_key]``
+            (a grey tile with the id stands in when it is missing).
+        out_png: output file (written atomically).
+        thumb: tile size in pixels.
+        path_key: metadata key holding the image path.
+
+    Returns:
+        The PNG's path.
+
+    Raises:
+        InvalidInputError: queries and results differ in length, or nothing to draw.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(queries) != len(results):
+        raise InvalidInputError(f"{len(queries)} queries but {len(results)} result lists")
+    if not queries:
+        raise InvalidInputError("no queries to draw")
+    font = ImageFont.load_default()
+    cols = max((len(r) for r in results), default=0)
+    label_h, pad = 28, 6
+    qw = 2 * thumb  # the query column is wider: text needs room
+    width = pad + qw + pad + cols * (thumb + pad)
+    row_h = thumb + label_h + pad
+    sheet = Image.new("RGB", (max(width, qw + 2 * pad), pad + len(queries) * row_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (query, hits) in enumerate(zip(queries, results)):
+        y = pad + r * row_h
+        if isinstance(query, str):
+            draw.rectangle([pad, y, pad + qw, y + thumb], fill=(235, 240, 250), outline=(120, 140, 200))
+            lines = _wrap(draw, query, font, qw - 10)[: max(1, thumb // 14)]
+            draw.multiline_text((pad + 5, y + 5), "\n".join(lines), fill="black", font=font, spacing=3)
+        else:
+            tile = _tile(_open_image(query), thumb)
+            sheet.paste(tile, (pad + (qw - thumb) // 2, y))
+            draw.rectangle([pad, y, pad + qw, y + thumb], outline=(120, 140, 200))
+        draw.text((pad, y + thumb + 3), "query", fill=(80, 80, 80), font=font)
+        for c, hit in enumerate(hits):
+            x = pad + qw + pad + c * (thumb + pad)
+            img = _open_image(hit.metadata.get(path_key)) if hit.metadata.get(path_key) else None
+            if img is None:
+                draw.rectangle([x, y, x + thumb, y + thumb], fill=(200, 200, 200))
+            else:
+                sheet.paste(_tile(img, thumb), (x, y))
+            name = hit.id if len(hit.id) <= thumb // 6 else "..." + hit.id[-(thumb // 6 - 3) :]
+            draw.text((x, y + thumb + 2), f"{c + 1}. {name}", fill="black", font=font)
+            draw.text((x, y + thumb + 14), f"{hit.score:.3f}", fill=(60, 60, 60), font=font)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    out = Path(out_png)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels (a word longer than a line gets a line of its own)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _image_arg(image: Any) -> Any:
+    return os.fspath(image) if isinstance(image, os.PathLike) else image
+
+
+def _open_image(src: Any) -> Any:
+    """A PIL RGB image from a path, bytes, PIL image or array; None when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(src, Image.Image):
+            return src.convert("RGB")
+        if isinstance(src, np.ndarray):
+            return Image.fromarray(np.asarray(src, np.uint8)).convert("RGB")
+        if isinstance(src, (bytes, bytearray)):
+            with Image.open(io.BytesIO(src)) as im:
+                return im.convert("RGB")
+        if isinstance(src, (str, os.PathLike)):
+            with Image.open(src) as im:
+                return im.convert("RGB")
+    except (OSError, ValueError, UnidentifiedImageError, TypeError):
+        return None
+    return None
+
+
+def _tile(img: Any, size: int) -> Any:
+    """``img`` fitted into a ``size`` square (nearest-neighbour when enlarging keeps small scenes crisp)."""
+    from PIL import Image, ImageOps
+
+    if img is None:
+        return Image.new("RGB", (size, size), (200, 200, 200))
+    resample = Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.LANCZOS
+    fitted = ImageOps.contain(img, (size, size), method=resample)
+    tile = Image.new("RGB", (size, size), "white")
+    tile.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+    return tile
