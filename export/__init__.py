@@ -1,1 +1,11 @@
-"""clipq.export: torch -> ONNX, graph optimisation, fp16 / int8, TensorRT engines, parity checks."""
+"""clipq.export: torch -> ONNX, graph optimisation, fp16 / int8, TensorRT engines, parity checks.
+
+Entry point: :func:`export_artifacts` (what ``clipq export`` runs). Every graph is checked against
+its PyTorch original; a failure raises :class:`clipq.runtime.errors.ParityError`.
+"""
+
+from __future__ import annotations
+
+from .pipeline import ExportOptions, ExportReport, NetworkReport, build_spec, export_artifacts
+
+__all__ = ["ExportOptions", "ExportReport", "NetworkReport", "build_spec", "export_artifacts"]
