@@ -37,8 +37,13 @@ demo: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
-	$(VENV)/bin/clipq bench --out bench_results
+# Benchmarks need trained artifacts for the serving target: run `make demo` first.
+bench: install perf-analyzer
+	$(VENV)/bin/clipq bench --target models --out bench_results
+	$(VENV)/bin/clipq bench --target index --out bench_results
+	$(VENV)/bin/clipq bench --target triton --artifacts $(DEMO_OUT)/artifacts --perf-analyzer --out bench_results
+
+include mk/perf.mk
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,7 @@ from typing import Any
 from clipq.runtime.errors import ClipqError
 
 #: the demo's training budget: data + all training in well under 10 minutes on 2 CPU cores
-DEMO_TRAIN = dict(clip_steps=500, questions_per_epoch=3000, vqa_batch_size=96, vqa_lr=1e-3, img2prompt_epochs=3,
+DEMO_TRAIN = dict(clip_steps=500, questions_per_epoch=6000, vqa_batch_size=96, vqa_lr=1e-3, img2prompt_epochs=3,
                   reading_steps=100)
 
 

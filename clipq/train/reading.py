@@ -28,7 +28,7 @@ from .data import load_split, load_word_images
 class ReadingConfig:
     steps: int = 150
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 1e-3
     seed: int = 0
 
 
@@ -73,6 +73,7 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
     rng = np.random.default_rng(cfg.seed)
     y_tr = torch.tensor([c2i[r.answers[0]] for r in tr.words])
     img, txt = ClipImageTower(model), ClipTextTower(model)
+    losses: list[float] = []
     for _ in tqdm(range(cfg.steps), desc="train reading", disable=not progress, mininterval=1.0):
         idx = rng.choice(len(tr.words), size=min(cfg.batch_size, len(tr.words)), replace=False)
         q = tr.words[int(idx[0])].question  # one question phrasing per step, every candidate
@@ -82,12 +83,15 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        losses.append(loss.item())
     model.eval()
     tuned = float((score_candidates(model, tok, px_te, q_te, candidates) == y_te).mean() * 100)
     save_clip(m, model, "clip_reading")
     out = {
         "zero_shot": zero, "fine_tuned": tuned, "chance": 100.0 / len(candidates), "candidates": len(candidates),
-        "test_items": len(te.words), "seconds": round(time.perf_counter() - t0, 1),
+        "test_items": len(te.words), "seconds": round(time.perf_counter() - t0, 1), "steps": cfg.steps,
+        "loss_first": round(float(np.mean(losses[:10])), 4) if losses else None,
+        "loss_last": round(float(np.mean(losses[-10:])), 4) if losses else None,
     }
     m.metrics["reading"] = out
     m.save()
