@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,12 +130,24 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], reci
         ValueError: a static recipe without calibration data.
     """
     q = _quant()
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     dst.unlink(missing_ok=True)
     # a graph fused by the transformer optimizer carries com.microsoft ops without type info; the
     # quantiser then needs to be told that untyped tensors are float (MEASURED.md)
-    with quiet_root_logger():
+    # onnx.save_model(save_as_external_data=True) inside the quantiser writes "<uuid>.data" files
+    # into the working directory; run it from a scratch directory so none are left behind
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="clipq-quant-") as scratch, _cwd(scratch):
         return _quantize(q, src, dst, recipe, calibration, input_names)
+
+
+@contextlib.contextmanager
+def _cwd(path: str) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _quantize(q: Any, src: Path, dst: Path, recipe: Int8Recipe,
