@@ -167,7 +167,7 @@ def run_demo(out: str | Path, *, seed: int = 0, size: str = "medium", progress: 
     """Run the demo; returns the report (also written to ``out/demo.json``)."""
     from clipq.runtime.manifest import atomic_write_json
 
-    out = Path(out)
+    out = Path(out).resolve()
     ctx = DemoContext(out=out, data=out / "data", artifacts=out / "artifacts", seed=seed, size=size,
                       progress=progress, timings={}, report={})
     known = [n for n, _ in STAGES]

@@ -62,7 +62,8 @@ def load_split(root: str, split: str, size: int) -> SplitData:
 def load_word_images(root: str, records: list, size: int) -> torch.Tensor:
     from clipq.readers import load_images
 
-    paths = [Path(root) / r.image_path if not Path(r.image_path).is_absolute() else Path(r.image_path) for r in records]
+    # the reader resolves image_path against the json's directory already; join only bare names
+    paths = [Path(r.image_path) if Path(r.image_path).exists() else Path(root) / r.image_path for r in records]
     return to_pixel_values(load_images(paths), size)
 
 

@@ -34,16 +34,16 @@ class ReadingConfig:
 
 @torch.inference_mode()
 def score_candidates(clip, tok, pixels: torch.Tensor, questions: list[str], candidates: list[str]) -> np.ndarray:
-    """Predicted candidate index per image: argmax_c sim(image, question + " " + c)."""
+    """Predicted candidate index per image: argmax_c sim(image, question + " " + c).
+
+    Questions come from a few templates, so the candidate texts are embedded once per distinct
+    question and every image is scored in batches.
+    """
     img = ClipImageTower(clip).eval()
     txt = ClipTextTower(clip).eval()
-    preds = []
-    for i in range(len(questions)):
-        ids, mask = tokenize(tok, [f"{questions[i]} {c}" for c in candidates])
-        t = txt(ids, mask)  # [C, D]
-        v = img(pixels[i : i + 1])  # [1, D]
-        preds.append(int((v @ t.T).argmax()))
-    return np.array(preds)
+    v = torch.cat([img(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])  # [N, D]
+    by_question = {q: txt(*tokenize(tok, [f"{q} {c}" for c in candidates])) for q in set(questions)}  # [C, D]
+    return np.array([int((v[i] @ by_question[q].T).argmax()) for i, q in enumerate(questions)])
 
 
 def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None, threads: int | None = None,
