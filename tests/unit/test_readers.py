@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clipq.runtime.errors import DataFormatError, InvalidImageError, InvalidInputError
 from PIL import Image
 
 from clipq.readers import (
@@ -23,6 +22,7 @@ from clipq.readers import (
     read_prompts,
     read_textvqa,
 )
+from clipq.runtime.errors import DataFormatError, InvalidImageError, InvalidInputError
 from clipq.world import generate_world
 
 

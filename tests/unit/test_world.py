@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clipq.runtime.errors import InvalidInputError
 from PIL import Image
 
 from clipq.cli import main
+from clipq.runtime.errors import InvalidInputError
 from clipq.world import (
     COLORS,
     COUNT_WORDS,

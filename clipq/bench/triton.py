@@ -1,0 +1,668 @@
+"""``clipq bench --target triton``: in-process vs Triton HTTP vs gRPC, with and without dynamic batching.
+
+What is measured, on the artifacts given with ``--artifacts`` (``--quick``: a tiny generated set):
+
+1. Batch-1 latency at concurrency 1, interleaved: in-process, Triton gRPC and Triton HTTP requests
+   alternate in rounds, so background load on a shared machine falls on all three alike. Targets
+   ``clip_image`` (ready tensors), ``embed_image`` (encoded JPEG bytes in: preprocessing counts, in
+   the server for Triton, in the caller for in-process) and ``embed_text`` (text in).
+2. Throughput and latency at concurrency 1, 4 and 16 (one client connection per concurrent
+   caller, batch 1 per request) for each target and protocol, with the server's dynamic batching
+   on and off (two servers side by side), plus the in-process baseline (threads sharing one
+   onnxruntime session); every mode of a (target, concurrency) is measured in one pass and again
+   in reverse order. The server's own statistics give the average batch it actually ran.
+3. With ``--perf-analyzer``: Triton's ``perf_analyzer`` against ``clip_image`` and ``embed_text``
+   (gRPC, concurrency 1/4/16), its output saved next to clipq's figures.
+
+Writes ``<out>/triton.json`` (every cell), ``<out>/triton.md`` (tables and the issue's targets,
+met or not) and ``<out>/triton.png``; perf_analyzer's output goes to ``<out>/perf_analyzer/``.
+Imports only the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TARGET_NETWORK = {"clip_image": "clip_image", "embed_image": "clip_image", "embed_text": "clip_text"}
+CAPTIONS = (
+    "a photo of a red circle on the left", "two blue squares at the top", "a green triangle in the middle",
+    "three yellow stars on the right", "a purple cross at the bottom", "an orange heart next to a black ring",
+    "one white diamond in the center", "a small gray circle and a big red square",
+)
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--artifacts", help="artifact directory to benchmark (required unless --quick)")
+    parser.add_argument("--triton-models", default="clip_image,embed_image,embed_text",
+                        help="targets (default %(default)s)")
+    parser.add_argument("--triton-concurrency", default="1,4,16", help="concurrency levels (default %(default)s)")
+    parser.add_argument("--triton-protocols", default="grpc,http", help="protocols (default %(default)s)")
+    parser.add_argument("--triton-seconds", type=float, default=6.0, help="minimum seconds per cell")
+    parser.add_argument("--triton-requests", type=int, default=48, help="minimum requests per cell")
+    parser.add_argument("--triton-rounds", type=int, default=12, help="interleaved rounds of the latency table")
+    parser.add_argument("--triton-queue-delay-us", type=int, default=100, help="dynamic batching queue delay")
+    parser.add_argument("--triton-spin", choices=("on", "off"), default="off",
+                        help="onnxruntime thread spinning, in process and in the server alike")
+    parser.add_argument("--triton-variant", default="fp32",
+                        help="graph variant served and run in process alike (default %(default)s)")
+    parser.add_argument("--perf-analyzer", action="store_true", help="also run Triton's perf_analyzer")
+    parser.add_argument("--perf-analyzer-bin", help="perf_analyzer binary (default: .venv-perf/bin, then PATH)")
+
+
+@dataclass
+class Cell:
+    """One measured configuration."""
+
+    target: str
+    mode: str  # in-process | grpc | http
+    concurrency: int
+    batching: str  # on | off | - (in-process)
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_ms: float = 0.0
+    throughput_rps: float = 0.0
+    server_avg_batch: float | None = None
+    phase: str = "grid"
+    loadavg_1m: float = 0.0  # at the end of the cell: a shared machine's background load shows here
+
+
+@dataclass
+class Setup:
+    artifacts: Path
+    quick: bool
+    targets: list[str]
+    concurrency: list[int]
+    protocols: list[str]
+    seconds: float
+    requests: int
+    rounds: int
+    queue_delay_us: int
+    spin: bool
+    variant: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+def _sample_images(size: int, n: int = 8) -> list[bytes]:
+    """Encoded JPEGs a little larger than the model input and not square, like real uploads."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = max(int(size * 1.5), 48), max(int(size * 1.125), 36)
+    out = []
+    for _ in range(n):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.integers(0, 255, size=3)
+        img = np.stack([(xx * 255 // w + base[0]) % 255, (yy * 255 // h + base[1]) % 255,
+                        np.full_like(xx, base[2])], axis=-1).astype(np.uint8)
+        img = np.clip(img.astype(np.int16) + rng.integers(-20, 20, size=img.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+class _Workload:
+    """Request functions per target and mode, and the data they send."""
+
+    def __init__(self, manifest: Any, spin: bool, variant: str = "fp32"):
+        from clipq.runtime.backends.ort import OrtBackend
+        from clipq.runtime.preprocess import ImagePreprocessor
+        from clipq.runtime.text import TextTokenizer
+
+        self.manifest = manifest
+        self.pre = ImagePreprocessor.from_manifest(manifest)
+        self.tok = TextTokenizer.from_manifest(manifest, "clip")
+        self.jpegs = _sample_images(int(manifest.preprocessing["size"]))
+        self.pixels = [self.pre([j]) for j in self.jpegs]  # [1, 3, S, S] each
+        self.ort = OrtBackend(manifest, variant=variant, spin=spin)
+        for net in set(TARGET_NETWORK.values()):
+            self.ort.session(net)
+
+    def inproc(self, target: str) -> Callable[[int], Any]:
+        if target == "clip_image":
+            return lambda i: self.ort.infer("clip_image", {"pixel_values": self.pixels[i % len(self.pixels)]})
+        if target == "embed_image":
+            return lambda i: self.ort.infer("clip_image", {"pixel_values": self.pre([self.jpegs[i % len(self.jpegs)]])})
+        return lambda i: self.ort.infer("clip_text", self.tok([CAPTIONS[i % len(CAPTIONS)]]).as_inputs())
+
+    def remote(self, target: str, backend: Any) -> Callable[[int], Any]:
+        if target == "clip_image":
+            return lambda i: backend.infer("clip_image", {"pixel_values": self.pixels[i % len(self.pixels)]})
+        if target == "embed_image":
+            return lambda i: backend.infer("embed_image", {"image": [self.jpegs[i % len(self.jpegs)]]})
+        return lambda i: backend.infer("embed_text", {"text": [CAPTIONS[i % len(CAPTIONS)]]})
+
+
+# -- measurement -----------------------------------------------------------------------------------------
+def _percentiles(lat_ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    if not lat_ms:
+        return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
+    a = np.asarray(lat_ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def _run_load(make_fn: Callable[[int], Callable[[int], Any]], concurrency: int, min_requests: int,
+              min_seconds: float, max_seconds: float,
+              on_start: Callable[[], None] | None = None) -> tuple[list[float], int, float]:
+    """``concurrency`` closed-loop callers, each with its own function (own connection).
+
+    Args:
+        make_fn: Caller index -> its request function (called with a request counter).
+        concurrency: Number of callers.
+        min_requests, min_seconds: The window ends once both are reached ...
+        max_seconds: ... or after this long.
+        on_start: Called after the warm-up, right before the measured window (server stats).
+
+    Returns:
+        (latencies in ms, errors, wall seconds of the measured window).
+    """
+    fns = [make_fn(c) for c in range(concurrency)]
+    for c, fn in enumerate(fns):  # warm every connection (sequentially: not part of the window)
+        for i in range(2):
+            fn(c * 1000 + i)
+    if on_start is not None:
+        on_start()
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(concurrency + 1)
+    stop = threading.Event()
+
+    def worker(c: int) -> None:
+        fn = fns[c]
+        i = 0
+        start_barrier.wait()
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                fn(c * 100_000 + i)
+                ok = True
+            except Exception:  # noqa: BLE001 - counted, the cell reports them
+                ok = False
+            dt = (time.perf_counter() - t) * 1e3
+            with lock:
+                if ok:
+                    lat.append(dt)
+                else:
+                    errors[0] += 1
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in range(concurrency)]
+    for t in threads:
+        t.start()
+    start_barrier.wait()
+    t0 = time.perf_counter()
+    while True:
+        time.sleep(0.02)
+        el = time.perf_counter() - t0
+        with lock:
+            n = len(lat) + errors[0]
+        if (n >= min_requests and el >= min_seconds) or el >= max_seconds:
+            break
+    stop.set()
+    wall = time.perf_counter() - t0
+    for t in threads:
+        t.join(60)
+    return lat, errors[0], wall
+
+
+def _server_counts(backend: Any, model: str) -> tuple[int, int]:
+    stats = backend.statistics(model)
+    ms = (stats.get("model_stats") or [{}])[0]
+    return int(ms.get("inference_count", 0)), int(ms.get("execution_count", 0))
+
+
+def _latency_table(setup: Setup, work: _Workload, server: Any, cells: list[Cell]) -> None:
+    """Batch 1, concurrency 1, in-process / gRPC / HTTP interleaved in rounds."""
+    from clipq.runtime.backends.triton import TritonBackend
+
+    backends = {"grpc": TritonBackend(server.grpc_url, work.manifest),
+                "http": TritonBackend(server.http_url, work.manifest)}
+    per_round = 2 if setup.quick else 5
+    try:
+        for target in setup.targets:
+            fns = {"in-process": work.inproc(target),
+                   **{p: work.remote(target, backends[p]) for p in setup.protocols}}
+            for fn in fns.values():
+                for i in range(3):
+                    fn(i)
+            lat: dict[str, list[float]] = {k: [] for k in fns}
+            for r in range(setup.rounds):
+                order = list(fns) if r % 2 == 0 else list(reversed(fns))  # ABBA: no mode always goes first
+                for mode in order:
+                    for i in range(per_round):
+                        t = time.perf_counter()
+                        fns[mode](r * per_round + i)
+                        lat[mode].append((time.perf_counter() - t) * 1e3)
+            for mode, values in lat.items():
+                cells.append(Cell(target, mode, 1, "-" if mode == "in-process" else "on", len(values), 0,
+                                  phase="latency", **_percentiles(values),
+                                  throughput_rps=1e3 / max(_percentiles(values)["mean_ms"], 1e-9),
+                                  loadavg_1m=os.getloadavg()[0]))
+            print(f"  latency {target}: " + ", ".join(
+                f"{m} p50 {_percentiles(v)['p50_ms']:.2f} ms" for m, v in lat.items()), flush=True)
+    finally:
+        for b in backends.values():
+            b.close()
+
+
+def _measure(setup: Setup, work: _Workload, target: str, conc: int, mode: str, server: Any | None,
+             max_s: float) -> tuple[list[float], int, float, tuple[int, int]]:
+    """One pass of one cell: latencies, errors, wall seconds and the server's (inferences, executions)."""
+    from clipq.runtime.backends.triton import TritonBackend
+
+    opened: list[Any] = []
+
+    def make(c: int) -> Callable[[int], Any]:
+        if server is None:
+            return work.inproc(target)
+        b = TritonBackend(server.grpc_url if mode == "grpc" else server.http_url, work.manifest)
+        opened.append(b)
+        return work.remote(target, b)
+
+    stats = TritonBackend(server.grpc_url, work.manifest) if server is not None else None
+    before = [(0, 0)]
+
+    def snapshot() -> None:  # after the warm-up: warm-up requests run alone and would skew the batch size
+        if stats is not None:
+            before[0] = _server_counts(stats, TARGET_NETWORK[target])
+
+    try:
+        lat, errors, wall = _run_load(make, conc, setup.requests, setup.seconds, max_s, on_start=snapshot)
+        counts = (0, 0)
+        if stats is not None:
+            after = _server_counts(stats, TARGET_NETWORK[target])
+            counts = (after[0] - before[0][0], after[1] - before[0][1])
+    finally:
+        for b in [*opened, *([stats] if stats else [])]:
+            b.close()
+    return lat, errors, wall, counts
+
+
+def _batch_ceiling(setup: Setup, work: _Workload) -> list[dict[str, Any]]:
+    """What batching can buy at most: in-process time per item at batch 1 and at larger batches.
+
+    Dynamic batching can only raise throughput by as much as the model itself runs faster per
+    item in a batch (plus filling the gaps between requests), so this bounds what the grid can
+    show. Batch sizes are interleaved in rounds against background load.
+    """
+    import numpy as np
+
+    rows = []
+    for net in sorted({TARGET_NETWORK[t] for t in setup.targets}):
+        if net == "clip_image":
+            base = np.concatenate(work.pixels)
+            def feeds(b: int, base: Any = base) -> dict[str, Any]:
+                return {"pixel_values": np.ascontiguousarray(np.resize(base, (b, *base.shape[1:])))}
+        else:
+            def feeds(b: int) -> dict[str, Any]:
+                return work.tok([CAPTIONS[i % len(CAPTIONS)] for i in range(b)]).as_inputs()
+        sizes = [1, 4] if setup.quick else [1, 4, 8, 16]
+        per_item: dict[int, list[float]] = {b: [] for b in sizes}
+        prepared = {b: feeds(b) for b in sizes}
+        for b in sizes:
+            work.ort.infer(net, prepared[b])
+        for r in range(2 if setup.quick else 3):
+            for b in (sizes if r % 2 == 0 else list(reversed(sizes))):
+                reps = max(1, 8 // b)
+                t = time.perf_counter()
+                for _ in range(reps):
+                    work.ort.infer(net, prepared[b])
+                per_item[b].append((time.perf_counter() - t) * 1e3 / (reps * b))
+        med = {b: float(np.median(v)) for b, v in per_item.items()}
+        rows.append({"network": net, "ms_per_item": med, "speedup_vs_batch1": {b: med[1] / med[b] for b in sizes}})
+        print(f"  batching ceiling {net}: " + ", ".join(f"b={b} {med[b]:.1f} ms/item ({med[1] / med[b]:.2f}x)"
+                                                       for b in sizes), flush=True)
+    return rows
+
+
+def _grid(setup: Setup, work: _Workload, servers: dict[str, Any], cells: list[Cell]) -> None:
+    """Every (target, concurrency): all modes in one order, then in the reverse order (ABBA).
+
+    Both servers (dynamic batching on and off) run side by side and the in-process baseline is
+    measured in the same passes, so a change in background load during the run falls on every
+    mode alike instead of on whichever happened to run at that moment.
+    """
+    max_s = setup.seconds * 4 + 10
+    modes: list[tuple[str, str]] = [("in-process", "-")]
+    modes += [(p, b) for p in setup.protocols for b in ("on", "off") if b in servers]
+    passes = 1 if setup.quick else 2
+    for target in setup.targets:
+        for conc in setup.concurrency:
+            acc: dict[tuple[str, str], dict[str, Any]] = {
+                m: {"lat": [], "errors": 0, "wall": 0.0, "inf": 0, "exec": 0} for m in modes}
+            for p in range(passes):
+                for mode, batching in (modes if p % 2 == 0 else list(reversed(modes))):
+                    server = None if mode == "in-process" else servers[batching]
+                    lat, errors, wall, (d_inf, d_exec) = _measure(setup, work, target, conc, mode, server, max_s)
+                    a = acc[(mode, batching)]
+                    a["lat"] += lat
+                    a["errors"] += errors
+                    a["wall"] += wall
+                    a["inf"] += d_inf
+                    a["exec"] += d_exec
+            for (mode, batching), a in acc.items():
+                avg_batch = a["inf"] / a["exec"] if a["exec"] else None
+                cell = Cell(target, mode, conc, batching, len(a["lat"]), a["errors"], **_percentiles(a["lat"]),
+                            throughput_rps=len(a["lat"]) / a["wall"] if a["wall"] > 0 else 0.0,
+                            server_avg_batch=avg_batch, loadavg_1m=os.getloadavg()[0])
+                cells.append(cell)
+                extra = f", server batch {avg_batch:.2f}" if avg_batch else ""
+                print(f"  {target:11s} {mode:10s} c={conc:<2d} batching={batching:3s} "
+                      f"{cell.throughput_rps:7.1f} req/s  p50 {cell.p50_ms:7.2f} ms{extra}"
+                      + (f"  ({cell.errors} errors)" if cell.errors else ""), flush=True)
+
+
+# -- perf_analyzer ---------------------------------------------------------------------------------------
+def find_perf_analyzer(explicit: str | None = None) -> tuple[Path, dict[str, str]] | None:
+    """The perf_analyzer binary (``make perf-analyzer`` puts it in .venv-perf) and its environment."""
+    candidates = [explicit, os.environ.get("CLIPQ_PERF_ANALYZER"), ".venv-perf/bin/perf_analyzer",
+                  shutil.which("perf_analyzer")]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            binary = Path(c).resolve()
+            env = dict(os.environ)
+            venv = binary.parent.parent
+            libs = sorted(venv.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"))
+            if libs:  # libcudart.so.12 from nvidia-cuda-runtime-cu12, next to the binary's venv
+                env["LD_LIBRARY_PATH"] = os.pathsep.join([str(libs[0]), env.get("LD_LIBRARY_PATH", "")])
+            return binary, env
+    return None
+
+
+def _perf_analyzer(setup: Setup, server: Any, manifest: Any, out: Path, explicit: str | None) -> dict[str, Any]:
+    found = find_perf_analyzer(explicit)
+    if found is None:
+        msg = "perf_analyzer not found: run `make perf-analyzer` (tool venv .venv-perf) or pass --perf-analyzer-bin"
+        print(f"  {msg}", flush=True)
+        return {"skipped": msg}
+    binary, env = found
+    pa_dir = out / "perf_analyzer"
+    pa_dir.mkdir(parents=True, exist_ok=True)
+    size = int(manifest.preprocessing["size"])
+    data = pa_dir / "embed_text_input.json"
+    data.write_text(json.dumps({"data": [{"text": [c]} for c in CAPTIONS]}))
+    runs: dict[str, Any] = {}
+    host = server.grpc_url.split("://", 1)[1]
+    measure_ms = 1000 if setup.quick else 4000
+    for model, extra in (("clip_image", ["--shape", f"pixel_values:3,{size},{size}"]),
+                         ("embed_text", ["--input-data", str(data)])):
+        for conc in setup.concurrency:
+            csv = pa_dir / f"{model}_c{conc}.csv"
+            cmd = [str(binary), "-m", model, "-u", host, "-i", "grpc", "-b", "1",
+                   "--concurrency-range", f"{conc}:{conc}", "--measurement-interval", str(measure_ms),
+                   # a shared machine is noisy: accept wider windows rather than no answer at all
+                   "--stability-percentage", "60", "--max-trials", "8", "-f", str(csv), *extra]
+            try:
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+                text = r.stdout + r.stderr
+                rc = r.returncode
+            except subprocess.TimeoutExpired as e:
+                text, rc = f"timed out after 240 s: {e}", -1
+            (pa_dir / f"{model}_c{conc}.txt").write_text("$ " + " ".join(cmd) + "\n" + text)
+            summary = _parse_perf_csv(csv) if rc == 0 and csv.is_file() else {}
+            runs[f"{model}_c{conc}"] = {"rc": rc, **summary}
+            shown = (f"{summary.get('throughput_rps', 0):.1f} req/s, p50 {summary.get('p50_ms', 0):.2f} ms"
+                     if summary else f"failed (rc {rc}), see {pa_dir}")
+            print(f"  perf_analyzer {model} c={conc}: {shown}", flush=True)
+    return {"binary": str(binary), "runs": runs}
+
+
+def _parse_perf_csv(path: Path) -> dict[str, float]:
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    if not rows:
+        return {}
+    row = rows[0]
+
+    def us(key: str) -> float:
+        return float(row.get(key, 0) or 0) / 1e3
+
+    return {"throughput_rps": float(row.get("Inferences/Second", 0) or 0), "p50_ms": us("p50 latency"),
+            "p90_ms": us("p90 latency"), "p99_ms": us("p99 latency"),
+            "client_send_ms": us("Client Send"), "server_queue_ms": us("Server Queue"),
+            "server_compute_ms": us("Server Compute Infer")}
+
+
+# -- report -----------------------------------------------------------------------------------------------
+def _find(cells: list[Cell], **kw: Any) -> Cell | None:
+    for c in cells:
+        if all(getattr(c, k) == v for k, v in kw.items()):
+            return c
+    return None
+
+
+def _targets(cells: list[Cell], setup: Setup) -> list[dict[str, Any]]:
+    out = []
+    lat = [c for c in cells if c.phase == "latency"]
+    grid = [c for c in cells if c.phase == "grid"]
+    inp, grpc = _find(lat, target="clip_image", mode="in-process"), _find(lat, target="clip_image", mode="grpc")
+    if inp and grpc:
+        over = grpc.p50_ms / inp.p50_ms - 1
+        out.append({"target": "clip_image batch 1: gRPC p50 within 5 % of in-process",
+                    "measured": f"{grpc.p50_ms:.2f} vs {inp.p50_ms:.2f} ms ({over:+.1%})", "met": over <= 0.05})
+    cmax, cmin = max(setup.concurrency), min(setup.concurrency)
+    for target in setup.targets:
+        for proto in setup.protocols:
+            on_hi = _find(grid, target=target, mode=proto, concurrency=cmax, batching="on")
+            on_lo = _find(grid, target=target, mode=proto, concurrency=cmin, batching="on")
+            off_hi = _find(grid, target=target, mode=proto, concurrency=cmax, batching="off")
+            if on_hi and on_lo and off_hi and on_lo.throughput_rps > 0 and off_hi.throughput_rps > 0:
+                ratio = on_hi.throughput_rps / on_lo.throughput_rps
+                vs_off = on_hi.throughput_rps / off_hi.throughput_rps
+                out.append({"target": f"{target} {proto}: dynamic batching c{cmax} >= 1.3x c{cmin} and above no batching",
+                            "measured": f"{ratio:.2f}x c{cmin}; {vs_off:.2f}x without batching "
+                                        f"(server batch {on_hi.server_avg_batch or 0:.2f})",
+                            "met": ratio >= 1.3 and vs_off > 1.0})
+    for proto in setup.protocols:
+        ei, ci = _find(lat, target="embed_image", mode=proto), _find(lat, target="clip_image", mode=proto)
+        if ei and ci:
+            over = ei.p50_ms / ci.p50_ms - 1
+            out.append({"target": f"embed_image (bytes in) within 20 % of clip_image (tensors in), {proto}",
+                        "measured": f"{ei.p50_ms:.2f} vs {ci.p50_ms:.2f} ms ({over:+.1%})", "met": over <= 0.20})
+    return out
+
+
+def _markdown(setup: Setup, cells: list[Cell], targets: list[dict[str, Any]], env: dict[str, Any],
+              perf: dict[str, Any] | None, ceiling: list[dict[str, Any]] | None = None) -> str:
+    lines = ["# Triton serving benchmark", "",
+             f"Artifacts `{setup.artifacts}`{' (quick: tiny generated models)' if setup.quick else ''}; "
+             f"{env['cpus']} CPUs, load average at start {env['loadavg']}; tritonserver {env['server_version']}; "
+             f"variant {setup.variant}; onnxruntime spinning {'on' if setup.spin else 'off'}; "
+             f"queue delay {setup.queue_delay_us} us; load average at the end {env.get('loadavg_end', '?')}.", ""]
+    lat = [c for c in cells if c.phase == "latency"]
+    if lat:
+        lines += ["## Batch 1, concurrency 1 (interleaved rounds)", "",
+                  "| target | in-process p50 ms | gRPC p50 ms | HTTP p50 ms | gRPC over in-process | HTTP over in-process |",
+                  "|---|---|---|---|---|---|"]
+        def fmt(c: Cell | None) -> str:
+            return f"{c.p50_ms:.2f}" if c else "-"
+
+        def over(c: Cell | None, base: Cell | None) -> str:
+            return f"{c.p50_ms / base.p50_ms - 1:+.1%}" if c and base and base.p50_ms else "-"
+
+        for t in setup.targets:
+            i, g, h = (_find(lat, target=t, mode=m) for m in ("in-process", "grpc", "http"))
+            lines.append(f"| {t} | {fmt(i)} | {fmt(g)} | {fmt(h)} | {over(g, i)} | {over(h, i)} |")
+        lines.append("")
+    grid = [c for c in cells if c.phase == "grid"]
+    if grid:
+        lines += ["## Throughput (req/s, batch 1 per request) and p50 latency", "",
+                  "| target | mode | batching | " + " | ".join(f"c={c}" for c in setup.concurrency) + " | server batch at max c |",
+                  "|---|---|---|" + "---|" * len(setup.concurrency) + "---|"]
+        for t in setup.targets:
+            for mode in ["in-process", *setup.protocols]:
+                for b in (["-"] if mode == "in-process" else ["on", "off"]):
+                    row = [_find(grid, target=t, mode=mode, batching=b, concurrency=c) for c in setup.concurrency]
+                    if not any(row):
+                        continue
+                    vals = [f"{c.throughput_rps:.1f} ({c.p50_ms:.1f} ms)" if c else "-" for c in row]
+                    last = row[-1].server_avg_batch if row[-1] else None
+                    lines.append(f"| {t} | {mode} | {b} | " + " | ".join(vals) + f" | {last:.2f} |"
+                                 if last else f"| {t} | {mode} | {b} | " + " | ".join(vals) + " | - |")
+        lines.append("")
+    if ceiling:
+        sizes = list(ceiling[0]["ms_per_item"])
+        lines += ["## What batching can buy at most (in-process, ms per item)", "",
+                  "| network | " + " | ".join(f"batch {b}" for b in sizes) + " | best speed-up over batch 1 |",
+                  "|---|" + "---|" * len(sizes) + "---|"]
+        for row in ceiling:
+            best = max(row["speedup_vs_batch1"].values())
+            lines.append(f"| {row['network']} | " + " | ".join(f"{row['ms_per_item'][b]:.2f}" for b in sizes)
+                         + f" | {best:.2f}x |")
+        lines.append("")
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
+        lines.append("")
+    if perf:
+        lines += ["## perf_analyzer (gRPC, batch 1)", ""]
+        if "skipped" in perf:
+            lines += [perf["skipped"], ""]
+        else:
+            lines += ["| run | req/s | p50 ms | p99 ms | server queue ms | server compute ms |", "|---|---|---|---|---|---|"]
+            for name, r in perf["runs"].items():
+                if "throughput_rps" in r:
+                    lines.append(f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                                 f"{r['server_queue_ms']:.2f} | {r['server_compute_ms']:.2f} |")
+                else:
+                    lines.append(f"| {name} | failed (rc {r['rc']}) | | | | |")
+            lines += ["", "Raw output in `perf_analyzer/`.", ""]
+    if setup.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in setup.notes], ""]
+    return "\n".join(lines)
+
+
+def _plot(setup: Setup, cells: list[Cell], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    grid = [c for c in cells if c.phase == "grid"]
+    fig, axes = plt.subplots(1, len(setup.targets), figsize=(5 * len(setup.targets), 4), squeeze=False)
+    for ax, t in zip(axes[0], setup.targets):
+        for mode in ["in-process", *setup.protocols]:
+            for b in (["-"] if mode == "in-process" else ["on", "off"]):
+                pts = [(c.concurrency, c.throughput_rps) for c in grid if c.target == t and c.mode == mode and c.batching == b]
+                if pts:
+                    xs, ys = zip(*sorted(pts))
+                    ax.plot(xs, ys, marker="o", linestyle="-" if b != "off" else "--",
+                            label=mode if b == "-" else f"{mode}, batching {b}")
+        ax.set_title(t)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("requests / s")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    from clipq.runtime.errors import ArtifactError
+    from clipq.runtime.manifest import Manifest
+    from clipq.serving import RenderOptions, render_repository
+    from clipq.serving.server import TritonServer
+
+    out = Path(getattr(args, "out", None) or "bench_results")
+    out.mkdir(parents=True, exist_ok=True)
+    quick = bool(getattr(args, "quick", False))
+    work_dir = Path(tempfile.mkdtemp(prefix="clipq-bench-triton-"))
+    try:
+        artifacts = getattr(args, "artifacts", None)
+        if artifacts is None:
+            if not quick:
+                raise ArtifactError("clipq bench --target triton needs --artifacts DIR (or --quick for tiny models)")
+            from clipq.serving.tiny import build_tiny_artifacts
+
+            artifacts = work_dir / "artifacts"
+            build_tiny_artifacts(artifacts)
+        manifest = Manifest.load(artifacts)
+
+        def ints(s: str) -> list[int]:
+            return [int(x) for x in str(s).split(",") if x.strip()]
+
+        setup = Setup(
+            artifacts=Path(artifacts), quick=quick,
+            targets=[t for t in str(getattr(args, "triton_models", "clip_image,embed_image,embed_text")).split(",") if t],
+            # --quick checks the outputs, not the scaling: two levels are enough
+            concurrency=ints(getattr(args, "triton_concurrency", "1,4,16"))[:2] if quick
+            else ints(getattr(args, "triton_concurrency", "1,4,16")),
+            protocols=[p for p in str(getattr(args, "triton_protocols", "grpc,http")).split(",") if p],
+            seconds=0.0 if quick else float(getattr(args, "triton_seconds", 6.0)),
+            requests=8 if quick else int(getattr(args, "triton_requests", 48)),
+            rounds=2 if quick else int(getattr(args, "triton_rounds", 12)),
+            queue_delay_us=int(getattr(args, "triton_queue_delay_us", 100)),
+            spin=getattr(args, "triton_spin", "off") == "on",
+            variant=str(getattr(args, "triton_variant", "fp32")),
+        )
+        unknown = set(setup.targets) - set(TARGET_NETWORK)
+        if unknown:
+            raise ArtifactError(f"unknown triton bench targets {sorted(unknown)}; choose from {sorted(TARGET_NETWORK)}")
+        env = {"cpus": os.cpu_count(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+               "python": sys.version.split()[0], "server_version": "?"}
+        print(f"triton bench: {setup.artifacts} targets {setup.targets}, concurrency {setup.concurrency}, "
+              f"protocols {setup.protocols}, load average {env['loadavg']}", flush=True)
+        work = _Workload(manifest, setup.spin, setup.variant)
+        cells: list[Cell] = []
+        ceiling = _batch_ceiling(setup, work)
+        perf: dict[str, Any] | None = None
+        models = ["clip_image", "clip_text", "preprocess_image", "tokenize_clip", "embed_image", "embed_text"]
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, Any] = {}
+            for batching in ("on", "off"):
+                opts = RenderOptions(variant=setup.variant, dynamic_batching=batching == "on",
+                                     max_queue_delay_us=setup.queue_delay_us, allow_spinning=setup.spin)
+                repo = render_repository(manifest, work_dir / f"repo_{batching}", opts, models=models)
+                server = stack.enter_context(TritonServer(repo.path))
+                servers[batching] = server
+                env["server_version"] = server.version
+                print(f"tritonserver {server.version}, dynamic batching {batching}: ready in "
+                      f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
+            _latency_table(setup, work, servers["on"], cells)
+            _grid(setup, work, servers, cells)
+            if getattr(args, "perf_analyzer", False):
+                perf = _perf_analyzer(setup, servers["on"], manifest, out, getattr(args, "perf_analyzer_bin", None))
+        work.ort.close()
+        targets = _targets(cells, setup)
+        env["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        result = {"setup": {**asdict(setup), "artifacts": str(setup.artifacts)}, "environment": env,
+                  "cells": [asdict(c) for c in cells], "targets": targets, "batching_ceiling": ceiling,
+                  "perf_analyzer": perf}
+        (out / "triton.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "triton.md").write_text(_markdown(setup, cells, targets, env, perf, ceiling))
+        _plot(setup, cells, out / "triton.png")
+        print((out / "triton.md").read_text())
+        print(f"wrote {out / 'triton.json'}, {out / 'triton.md'}, {out / 'triton.png'}")
+        return 0
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,584 @@
+"""Remote backend: the same tensors as :class:`OrtBackend`, run by a Triton server.
+
+``TritonBackend`` (blocking) and ``AsyncTritonBackend`` (asyncio) speak Triton's HTTP or gRPC
+protocol through ``tritonclient``. Both behave like the in-process backend so that every task class
+and CLI command works unchanged with ``--server URL``:
+
+- inputs are checked against the manifest's spec before anything is sent (same
+  ``InvalidInputError`` / ``DTypeError`` / ``ShapeError`` as in-process);
+- a batch larger than the model's ``max_batch_size`` (read from the server's configuration) is
+  split into chunks and the outputs are joined again;
+- an error the model raised for an input (a corrupt image in ``embed_image``) comes back as the
+  same clipq error type with its index in the caller's batch; other server errors raise
+  ``InferenceError`` with the server's reason; an unreachable server ``BackendUnavailable``
+  naming the URL;
+- connections are reused (one gRPC channel; one keep-alive HTTP connection per thread, since
+  tritonclient's HTTP client is not thread-safe), every call has a timeout;
+- retries happen only where repeating is safe: the failure says the request did not run
+  (connection refused, server unavailable or its queue full) and the model is stateless (no
+  sequence batching, not decoupled). A timeout is never retried: the request may have run, and
+  repeating it under overload makes the overload worse.
+
+Models that are not networks in the manifest (the ensembles ``embed_image``, ``embed_text``,
+``ask``, ``describe``; the helpers ``preprocess_image``, ``tokenize_*``) are described by the
+server's own configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ..errors import (
+    ArtifactError,
+    BackendUnavailable,
+    ClipqError,
+    DTypeError,
+    InferenceError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidTextError,
+    MissingDependencyError,
+    ShapeError,
+)
+from ..manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec
+
+#: Triton config dtype -> manifest dtype name
+_FROM_TRITON = {v: k for k, v in TRITON_DTYPES.items()}
+#: manifest dtype -> tritonclient wire dtype
+_WIRE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
+         "bool": "BOOL", "bytes": "BYTES"}
+#: clipq input errors the server-side models report by class name (see serving/python_models/model.py)
+_REMOTE_ERRORS: dict[str, type[InvalidInputError]] = {
+    c.__name__: c for c in (InvalidImageError, InvalidTextError, ShapeError, DTypeError, InvalidInputError)
+}
+_REMOTE_ERROR_RE = re.compile(
+    r"(?P<cls>" + "|".join(_REMOTE_ERRORS) + r"): (?:\[item (?P<index>\d+)(?:, (?P<source>.*?))?\] )?(?P<reason>.*)",
+    re.S,
+)
+_DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+
+
+def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
+    """Split a server URL into (protocol, ``host:port``, ssl).
+
+    Args:
+        url: ``grpc://host:port``, ``http://host:port``, ``https://host:port`` or ``host:port``.
+        protocol: ``"grpc"`` or ``"http"``; required for a URL without scheme, must agree otherwise.
+
+    Raises:
+        ClipqError: an unknown scheme or protocol, or a protocol that contradicts the scheme.
+    """
+    if "://" not in url:
+        if protocol is None:
+            raise ClipqError(f"server URL {url!r} has no scheme: use grpc://{url} or http://{url}")
+        url = f"{protocol}://{url}"
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    proto = {"grpc": "grpc", "http": "http", "https": "http"}.get(scheme)
+    if proto is None:
+        raise ClipqError(f"unsupported server URL scheme {scheme!r} in {url!r} (use grpc:// or http://)")
+    if protocol is not None and protocol != proto:
+        raise ClipqError(f"protocol {protocol!r} contradicts the URL {url!r}")
+    if not parts.hostname:
+        raise ClipqError(f"server URL {url!r} has no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return proto, f"{host}:{parts.port or _DEFAULT_PORTS[proto]}", scheme == "https"
+
+
+def _import(protocol: str, aio: bool) -> Any:
+    try:
+        if protocol == "grpc":
+            if aio:
+                import tritonclient.grpc.aio as mod
+            else:
+                import tritonclient.grpc as mod
+        elif aio:
+            import tritonclient.http.aio as mod
+        else:
+            import tritonclient.http as mod
+    except ImportError as e:
+        raise MissingDependencyError("tritonclient[http,grpc]", "runtime", "the Triton backend") from e
+    return mod
+
+
+def _status(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    s = status() if callable(status) else status
+    return str(s or "")
+
+
+def _message(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None)
+    m = msg() if callable(msg) else msg
+    return str(m or exc)
+
+
+def _as_array(x: Any, t: TensorSpec) -> np.ndarray:
+    """Caller data -> numpy in the spec's dtype for BYTES inputs (lists of str/bytes are fine)."""
+    if t.dtype != "bytes":
+        return np.asarray(x)
+    a = np.asarray(x, dtype=object) if not (isinstance(x, np.ndarray) and x.dtype == object) else x
+    if a.ndim == 1 and len(t.shape) == 2 and t.shape[1] == 1:
+        a = a.reshape(-1, 1)  # [N] texts or images -> [N, 1] as the config declares
+    return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v), otypes=[object])(a) \
+        if a.size else a
+
+
+class _TritonCommon:
+    """What the blocking and the asyncio backends share: specs, checks, chunks, errors, retries."""
+
+    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None, timeout_s: float,
+                 retries: int, backoff_s: float, verify: bool, aio: bool) -> None:
+        self.url = url
+        self.protocol, self.address, self.ssl = parse_url(url, protocol)
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self.timeout_s = float(timeout_s)
+        self.retries = max(0, int(retries))
+        self.backoff_s = float(backoff_s)
+        self.verify = verify
+        self._mod = _import(self.protocol, aio)
+        # InferInput / InferRequestedOutput live in the sync modules (the aio ones reuse them)
+        self._io = _import(self.protocol, False)
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self._verified: set[str] = set()
+
+    # -- errors --------------------------------------------------------------------------------
+    def _unavailable(self, exc: BaseException, what: str = "is not reachable") -> BackendUnavailable:
+        return BackendUnavailable(
+            f"Triton server at {self.url} {what} ({_message(exc).strip() or type(exc).__name__}); "
+            "is it running? Start one with `clipq serve`")
+
+    def _is_connection_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return True
+        status, msg = _status(exc), _message(exc).lower()
+        if "UNAVAILABLE" in status or status == "503":
+            return True
+        return any(s in msg for s in ("connection refused", "failed to connect", "connect failed",
+                                      "connection reset", "name or service not known", "socket closed"))
+
+    def _is_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in _status(exc) or \
+            "timed out" in _message(exc).lower() or type(exc).__name__ == "Timeout"
+
+    def _retryable(self, exc: BaseException, model: str | None) -> bool:
+        """Safe to repeat: the request did not run, and running it twice would change nothing."""
+        if self._is_timeout(exc):
+            return False
+        if not self._is_connection_error(exc):
+            return False
+        cfg = self._configs.get(model or "")
+        if cfg and (cfg.get("sequence_batching") or (cfg.get("model_transaction_policy") or {}).get("decoupled")):
+            return False
+        return True
+
+    def _delay(self, attempt: int) -> float:
+        # exponential backoff with full jitter: clients that failed together do not retry together
+        return random.uniform(0, self.backoff_s * (2 ** attempt))
+
+    def _error(self, exc: BaseException, model: str, start: int = 0) -> ClipqError:
+        """Map a tritonclient (or socket) error to the clipq error a caller of ``model`` expects."""
+        if isinstance(exc, ClipqError):
+            return exc
+        if self._is_timeout(exc):
+            return BackendUnavailable(f"Triton server at {self.url} did not answer {model!r} within {self.timeout_s:g} s")
+        if self._is_connection_error(exc) and "queue" not in _message(exc).lower():
+            return self._unavailable(exc)
+        msg = _message(exc)
+        m = _REMOTE_ERROR_RE.search(msg)
+        if m:
+            cls = _REMOTE_ERRORS[m.group("cls")]
+            index = int(m.group("index")) + start if m.group("index") is not None else None
+            source = (m.group("source") or "").strip("'\"") or None
+            err = cls(m.group("reason").strip(), index=index, source=source)
+            err.args = (f"{model}: {err}",)
+            return err
+        return InferenceError(f"{model} on {self.url}: {msg.strip()}")
+
+    # -- specs ---------------------------------------------------------------------------------
+    def _spec_from_config(self, cfg: Mapping[str, Any]) -> ModelSpec:
+        mbs = int(cfg.get("max_batch_size", 0) or 0)
+
+        def tensors(key: str) -> list[TensorSpec]:
+            out = []
+            for t in cfg.get(key, []):
+                dims = tuple(int(d) for d in t.get("dims", []))
+                out.append(TensorSpec(t["name"], _FROM_TRITON.get(t["data_type"], t["data_type"]),
+                                      ((-1,) + dims) if mbs > 0 else dims))
+            return out
+
+        return ModelSpec(name=cfg["name"], inputs=tensors("input"), outputs=tensors("output"),
+                         max_batch_size=mbs, preferred_batch_sizes=[],
+                         meta={"platform": cfg.get("platform") or cfg.get("backend", "")})
+
+    def _accept_config(self, model: str, cfg: dict[str, Any]) -> None:
+        self._configs[model] = cfg
+        if model not in self.manifest.models:
+            self._specs[model] = self._spec_from_config(cfg)
+        elif self.verify:
+            self._check_identity(model, cfg)
+
+    def _check_identity(self, model: str, cfg: Mapping[str, Any]) -> None:
+        """Refuse a server whose graph is not one the local manifest describes (sha256 check)."""
+        served = ((cfg.get("parameters") or {}).get("clipq_sha256") or {}).get("string_value", "")
+        if not served:
+            return  # a repository clipq did not render: nothing to compare
+        spec = self.manifest.models[model]
+        files = [spec.file, *spec.variants.values()]
+        known = {self.manifest.files.get(f, {}).get("sha256", "") for f in files if f}
+        if served not in known:
+            raise ArtifactError(
+                f"the server at {self.url} runs a different {model!r} graph (sha256 {served[:12]}...) than the "
+                f"artifacts in {self.manifest.root} describe; re-render its repository from these artifacts "
+                "(`clipq serve ARTIFACTS`) or point --artifacts at the ones it serves")
+        self._verified.add(model)
+
+    def _local_spec(self, model: str) -> ModelSpec | None:
+        if model in self.manifest.models:
+            return self.manifest.models[model]
+        return self._specs.get(model)
+
+    def _max_batch(self, model: str, spec: ModelSpec) -> int:
+        cfg = self._configs.get(model)
+        mbs = int(cfg.get("max_batch_size", 0)) if cfg else int(spec.max_batch_size)
+        return mbs
+
+    def _check(self, model: str, spec: ModelSpec, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        from .ort import check_inputs
+
+        arrays = {}
+        for t in spec.inputs:
+            if t.name in inputs:
+                arrays[t.name] = _as_array(inputs[t.name], t)
+        extra = {k: v for k, v in inputs.items() if k not in arrays}
+        return check_inputs(spec, {**arrays, **extra})
+
+    def _chunks(self, model: str, spec: ModelSpec, feeds: Mapping[str, np.ndarray]) -> list[tuple[int, list[Any]]]:
+        """Split along the batch axis by the server's max_batch_size; build tritonclient inputs."""
+        mbs = self._max_batch(model, spec)
+        n = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        step = mbs if mbs > 0 else max(n, 1)
+        out = []
+        for start in range(0, max(n, 1), step):
+            infer_inputs = []
+            for t in spec.inputs:
+                a = feeds[t.name][start:start + step] if mbs > 0 else feeds[t.name]
+                ii = self._io.InferInput(t.name, list(a.shape), _WIRE[t.dtype])
+                if self.protocol == "http":
+                    ii.set_data_from_numpy(a, binary_data=True)
+                else:
+                    ii.set_data_from_numpy(a)
+                infer_inputs.append(ii)
+            out.append((start, infer_inputs))
+        return out
+
+    def _outputs(self, spec: ModelSpec) -> list[Any]:
+        if self.protocol == "http":
+            return [self._io.InferRequestedOutput(t.name, binary_data=True) for t in spec.outputs]
+        return [self._io.InferRequestedOutput(t.name) for t in spec.outputs]
+
+    @staticmethod
+    def _empty(spec: ModelSpec) -> dict[str, np.ndarray]:
+        """Outputs of an empty batch, answered here: Triton refuses a batch of zero."""
+        dt = {"bytes": object}
+        return {t.name: np.zeros([0] + [max(d, 0) for d in t.shape[1:]], dtype=dt.get(t.dtype, t.dtype))
+                for t in spec.outputs}
+
+    @staticmethod
+    def _join(spec: ModelSpec, results: Sequence[Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for t in spec.outputs:
+            parts = [r.as_numpy(t.name) for r in results]
+            out[t.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return out
+
+
+class TritonBackend(_TritonCommon):
+    """Run models on a Triton server; implements :class:`~clipq.runtime.backend.Backend`.
+
+    Args:
+        url: ``grpc://host:port`` or ``http://host:port`` (``https://`` for TLS).
+        manifest: The artifact manifest (or directory) the server's repository was rendered from:
+            tensor names, tokenizers and preprocessing come from it.
+        protocol: ``"grpc"`` or ``"http"`` for a URL without scheme.
+        timeout_s: Deadline of each call (connection and response), in seconds.
+        retries: Extra attempts for requests that are safe to repeat (see the module docstring).
+        backoff_s: Base of the exponential backoff between attempts.
+        verify: Check, on first use of each network, that the server runs the graph the manifest
+            describes (its sha256, recorded in the rendered config).
+
+    Raises:
+        MissingDependencyError: tritonclient is not installed.
+        ClipqError: an unusable URL.
+    """
+
+    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None = None, *,
+                 timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05, verify: bool = True) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False)
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._grpc: Any = None
+        self._closed = False
+
+    # -- connections ---------------------------------------------------------------------------
+    def _client(self) -> Any:
+        if self._closed:
+            raise BackendUnavailable(f"backend for {self.url} is closed")
+        if self.protocol == "grpc":
+            if self._grpc is None:
+                with self._lock:
+                    if self._grpc is None:
+                        self._grpc = self._mod.InferenceServerClient(self.address, ssl=self.ssl)
+                        self._clients.append(self._grpc)
+            return self._grpc
+        c = getattr(self._local, "client", None)
+        if c is None:
+            # one client (one keep-alive connection) per thread: tritonclient.http is not thread-safe
+            c = self._mod.InferenceServerClient(self.address, ssl=self.ssl, connection_timeout=self.timeout_s,
+                                                network_timeout=self.timeout_s)
+            self._local.client = c
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def _call(self, model: str | None, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Call ``fn`` with the deadline, retrying what is safe to repeat."""
+        if self.protocol == "grpc":
+            kw.setdefault("client_timeout", self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001 - classified below
+                last = attempt == self.retries or time.monotonic() + self._delay(attempt) > deadline
+                if last or not self._retryable(e, model):
+                    raise
+                time.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    def _config(self, model: str) -> dict[str, Any]:
+        cfg = self._configs.get(model)
+        if cfg is None:
+            try:
+                raw = self._call(model, self._client().get_model_config, model, **(
+                    {"as_json": True} if self.protocol == "grpc" else {}))
+            except Exception as e:  # noqa: BLE001
+                err = self._error(e, model)
+                if isinstance(err, InferenceError):
+                    raise InferenceError(f"the server at {self.url} has no model {model!r}: {_message(e)}") from e
+                raise err from e
+            cfg = raw.get("config", raw)
+            self._accept_config(model, cfg)
+        return cfg
+
+    # -- Backend protocol ----------------------------------------------------------------------
+    def spec(self, model: str) -> ModelSpec:
+        """The model's tensor contract: the manifest's for networks, the server's otherwise.
+
+        Raises:
+            InferenceError: the server has no such model (and the manifest neither).
+            BackendUnavailable: the server cannot be reached to ask.
+        """
+        spec = self._local_spec(model)
+        if spec is not None:
+            return spec
+        self._config(model)
+        return self._specs[model]
+
+    def infer(self, model: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run ``model`` on the server; returns its named outputs as numpy arrays.
+
+        Raises:
+            InvalidInputError, DTypeError, ShapeError: inputs that do not match the spec (checked
+                here), or an input the model refused (with its index in this batch).
+            InferenceError: the server failed for another reason (its reason is in the message).
+            BackendUnavailable: the server cannot be reached or did not answer in time.
+            ArtifactError: the server runs another graph than the manifest describes.
+        """
+        self._config(model)  # max batch size, statefulness, identity check (cached)
+        spec = self.spec(model)
+        feeds = self._check(model, spec, inputs)
+        if feeds and len(next(iter(feeds.values()))) == 0:
+            return self._empty(spec)
+        outputs = self._outputs(spec)
+        results = []
+        for start, infer_inputs in self._chunks(model, spec, feeds):
+            try:
+                results.append(self._call(model, self._client().infer, model, infer_inputs, outputs=outputs))
+            except Exception as e:  # noqa: BLE001
+                raise self._error(e, model, start) from e
+        return self._join(spec, results)
+
+    def health(self) -> None:
+        """Raise ``BackendUnavailable`` unless the server is live and every model is ready."""
+        try:
+            c = self._client()
+            live = self._call(None, c.is_server_live)
+            ready = live and self._call(None, c.is_server_ready)
+        except BackendUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._unavailable(e) from e
+        if not ready:
+            raise BackendUnavailable(f"Triton server at {self.url} is {'live but not ready' if live else 'not live'}")
+
+    def model_ready(self, model: str) -> bool:
+        """Whether the server reports ``model`` ready."""
+        try:
+            return bool(self._call(model, self._client().is_model_ready, model))
+        except Exception as e:  # noqa: BLE001
+            raise self._unavailable(e) from e
+
+    def statistics(self, model: str = "") -> dict[str, Any]:
+        """The server's inference statistics (``model``: one model, default all), as JSON."""
+        c = self._client()
+        kw = {"as_json": True} if self.protocol == "grpc" else {}
+        try:
+            return self._call(None, c.get_inference_statistics, model, **kw)
+        except Exception as e:  # noqa: BLE001
+            raise self._error(e, model or "statistics") from e
+
+    def close(self) -> None:
+        """Close every connection (from any thread). Later calls raise ``BackendUnavailable``."""
+        with self._lock:
+            self._closed = True
+            clients, self._clients, self._grpc = self._clients, [], None
+        for c in clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001,S110 - closing a dead connection is not an error
+                pass
+
+    def __enter__(self) -> TritonBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TritonBackend({self.url!r}, protocol={self.protocol!r}, timeout_s={self.timeout_s:g})"
+
+
+class AsyncTritonBackend(_TritonCommon):
+    """The asyncio twin of :class:`TritonBackend` (``await backend.infer(...)``).
+
+    Chunks of a large batch are sent concurrently (at most ``max_in_flight`` at a time), so the
+    server's dynamic batcher and instances see them together. Arguments as :class:`TritonBackend`,
+    plus ``max_in_flight``.
+    """
+
+    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None = None, *,
+                 timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05, verify: bool = True,
+                 max_in_flight: int = 8) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True)
+        self.max_in_flight = max(1, int(max_in_flight))
+        self._c: Any = None
+        self._closed = False
+
+    def _client(self) -> Any:
+        if self._closed:
+            raise BackendUnavailable(f"backend for {self.url} is closed")
+        if self._c is None:
+            if self.protocol == "grpc":
+                self._c = self._mod.InferenceServerClient(self.address, ssl=self.ssl)
+            else:
+                self._c = self._mod.InferenceServerClient(self.address, ssl=self.ssl, conn_timeout=self.timeout_s,
+                                                          conn_limit=self.max_in_flight * 4)
+        return self._c
+
+    async def _call(self, model: str | None, fn: Any, *args: Any, **kw: Any) -> Any:
+        if self.protocol == "grpc":
+            kw.setdefault("client_timeout", self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(self.retries + 1):
+            try:
+                return await fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001 - classified below
+                last = attempt == self.retries or time.monotonic() + self._delay(attempt) > deadline
+                if last or not self._retryable(e, model):
+                    raise
+                await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _config(self, model: str) -> dict[str, Any]:
+        cfg = self._configs.get(model)
+        if cfg is None:
+            kw = {"as_json": True} if self.protocol == "grpc" else {}
+            try:
+                raw = await self._call(model, self._client().get_model_config, model, **kw)
+            except Exception as e:  # noqa: BLE001
+                err = self._error(e, model)
+                if isinstance(err, InferenceError):
+                    raise InferenceError(f"the server at {self.url} has no model {model!r}: {_message(e)}") from e
+                raise err from e
+            cfg = raw.get("config", raw)
+            self._accept_config(model, cfg)
+        return cfg
+
+    async def spec(self, model: str) -> ModelSpec:
+        """As :meth:`TritonBackend.spec`."""
+        spec = self._local_spec(model)
+        if spec is not None:
+            return spec
+        await self._config(model)
+        return self._specs[model]
+
+    async def infer(self, model: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """As :meth:`TritonBackend.infer`; chunks run concurrently."""
+        await self._config(model)
+        spec = await self.spec(model)
+        feeds = self._check(model, spec, inputs)
+        if feeds and len(next(iter(feeds.values()))) == 0:
+            return self._empty(spec)
+        outputs = self._outputs(spec)
+        sem = asyncio.Semaphore(self.max_in_flight)
+        client = self._client()
+
+        async def one(start: int, infer_inputs: list[Any]) -> Any:
+            async with sem:
+                try:
+                    return await self._call(model, client.infer, model, infer_inputs, outputs=outputs)
+                except Exception as e:  # noqa: BLE001
+                    raise self._error(e, model, start) from e
+
+        results = await asyncio.gather(*(one(s, ii) for s, ii in self._chunks(model, spec, feeds)))
+        return self._join(spec, results)
+
+    async def health(self) -> None:
+        """As :meth:`TritonBackend.health`."""
+        try:
+            c = self._client()
+            live = await self._call(None, c.is_server_live)
+            ready = live and await self._call(None, c.is_server_ready)
+        except BackendUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._unavailable(e) from e
+        if not ready:
+            raise BackendUnavailable(f"Triton server at {self.url} is {'live but not ready' if live else 'not live'}")
+
+    async def close(self) -> None:
+        self._closed = True
+        c, self._c = self._c, None
+        if c is not None:
+            try:
+                await c.close()
+            except Exception:  # noqa: BLE001,S110 - closing a dead connection is not an error
+                pass
+
+    async def __aenter__(self) -> AsyncTritonBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,634 @@
+"""Find, start, watch and stop tritonserver.
+
+Two installations are supported:
+
+- the tritonserver binary shipped in the ``nvidia-pytriton`` wheel (Python backend only). Its
+  Python backend needs a stub built for the running Python version next to it, the shared
+  ``libpython<major>.<minor>.so.1.0`` of that version, the wheel's bundled libraries on
+  ``LD_LIBRARY_PATH``, and the virtual environment's ``bin`` first on ``PATH`` (the stub's embedded
+  interpreter finds the environment's packages from there). :class:`TritonServer` prepares all
+  of that in a private working directory.
+- a ``tritonserver`` on ``PATH`` (the NGC container: ``/opt/tritonserver``), used as it is.
+
+The server runs in its own session and process group, on loopback unless told otherwise, with a
+private prefix for the Python backend's shared-memory regions (several servers can run side by
+side). :meth:`TritonServer.stop` sends SIGTERM, waits, kills the process group if it must, and
+checks that no stub process and no shared-memory region is left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import ctypes
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipq.runtime.errors import ServerError
+
+#: Messages tritonserver prints on every machine without a usable CUDA driver. They are harmless
+#: here (CPU models, no pinned memory needed) and alarming to read, so users do not see them.
+HARMLESS_PATTERNS = (
+    re.compile(r"Unable to allocate pinned system memory"),
+    re.compile(r"failed to allocate pinned system memory: no pinned memory pool"),
+    re.compile(r"CUDA memory pool disabled"),
+    re.compile(r"CudaDriverHelper has not been initialized"),
+    re.compile(r"Failed to (?:initialize|init) CUDA driver"),
+    re.compile(r"Unable to get number of CUDA devices|cudaGetDeviceCount|CUDA driver version is insufficient"),
+    re.compile(r"GPU metrics|DCGM"),
+)
+
+_FAILED_LOAD = re.compile(r"failed to load '(?P<model>[^']+)' version (?P<version>\d+): (?P<reason>.*?)\"?$")
+_TABLE_ROW = re.compile(r"^\|\s*(?P<model>[\w.-]+)\s*\|\s*(?P<version>\d+)\s*\|\s*UNAVAILABLE: (?P<reason>.*?)\s*\|?$")
+_LOG_PREFIX = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] ")
+
+
+def is_harmless(line: str) -> bool:
+    """Whether ``line`` is one of the known harmless CUDA messages of a CPU-only machine."""
+    return any(p.search(line) for p in HARMLESS_PATTERNS)
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where a tritonserver and its Python backend live.
+
+    Attributes:
+        binary: The ``tritonserver`` executable.
+        source: ``"pytriton"`` (the wheel's build; backend directory prepared per run) or ``"system"``.
+        backends_dir: The server's own backend directory (``system``), if any.
+        python_backend: Directory holding ``libtriton_python.so`` (``pytriton``).
+        stubs_dir: Directory of per-version Python backend stubs (``pytriton``).
+        lib_dirs: Directories of bundled shared libraries to put on ``LD_LIBRARY_PATH``.
+    """
+
+    binary: Path
+    source: str
+    backends_dir: Path | None = None
+    python_backend: Path | None = None
+    stubs_dir: Path | None = None
+    lib_dirs: tuple[Path, ...] = ()
+
+    def has_backend(self, name: str) -> bool:
+        """Whether a backend (``python``, ``onnxruntime``, ``tensorrt``) is available."""
+        if self.source == "pytriton":
+            return name == "python"
+        return self.backends_dir is not None and (self.backends_dir / name).is_dir()
+
+    def stub_for(self, version: tuple[int, int] | None = None) -> Path | None:
+        """The Python backend stub for ``version`` (default: the running interpreter)."""
+        if self.stubs_dir is None:
+            return None
+        major, minor = version or sys.version_info[:2]
+        p = self.stubs_dir / f"{major}.{minor}" / "triton_python_backend_stub"
+        return p if p.is_file() else None
+
+
+def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonInstallation:
+    """Locate tritonserver: ``explicit`` or ``$CLIPQ_TRITONSERVER``, then nvidia-pytriton, then ``PATH``.
+
+    Raises:
+        ServerError: none was found (the message says how to get one).
+    """
+    candidate = explicit or os.environ.get("CLIPQ_TRITONSERVER")
+    if candidate:
+        p = Path(candidate)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise ServerError(f"tritonserver not found or not executable: {p}")
+        return _installation_for(p)
+    spec = importlib.util.find_spec("pytriton")  # locate without importing (pytriton imports a lot)
+    if spec is not None and spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations)))
+        binary = root / "tritonserver" / "bin" / "tritonserver"
+        if binary.is_file():
+            return _installation_for(binary, pytriton_root=root)
+    found = shutil.which("tritonserver")
+    if found:
+        return _installation_for(Path(found))
+    raise ServerError(
+        "tritonserver not found: install the serving extra (pip install 'clipq[serve]', whose "
+        "nvidia-pytriton wheel ships one), use the NGC container, or set CLIPQ_TRITONSERVER"
+    )
+
+
+def _installation_for(binary: Path, pytriton_root: Path | None = None) -> TritonInstallation:
+    binary = binary.resolve()
+    if pytriton_root is None and binary.parent.parent.name == "tritonserver" and binary.parent.parent.parent.name == "pytriton":
+        pytriton_root = binary.parent.parent.parent
+    if pytriton_root is not None:
+        libs = [d for d in (pytriton_root.parent / "nvidia_pytriton.libs", pytriton_root / "tritonserver" / "external_libs")
+                if d.is_dir()]
+        return TritonInstallation(
+            binary=binary, source="pytriton",
+            python_backend=pytriton_root / "tritonserver" / "backends" / "python",
+            stubs_dir=pytriton_root / "tritonserver" / "python_backend_stubs",
+            lib_dirs=tuple(libs),
+        )
+    backends = binary.parent.parent / "backends"
+    return TritonInstallation(binary=binary, source="system", backends_dir=backends if backends.is_dir() else None)
+
+
+def find_libpython(version: tuple[int, int] | None = None) -> Path | None:
+    """The shared ``libpython<M>.<m>.so.1.0`` the Python backend stub needs, or ``None``.
+
+    Looks in the interpreter's own ``LIBDIR`` first (a pyenv or conda build with a shared
+    library), then in the dynamic linker's cache, then in the usual system directories.
+    """
+    major, minor = version or sys.version_info[:2]
+    name = f"libpython{major}.{minor}.so.1.0"
+    dirs = [sysconfig.get_config_var("LIBDIR")]
+    if (major, minor) == sys.version_info[:2]:
+        dirs.append(os.path.join(sys.base_prefix, "lib"))
+    for d in dirs:
+        if d and (Path(d) / name).is_file():
+            return Path(d) / name
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if name in line and "=>" in line:
+                p = Path(line.split("=>", 1)[1].strip())
+                if p.is_file():
+                    return p
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+        if (Path(d) / name).is_file():
+            return Path(d) / name
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+try:  # resolved here, in the parent: the child must not load libraries between fork and exec
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not glibc
+    _PRCTL = None
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the server if the thread that started it dies (even by SIGKILL)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the Python backend stubs of a server), from /proc."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: the ppid follows the last ')'
+        fields_after = stat.rsplit(")", 1)[1].split()
+        if len(fields_after) > 1 and int(fields_after[1]) == pid:
+            kids.append(int(d.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); it is gone for every practical purpose
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@dataclass
+class ServerOptions:
+    """Knobs of one tritonserver run (see :class:`TritonServer`).
+
+    Attributes:
+        host: Address to bind HTTP, gRPC and metrics to (loopback by default: nothing is exposed
+            unless asked for).
+        http_port, grpc_port, metrics_port: Ports; ``None`` picks a free one, ``0`` disables that
+            endpoint (metrics) where the server allows it.
+        startup_timeout_s: How long to wait for every model to be ready.
+        exit_timeout_s: How long the server may drain in-flight requests on stop.
+        log_verbose: tritonserver ``--log-verbose`` level.
+        shm_default_bytes: Initial shared memory of each Python-backend instance. Sized to hold a
+            batch of preprocessed images without growing: every growth is a resize and remap.
+        shm_growth_bytes: Growth step of that region when a larger batch needs it.
+        extra_args: More tritonserver arguments, appended last.
+        die_with_parent: Have Linux stop the server when the thread that started it ends, even if
+            that process is killed outright (no orphaned servers). Turn it off when starting the
+            server from a short-lived thread.
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    startup_timeout_s: float = 120.0
+    exit_timeout_s: float = 15.0
+    log_verbose: int = 0
+    shm_default_bytes: int = 8 << 20
+    shm_growth_bytes: int = 16 << 20
+    extra_args: Sequence[str] = field(default_factory=tuple)
+    die_with_parent: bool = True
+
+
+class TritonServer:
+    """One tritonserver process serving a model repository.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with TritonServer("triton_models") as server:
+            print(server.grpc_url)
+
+    Args:
+        repository: The model repository directory.
+        options: :class:`ServerOptions` (loopback, free ports by default).
+        installation: Which tritonserver (default: :func:`find_tritonserver`).
+        on_line: Called with each line the server prints, except the known harmless CUDA
+            messages (default: lines are kept in :attr:`log` only).
+
+    Raises:
+        ServerError: from :meth:`start`, when the server cannot be found, prepared or started,
+            or a model fails to load (the message carries the server's own reason).
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike[str],
+        options: ServerOptions | None = None,
+        *,
+        installation: TritonInstallation | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ):
+        self.repository = Path(repository).resolve()
+        self.options = options or ServerOptions()
+        self.installation = installation
+        self.on_line = on_line
+        self.log: collections.deque[str] = collections.deque(maxlen=20_000)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.startup_s = 0.0
+        self._workdir: Path | None = None
+        self._shm_prefix = f"clipq{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self._reader: threading.Thread | None = None
+        self._stubs: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- endpoints ---------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics" if self.metrics_port else ""
+
+    @property
+    def _client_host(self) -> str:
+        # a server bound to every interface is still reached on loopback from here
+        return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def version(self) -> str:
+        for line in self.log:
+            if "server_version" in line:
+                return line.split("|")[2].strip() if line.count("|") >= 3 else ""
+        return ""
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until every model is ready.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ServerError: the binary, its Python backend or libpython are missing, the server exits
+                or is not ready in time, or a model fails to load (with the server's reason).
+        """
+        if self.running():
+            return self
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository not found: {self.repository}")
+        inst = self.installation or find_tritonserver()
+        self.installation = inst
+        self._workdir = Path(tempfile.mkdtemp(prefix="clipq-triton-"))
+        try:
+            backends, env = self._prepare(inst)
+            # auto-picked ports can be taken between picking and binding: try again with new ones
+            attempts = 3 if None in (self.options.http_port, self.options.grpc_port) else 1
+            for attempt in range(attempts):
+                self._launch(inst, backends, env)
+                try:
+                    self._wait_ready()
+                    break
+                except ServerError:
+                    in_use = any("address already in use" in line.lower() or "failed to listen" in line.lower()
+                                 for line in self.log)
+                    self._terminate()
+                    if not in_use or attempt == attempts - 1:
+                        raise
+        except BaseException:
+            self._terminate()
+            self._cleanup()
+            raise
+        atexit.register(self.stop)
+        return self
+
+    def _prepare(self, inst: TritonInstallation) -> tuple[Path | None, dict[str, str]]:
+        """Backend directory and environment the server (and its Python stubs) need."""
+        assert self._workdir is not None
+        env = dict(os.environ)
+        # the stub's embedded interpreter finds this environment's site-packages through PATH
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        lib_dirs = [str(d) for d in inst.lib_dirs]
+        backends: Path | None = inst.backends_dir
+        if inst.source == "pytriton":
+            stub = inst.stub_for()
+            if stub is None or inst.python_backend is None:
+                raise ServerError(
+                    f"{inst.binary}: no Python backend stub for Python {sys.version_info[0]}.{sys.version_info[1]} "
+                    f"in {inst.stubs_dir}")
+            libpython = find_libpython()
+            if libpython is None:
+                raise ServerError(
+                    f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0 not found: the Python backend stub "
+                    f"embeds it. Install it (Debian/Ubuntu: apt-get install libpython{sys.version_info[0]}."
+                    f"{sys.version_info[1]}; `make libpython` does this)")
+            lib_dirs.insert(0, str(libpython.parent))
+            backends = self._workdir / "backends"
+            py = backends / "python"
+            py.mkdir(parents=True)
+            for f in inst.python_backend.iterdir():
+                if f.is_file():
+                    (py / f.name).symlink_to(f)
+            shutil.copy2(stub, py / "triton_python_backend_stub")
+        if lib_dirs:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([*lib_dirs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+        return backends, env
+
+    def _command(self, inst: TritonInstallation, backends: Path | None) -> list[str]:
+        o = self.options
+        cmd = [
+            str(inst.binary),
+            f"--model-repository={self.repository}",
+            f"--http-address={o.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={o.host}", f"--grpc-port={self.grpc_port}",
+            f"--log-verbose={o.log_verbose}",
+            f"--exit-timeout-secs={int(o.exit_timeout_s)}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--model-control-mode=none",
+            # configs are rendered complete; the backends must not second-guess them
+            "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={o.shm_default_bytes}",
+            f"--backend-config=python,shm-growth-byte-size={o.shm_growth_bytes}",
+        ]
+        if self.metrics_port:
+            cmd += ["--allow-metrics=true", f"--metrics-address={o.host}", f"--metrics-port={self.metrics_port}",
+                    "--allow-gpu-metrics=false"]
+        else:
+            cmd += ["--allow-metrics=false"]
+        if backends is not None:
+            cmd.append(f"--backend-directory={backends}")
+        return [*cmd, *o.extra_args]
+
+    def _launch(self, inst: TritonInstallation, backends: Path | None, env: dict[str, str]) -> None:
+        o = self.options
+        self.http_port = o.http_port if o.http_port is not None else free_port(o.host or "127.0.0.1")
+        self.grpc_port = o.grpc_port if o.grpc_port is not None else free_port(o.host or "127.0.0.1")
+        self.metrics_port = o.metrics_port if o.metrics_port is not None else free_port(o.host or "127.0.0.1")
+        self.log.clear()
+        cmd = self._command(inst, backends)
+        preexec = None
+        if o.die_with_parent:
+            setpriv = shutil.which("setpriv")
+            if setpriv:  # util-linux sets the parent-death signal and execs: no Python code in the child
+                cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+            else:
+                preexec = _set_pdeathsig
+        self.log.append("$ " + " ".join(cmd))
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=self._workdir,
+            # own session: a Ctrl-C in the terminal reaches clipq, which then stops the server in order
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509 - only a pre-resolved prctl call, and only without setpriv
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True, name="tritonserver-log")
+        self._reader.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.log.append(line)
+            if self.on_line is not None and not is_harmless(line):
+                with contextlib.suppress(Exception):
+                    self.on_line(line)
+
+    def _ready(self) -> bool:
+        url = f"{self.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 - loopback URL we built
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait_ready(self) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + self.options.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                self._join_reader()
+                raise ServerError(self._failure_message("tritonserver exited during start-up"))
+            if self._ready():
+                self.startup_s = time.monotonic() - t0
+                self._stubs.update(_children(self.proc.pid))
+                return
+            time.sleep(0.1)
+        raise ServerError(self._failure_message(
+            f"tritonserver was not ready after {self.options.startup_timeout_s:.0f} s"))
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def model_errors(self) -> dict[str, str]:
+        """Model name -> the server's reason, for every model that failed to load (from its log)."""
+        errors: dict[str, str] = {}
+        for line in list(self.log):
+            body = _LOG_PREFIX.sub("", line).strip().strip('"')
+            m = _FAILED_LOAD.search(body) or _TABLE_ROW.match(line.strip())
+            if m and m.group("model") not in errors:
+                # the Python backend appends "\n\nAt:\n  <file>(<line>): initialize": keep the reason
+                reason = m.group("reason").split("\\n\\nAt:")[0]
+                errors[m.group("model")] = reason.strip().strip('"').replace("\\n", " ").strip()
+        return errors
+
+    def _failure_message(self, what: str) -> str:
+        errors = self.model_errors()
+        if errors:
+            # a model that failed by itself first; ensembles that only lost a part after it
+            primary = {k: v for k, v in errors.items() if "depends on" not in v and "no loaded version" not in v}
+            shown = primary or errors
+            lines = [f"{what}: {len(shown)} model(s) failed to load"]
+            lines += [f"  {name}: {reason}" for name, reason in shown.items()]
+            return "\n".join(lines)
+        tail = [line for line in list(self.log)[-25:] if not is_harmless(line)]
+        code = self.proc.poll() if self.proc else None
+        status = f" (exit code {code})" if code is not None else ""
+        return f"{what}{status}. Last lines of its log:\n  " + "\n  ".join(tail[-15:])
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the server: SIGTERM, wait for a clean exit, then SIGKILL what is left.
+
+        Afterwards no server or stub process and none of this server's shared-memory regions
+        remain. Safe to call twice.
+
+        Args:
+            timeout_s: How long to wait for a clean exit (default: the exit timeout + 5 s).
+        """
+        with self._lock:
+            with contextlib.suppress(Exception):
+                atexit.unregister(self.stop)
+            self._terminate(timeout_s)
+            self._cleanup()
+
+    def _terminate(self, timeout_s: float | None = None) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._stubs.update(_children(proc.pid))
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s if timeout_s is not None else self.options.exit_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                # the server started its own process group: this reaches it and its stubs only
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self._join_reader()
+        # stubs exit when their parent goes; give them a moment, then make sure
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in self._stubs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in self._stubs:
+            if _alive(p):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def leftover_processes(self) -> list[int]:
+        """Server or stub processes of this server still alive (empty after :meth:`stop`)."""
+        pids = list(self._stubs) + ([self.proc.pid] if self.proc else [])
+        return [p for p in pids if _alive(p)]
+
+    def _cleanup(self) -> None:
+        # regions of a server that was killed stay in /dev/shm; ours carry a private prefix
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for f in shm.glob(f"{self._shm_prefix}*"):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+class StopSignals:
+    """SIGINT/SIGTERM handling for a command that runs a server in the foreground.
+
+    Install it before :meth:`TritonServer.start`: a signal during start-up raises
+    ``KeyboardInterrupt`` there (the start is abandoned and cleaned up), a signal afterwards ends
+    :meth:`wait`. Previous handlers are restored on exit.
+
+    Example::
+
+        with StopSignals() as stop:
+            server.start()
+            stop.started()
+            signum = stop.wait(server)
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._event = threading.Event()
+        self._raising = True
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self.received = signum
+        self._event.set()
+        if self._raising:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handler) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def started(self) -> None:
+        """From now on a signal ends :meth:`wait` instead of raising."""
+        self._raising = False
+
+    def wait(self, server: TritonServer) -> int | None:
+        """Block until a signal arrives or the server exits by itself.
+
+        Returns:
+            The signal number received, or ``None`` if the server exited first.
+        """
+        self.started()
+        while not self._event.wait(0.5):
+            if not server.running():
+                return None
+        return self.received

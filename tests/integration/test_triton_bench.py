@@ -1,0 +1,54 @@
+"""``clipq bench --target triton --quick`` against a real tritonserver: the outputs have their shape."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
+pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
+
+
+def _skip_reason() -> str | None:
+    import sys
+
+    from clipq.runtime.errors import ServerError
+    from clipq.serving.server import find_libpython, find_tritonserver
+
+    try:
+        inst = find_tritonserver()
+    except ServerError as e:
+        return str(e)
+    if inst.source == "pytriton" and (inst.stub_for() is None or find_libpython() is None):
+        return f"the Python backend cannot run Python {sys.version_info[0]}.{sys.version_info[1]} here"
+    return None
+
+
+def test_quick_bench_writes_json_markdown_and_png(tmp_path):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from clipq.bench import triton
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true")
+    triton.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path), "--quick", "--triton-protocols", "grpc,http"])
+    assert triton.run(args) == 0
+
+    result = json.loads((tmp_path / "triton.json").read_text())
+    assert {"setup", "environment", "cells", "targets"} <= set(result)
+    cells = result["cells"]
+    modes = {(c["target"], c["mode"], c["batching"]) for c in cells if c["phase"] == "grid"}
+    for target in ("clip_image", "embed_image", "embed_text"):
+        assert (target, "in-process", "-") in modes
+        for proto in ("grpc", "http"):
+            assert (target, proto, "on") in modes and (target, proto, "off") in modes
+    assert all(c["errors"] == 0 and c["requests"] > 0 and c["p50_ms"] > 0 for c in cells)
+    assert any(c["server_avg_batch"] for c in cells if c["mode"] != "in-process")
+    md = (tmp_path / "triton.md").read_text()
+    assert "## Batch 1, concurrency 1" in md and "## Throughput" in md and "## Targets" in md
+    assert (tmp_path / "triton.png").stat().st_size > 1000

@@ -1,0 +1,395 @@
+"""Unit tests of clipq.serving (no server): repository rendering, config validity, helpers.
+
+Every rendered ``config.pbtxt`` is parsed into Triton's own ``ModelConfig`` message, the ensembles
+are checked as dataflow graphs, and the checked-in ``triton_models/`` is compared with what the
+renderer writes today.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipq.runtime.errors import (
+    ArtifactError,
+    BackendUnavailable,
+    ClipqError,
+    InferenceError,
+    InvalidImageError,
+    InvalidTextError,
+)
+from clipq.runtime.manifest import Manifest
+from clipq.serving import RenderOptions, is_repository, read_repository_info, render_repository
+from clipq.serving.pbtxt import Enum, dumps, parse
+from clipq.serving.repository import (
+    ENSEMBLES,
+    MODEL_PY,
+    REPOSITORY_FILE,
+    expected_configs,
+    plan_models,
+)
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] carries Triton's ModelConfig message")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKED_IN = REPO_ROOT / "triton_models"
+
+
+def _artifacts_root(value) -> Path:
+    """The lead's ``tiny_artifacts`` may be a path, a Manifest or a (path, summary) tuple."""
+    if isinstance(value, tuple):
+        value = value[0]
+    if isinstance(value, Manifest):
+        return value.root
+    return Path(value)
+
+
+@pytest.fixture(scope="module")
+def artifacts(request, tmp_path_factory) -> Path:
+    """Shared ``tiny_artifacts`` (tests/conftest.py) where it exists, else serving's own tiny set."""
+    try:
+        return _artifacts_root(request.getfixturevalue("tiny_artifacts"))
+    except pytest.FixtureLookupError:
+        from clipq.serving.tiny import build_tiny_artifacts
+
+        root = tmp_path_factory.mktemp("serving_artifacts")
+        build_tiny_artifacts(root)
+        return root
+
+
+@pytest.fixture(scope="module")
+def cpu_repo(artifacts, tmp_path_factory):
+    return render_repository(artifacts, tmp_path_factory.mktemp("repo") / "models")
+
+
+@pytest.fixture(scope="module")
+def gpu_repo(artifacts, tmp_path_factory):
+    return render_repository(artifacts, tmp_path_factory.mktemp("repo_gpu") / "models", RenderOptions(flavour="gpu"))
+
+
+def _configs(repo: Path) -> dict:
+    return {d.name: parse((d / "config.pbtxt").read_text()) for d in sorted(repo.iterdir())
+            if (d / "config.pbtxt").is_file()}
+
+
+# -- pbtxt ---------------------------------------------------------------------------------------
+def test_pbtxt_round_trips_through_modelconfig():
+    text = dumps({"name": "m", "backend": "python", "max_batch_size": 4,
+                  "input": [{"name": "x", "data_type": Enum("TYPE_FP32"), "dims": [3, -1]}],
+                  "output": [{"name": "y", "data_type": Enum("TYPE_STRING"), "dims": [1]}],
+                  "parameters": [{"key": "k", "value": {"string_value": 'quote " and \\ backslash'}}],
+                  "empty": [], "skipped": None}, header=["a comment"])
+    assert text.startswith("# a comment\n")
+    cfg = parse(text)
+    assert cfg.name == "m" and cfg.max_batch_size == 4 and list(cfg.input[0].dims) == [3, -1]
+    assert cfg.parameters["k"].string_value == 'quote " and \\ backslash'
+
+
+def test_pbtxt_rejects_invalid_field():
+    from google.protobuf.text_format import ParseError
+
+    with pytest.raises(ParseError):
+        parse(dumps({"name": "m", "no_such_field": 1}))
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def test_plan_has_every_model_and_ensemble(artifacts):
+    plan = plan_models(Manifest.load(artifacts))
+    for name in ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "preprocess_image",
+                 "tokenize_clip", "tokenize_lm", "embed_image", "embed_text", "ask", "describe"):
+        assert name in plan, name
+
+
+@pytest.mark.parametrize("flavour", ["cpu-python", "gpu"])
+def test_every_config_is_a_valid_modelconfig(flavour, cpu_repo, gpu_repo):
+    repo = cpu_repo if flavour == "cpu-python" else gpu_repo
+    configs = _configs(repo.path)
+    assert set(configs) == set(repo.models)
+    for name, cfg in configs.items():
+        assert cfg.name == name
+        assert cfg.max_batch_size > 0, name
+
+
+def test_networks_cpu_python_flavour(cpu_repo, artifacts):
+    m = Manifest.load(artifacts)
+    configs = _configs(cpu_repo.path)
+    for name, kind in cpu_repo.models.items():
+        if kind != "network":
+            continue
+        cfg, spec = configs[name], m.models[name]
+        assert cfg.backend == "python"
+        assert [i.name for i in cfg.input] == [t.name for t in spec.inputs]
+        assert [list(i.dims) for i in cfg.input] == [list(t.shape[1:]) for t in spec.inputs]
+        assert [o.name for o in cfg.output] == [t.name for t in spec.outputs]
+        assert cfg.max_batch_size == spec.max_batch_size
+        db = cfg.dynamic_batching
+        assert list(db.preferred_batch_size) and all(b <= cfg.max_batch_size for b in db.preferred_batch_size)
+        assert db.max_queue_delay_microseconds > 0
+        assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+        assert cfg.version_policy.latest.num_versions == 1
+        assert len(cfg.model_warmup) == 1 and all(-1 not in v.dims for v in cfg.model_warmup[0].inputs.values())
+        assert cfg.parameters["clipq_role"].string_value == "onnx"
+        variant = cfg.parameters["clipq_variant"].string_value
+        assert cfg.parameters["clipq_sha256"].string_value == m.files[spec.file_for(variant)]["sha256"]
+        # the version directory is a valid clipq manifest whose hash check passes
+        mini = Manifest.load(cpu_repo.path / name / "1")
+        mini.resolve(mini.models[name].file)
+        assert (cpu_repo.path / name / "1" / "model.py").read_bytes() == MODEL_PY.read_bytes()
+
+
+def test_gpu_flavour_uses_onnxruntime_with_tensorrt(gpu_repo):
+    configs = _configs(gpu_repo.path)
+    for name, kind in gpu_repo.models.items():
+        cfg = configs[name]
+        if kind == "network":
+            assert cfg.platform == "onnxruntime_onnx" and cfg.default_model_filename == "model.onnx"
+            assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+            trt = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+            assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+                shapes = dict(s.split(":") for s in trt.parameters[key].split(","))
+                assert set(shapes) == {i.name for i in cfg.input}
+            assert (gpu_repo.path / name / "1" / "model.onnx").is_file()
+            assert not (gpu_repo.path / name / "1" / "model.py").exists()
+        elif kind in ("preprocess_image", "tokenize"):
+            assert cfg.backend == "python" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+
+
+def test_no_dynamic_batching_option(artifacts, tmp_path):
+    r = render_repository(artifacts, tmp_path / "r", RenderOptions(dynamic_batching=False, warmup=False),
+                          models=["clip_image"])
+    cfg = parse((r.path / "clip_image" / "config.pbtxt").read_text())
+    assert not cfg.HasField("dynamic_batching") and not cfg.model_warmup
+
+
+@pytest.mark.parametrize("flavour", ["cpu-python", "gpu"])
+def test_ensembles_are_consistent_dataflow_graphs(flavour, cpu_repo, gpu_repo):
+    """Every step's model exists, maps only tensors it has, and consumes tensors produced earlier."""
+    repo = cpu_repo if flavour == "cpu-python" else gpu_repo
+    configs = _configs(repo.path)
+    for e in ENSEMBLES:
+        if e.name not in configs:
+            continue
+        cfg = configs[e.name]
+        assert cfg.platform == "ensemble"
+        available = {i.name: (i.data_type, list(i.dims)) for i in cfg.input}
+        for step in cfg.ensemble_scheduling.step:
+            sub = configs[step.model_name]
+            assert cfg.max_batch_size <= sub.max_batch_size
+            sub_in = {i.name: (i.data_type, list(i.dims)) for i in sub.input}
+            for model_tensor, ens_tensor in step.input_map.items():
+                assert ens_tensor in available, f"{e.name}: {ens_tensor} used before it is produced"
+                dtype, dims = sub_in[model_tensor]
+                assert available[ens_tensor][0] == dtype
+                assert len(available[ens_tensor][1]) == len(dims)
+                assert all(a == b or -1 in (a, b) for a, b in zip(available[ens_tensor][1], dims))
+            assert set(step.input_map) == set(sub_in), f"{e.name}: {step.model_name} inputs not all fed"
+            sub_out = {o.name: (o.data_type, list(o.dims)) for o in sub.output}
+            for model_tensor, ens_tensor in step.output_map.items():
+                available[ens_tensor] = sub_out[model_tensor]
+        for o in cfg.output:
+            assert available[o.name] == (o.data_type, list(o.dims))
+
+
+def test_render_is_deterministic_and_replaces_only_clipq_repositories(artifacts, tmp_path):
+    a = render_repository(artifacts, tmp_path / "a").path
+    first = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    render_repository(artifacts, a)  # re-render in place (swap)
+    second = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    assert first == second
+    assert not list(tmp_path.glob(".a.*")), "temporary directories left behind"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="not rendered by clipq"):
+        render_repository(artifacts, foreign)
+    assert (foreign / "precious.txt").exists()
+
+
+def test_render_refuses_a_changed_graph(artifacts, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(artifacts, copy)
+    m = Manifest.load(copy)
+    p = copy / m.models["clip_image"].file
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        render_repository(copy, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_variant_is_a_clear_error(artifacts, tmp_path):
+    with pytest.raises(ArtifactError, match="no 'nope' variant"):
+        render_repository(artifacts, tmp_path / "r", RenderOptions(variant="nope"))
+
+
+def test_render_options_validation():
+    with pytest.raises(ValueError):
+        RenderOptions(flavour="tpu")
+    with pytest.raises(ValueError):
+        RenderOptions(instances=0)
+    opt = RenderOptions(flavour="gpu", max_queue_delay_us=100)
+    assert RenderOptions.from_dict({**opt.to_dict(), "unknown_future_field": 1}) == opt
+
+
+def test_expected_configs_detects_a_hand_edit(cpu_repo, tmp_path):
+    repo = tmp_path / "r"
+    shutil.copytree(cpu_repo.path, repo)
+    expected = expected_configs(repo)
+    assert all((repo / n / "config.pbtxt").read_text() == t for n, t in expected.items())
+    cfg = repo / "clip_image" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 9"))
+    assert expected_configs(repo)["clip_image"] != cfg.read_text()
+
+
+def test_checked_in_repository_is_rendered_not_hand_written():
+    assert is_repository(CHECKED_IN)
+    info = read_repository_info(CHECKED_IN)
+    assert info is not None, f"{CHECKED_IN} must hold {REPOSITORY_FILE}"
+    for name, text in expected_configs(CHECKED_IN).items():
+        assert (CHECKED_IN / name / "config.pbtxt").read_text() == text, f"{name}/config.pbtxt was edited by hand"
+        parse(text)
+    for py in CHECKED_IN.glob("*/1/model.py"):
+        assert py.read_bytes() == MODEL_PY.read_bytes(), f"{py} differs from serving/python_models/model.py"
+    for name in info["models"]:
+        assert (CHECKED_IN / name / "1").is_dir(), f"{name}: Triton needs the version directory"
+
+
+# -- server helpers (no process started) -----------------------------------------------------------
+def test_harmless_cuda_messages_are_recognised():
+    from clipq.serving.server import is_harmless
+
+    assert is_harmless('W1125 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory, pinned '
+                       'memory pool will not be available: CUDA driver version is insufficient"')
+    assert is_harmless('E1125 server.cc:241] "CudaDriverHelper has not been initialized."')
+    assert is_harmless('I1125 cuda_memory_manager.cc:117] "CUDA memory pool disabled"')
+    assert not is_harmless("E1125 model_lifecycle.cc:642] \"failed to load 'clip_image' version 1: ...\"")
+
+
+def test_model_errors_are_parsed_from_the_log(tmp_path):
+    from clipq.serving.server import TritonServer
+
+    s = TritonServer(tmp_path)
+    s.log.extend([
+        'E1125 20:23:22.052685 11628 model_lifecycle.cc:642] "failed to load \'clip_image\' version 1: Internal: '
+        'TritonModelException: clip_image: ArtifactError: sha256 of model.onnx is 83b5..., the manifest says 1e1f... '
+        '(file changed or corrupt)\\n\\nAt:\\n  /r/clip_image/1/model.py(174): initialize\\n"',
+        "E1125 20:23:23.152773 11628 model_repository_manager.cc:703] \"Invalid argument: ensemble 'ask' depends on "
+        "'clip_image' which has no loaded version.\"",
+    ])
+    errors = s.model_errors()
+    assert list(errors) == ["clip_image"]
+    assert errors["clip_image"].endswith("(file changed or corrupt)")
+    msg = s._failure_message("tritonserver exited during start-up")
+    assert "clip_image" in msg and "sha256" in msg and "At:" not in msg
+
+
+def test_find_libpython_and_free_port():
+    from clipq.serving.server import find_libpython, free_port
+
+    lib = find_libpython()
+    assert lib is None or lib.name.startswith("libpython")
+    assert 0 < free_port() < 65536
+
+
+def test_missing_tritonserver_is_a_clear_error(tmp_path):
+    from clipq.serving.server import find_tritonserver
+
+    with pytest.raises(ClipqError, match="not found or not executable"):
+        find_tritonserver(tmp_path / "nope")
+
+
+# -- remote client, without a server ----------------------------------------------------------------
+def test_parse_url():
+    from clipq.runtime.backends.triton import parse_url
+
+    assert parse_url("grpc://127.0.0.1:8001") == ("grpc", "127.0.0.1:8001", False)
+    assert parse_url("http://localhost") == ("http", "localhost:8000", False)
+    assert parse_url("https://h:443") == ("http", "h:443", True)
+    assert parse_url("h:9", protocol="grpc") == ("grpc", "h:9", False)
+    for bad in ("h:9", "ftp://h:1"):
+        with pytest.raises(ClipqError):
+            parse_url(bad)
+    with pytest.raises(ClipqError, match="contradicts"):
+        parse_url("http://h:1", protocol="grpc")
+
+
+class _FakeServerError(Exception):
+    """Shaped like tritonclient's InferenceServerException (status() and message())."""
+
+    def __init__(self, status, msg):
+        super().__init__(msg)
+        self._s, self._m = status, msg
+
+    def status(self):
+        return self._s
+
+    def message(self):
+        return self._m
+
+
+@pytest.fixture
+def client(artifacts):
+    from clipq.runtime.backends.triton import TritonBackend
+
+    b = TritonBackend("grpc://127.0.0.1:1", artifacts, retries=0)
+    yield b
+    b.close()
+
+
+def test_remote_input_errors_keep_their_type_and_global_index(client):
+    e = client._error(_FakeServerError(
+        "StatusCode.INVALID_ARGUMENT",
+        "in ensemble 'embed_image', InvalidImageError: [item 3, '<2 bytes>'] not an image (or an unsupported format)",
+    ), "embed_image", start=32)
+    assert isinstance(e, InvalidImageError) and e.index == 35
+    assert "item 35" in str(e) and "not an image" in str(e)
+    e = client._error(_FakeServerError("400", "InvalidTextError: [item 0] text is empty"), "embed_text")
+    assert isinstance(e, InvalidTextError) and e.index == 0
+
+
+def test_other_remote_errors_carry_the_server_reason(client):
+    e = client._error(_FakeServerError("StatusCode.INTERNAL", "onnxruntime exploded"), "clip_image")
+    assert isinstance(e, InferenceError) and "onnxruntime exploded" in str(e)
+    e = client._error(ConnectionRefusedError(111, "Connection refused"), "clip_image")
+    assert isinstance(e, BackendUnavailable) and "grpc://127.0.0.1:1" in str(e)
+    e = client._error(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), "clip_image")
+    assert isinstance(e, BackendUnavailable) and "within" in str(e)
+
+
+def test_only_safe_failures_are_retried(client):
+    assert client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "clip_image")
+    assert client._retryable(ConnectionRefusedError(111, "refused"), "clip_image")
+    assert not client._retryable(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline"), "clip_image")
+    assert not client._retryable(_FakeServerError("StatusCode.INVALID_ARGUMENT", "bad"), "clip_image")
+    assert not client._retryable(_FakeServerError("StatusCode.INTERNAL", "boom"), "clip_image")
+    client._configs["stateful"] = {"name": "stateful", "sequence_batching": {"max_sequence_idle_microseconds": 1}}
+    assert not client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "stateful")
+
+
+def test_unreachable_server_raises_backend_unavailable_quickly(artifacts):
+    from clipq.runtime.backends.triton import TritonBackend
+
+    for url in ("grpc://127.0.0.1:9", "http://127.0.0.1:9"):
+        with TritonBackend(url, artifacts, retries=1, timeout_s=5) as b:
+            with pytest.raises(BackendUnavailable, match="127.0.0.1:9"):
+                b.health()
+            with pytest.raises(BackendUnavailable, match="clipq serve"):
+                b.infer("clip_image", {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)})
+
+
+def test_identity_check_refuses_another_graph(client):
+    client._accept_config("clip_text", {"name": "clip_text", "parameters": {}})  # foreign repo: no check
+    with pytest.raises(ArtifactError, match="different 'clip_image' graph"):
+        client._accept_config("clip_image", {"name": "clip_image",
+                                             "parameters": {"clipq_sha256": {"string_value": "0" * 64}}})
+
+
+def test_repository_info_records_how_it_was_rendered(cpu_repo):
+    info = json.loads((cpu_repo.path / REPOSITORY_FILE).read_text())
+    assert info["flavour"] == "cpu-python" and info["options"]["dynamic_batching"] is True
+    assert set(info["models"]) == set(cpu_repo.models)
