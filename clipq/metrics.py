@@ -1,4 +1,4 @@
-"""Metric functions (numpy only, so the runtime and the evaluation share them)."""
+"""Metric functions of the evaluation (numpy only)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# one implementation of these, shared with the runtime (torch-free)
+from clipq.runtime.fusion import l2_normalize, mean_cosine
 
-def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+__all__ = ["accuracy", "l2_normalize", "mean_cosine", "recall_at_k"]
 
 
 def recall_at_k(sim: np.ndarray, gt: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
@@ -30,8 +30,3 @@ def accuracy(pred: Sequence, truth: Sequence) -> float:
     if len(truth) == 0:
         return float("nan")
     return float((pred == truth).mean() * 100)
-
-
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean of row-wise cosine similarities (the image-to-prompt score)."""
-    return float((l2_normalize(a) * l2_normalize(b)).sum(-1).mean())

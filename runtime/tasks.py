@@ -18,22 +18,14 @@ import numpy as np
 
 from .backend import Backend
 from .errors import ArtifactError, InvalidInputError, ShapeError
+
+# the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
+from .fusion import l2_normalize
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, ImagePreprocessor, as_image_list
 from .specs import CLIP_IMAGE, CLIP_TEXT, ENSEMBLE_HEAD, IMG2PROMPT_A, PROMPT_TEXT, VQA
 from .text import TextLike, TextTokenizer, check_texts
 
 log = logging.getLogger(__name__)
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (zero rows stay zero).
-
-    The graphs normalise already; doing it again here is cheap and keeps the guarantee for int8
-    and fp16 graphs, whose outputs drift from unit norm by rounding.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, eps)
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,13 +66,3 @@ def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size:
     n = tensors[0].shape[0]
     outs = [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
-
-
-def mean_cosine(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    a = torch.as_tensor(a, dtype=torch.float32)
-    b = torch.as_tensor(b, dtype=torch.float32)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
-
-
-def pick(seq: Sequence, idx: np.ndarray) -> list:
-    return [seq[i] for i in idx]
