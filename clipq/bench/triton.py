@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -597,6 +598,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     quick = bool(getattr(args, "quick", False))
     work_dir = Path(tempfile.mkdtemp(prefix="clipq-bench-triton-"))
+    # SIGTERM ends the run through the finally blocks below: servers stopped, temp files removed
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         artifacts = getattr(args, "artifacts", None)
         if artifacts is None:
@@ -666,3 +671,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

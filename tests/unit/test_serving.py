@@ -213,7 +213,7 @@ def test_render_refuses_a_changed_graph(artifacts, tmp_path):
     copy = tmp_path / "art"
     shutil.copytree(artifacts, copy)
     m = Manifest.load(copy)
-    p = copy / m.models["clip_image"].file
+    p = copy / m.models["clip_image"].file_for()  # the variant the renderer serves by default
     data = bytearray(p.read_bytes())
     data[-3] ^= 0xFF
     p.write_bytes(bytes(data))
