@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clipq.evaluate import encode_texts
 from clipq.metrics import mean_cosine
-from clipq.models.export_wrappers import ClipImageTower, ClipTextTower
+from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.img2prompt import PromptRegressorA
 from clipq.models.io import load_clip, load_tokenizer, save_img2prompt, tokenize
 from clipq.models.prompt_encoder import SentenceEncoder
@@ -82,11 +83,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
 
     keep = np.arange(len(p_tr))
     if cfg.filter_threshold is not None:  # cosine filtering of training pairs (CLIP image vs prompt)
-        tok = load_tokenizer(m, "clip")
-        txt = ClipTextTower(clip).eval()
-        with torch.inference_mode():
-            t_emb = torch.cat([txt(*tokenize(tok, p_tr[i : i + 256])) for i in range(0, len(p_tr), 256)])
-        sims = (e_tr * t_emb).sum(-1).numpy()
+        sims = (e_tr.numpy() * encode_texts(clip, load_tokenizer(m, "clip"), p_tr)).sum(-1)
         keep = np.flatnonzero(sims >= cfg.filter_threshold)
         if len(keep) < 0.2 * len(p_tr):  # a threshold that leaves too little data is a setting error
             keep = np.argsort(-sims)[: max(1, int(0.2 * len(p_tr)))]
