@@ -12,42 +12,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipq.metrics import l2_normalize, recall_at_k
-from clipq.models.export_wrappers import ClipImageTower, ClipTextTower
-from clipq.models.io import load_clip, load_tokenizer, tokenize
+from clipq.models.export_wrappers import ClipImageTower
+from clipq.models.io import load_clip, load_tokenizer
 from clipq.runtime.manifest import Manifest, atomic_write_json
+from clipq.runtime.metrics import recall_at_k
+from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE, embed_texts
 
-from .train.common import batched
+from .train.common import batched, encode_texts
 from .train.data import load_split
 
-#: prompt templates (seed on image search): one template, and an ensemble of mixed start phrases
-SINGLE_TEMPLATE = "a photo of {}"
-TEMPLATES = (
-    "{}",
-    "a photo of {}",
-    "a picture of {}",
-    "an image showing {}",
-    "a drawing of {}",
-    "there are {}",
-    "a rendering of {}",
-    "a close-up photo of {}",
-)
+class _TorchTextEncoder:
+    """CLIP's PyTorch text tower behind the runtime's ``encode_texts`` interface."""
 
+    def __init__(self, clip, tok) -> None:
+        self.clip, self.tok = clip, tok
 
-@torch.inference_mode()
-def encode_texts(clip, tok, texts: list[str], batch_size: int = 512) -> np.ndarray:
-    tower = ClipTextTower(clip).eval()
-    out = [tower(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    return torch.cat(out).numpy()
-
-
-def template_embeddings(clip, tok, queries: list[str], templates: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Mean of the normalised embeddings of every template filled with each query, re-normalised."""
-    acc = np.zeros((len(queries), 0), dtype=np.float32)
-    for t in templates:
-        e = encode_texts(clip, tok, [t.format(q) for q in queries])
-        acc = e if acc.size == 0 else acc + e
-    return l2_normalize(acc)
+    def encode_texts(self, texts, batch_size: int = 512) -> np.ndarray:
+        return encode_texts(self.clip, self.tok, list(texts), batch_size)
 
 
 def eval_retrieval(m: Manifest, data: str, split: str = "test") -> dict:
@@ -59,12 +40,13 @@ def eval_retrieval(m: Manifest, data: str, split: str = "test") -> dict:
     queries = [s.captions[i][0] for i in keep]
     img = batched(ClipImageTower(clip).eval(), s.pixels).numpy()
     out = {}
-    for name, templates in (("single", [SINGLE_TEMPLATE]), ("ensemble", TEMPLATES)):
-        q = template_embeddings(clip, tok, queries, templates)
+    text = _TorchTextEncoder(clip, tok)
+    for name, templates in (("single", (SINGLE_TEMPLATE,)), ("ensemble", DEFAULT_TEMPLATES)):
+        q = embed_texts(text, queries, templates)
         r = recall_at_k(q @ img.T, np.array(keep))
         out[name] = {f"R@{k}": v for k, v in r.items()}
     out["queries"] = len(queries)
-    out["templates"] = {"single": SINGLE_TEMPLATE, "ensemble": list(TEMPLATES)}
+    out["templates"] = {"single": SINGLE_TEMPLATE, "ensemble": list(DEFAULT_TEMPLATES)}
     return out
 
 

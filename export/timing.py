@@ -25,26 +25,10 @@ def make_session(path: str | os.PathLike[str], threads: int | None = None, *, op
     """
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    no_spin(so, spin)
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[opt_level]
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3
+    from clipq.runtime.backends.ort import session_options
+
+    so = session_options(threads, spin=spin, graph_optimization=opt_level)
     return ort.InferenceSession(str(Path(path)), sess_options=so, providers=providers or ["CPUExecutionProvider"])
-
-
-def no_spin(so: Any, spin: bool = False) -> Any:
-    """Set onnxruntime's intra-op spinning on ``so`` (SessionOptions); returns ``so``."""
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return so
 
 
 def session_runner(sess: Any) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import ArtifactError, IndexCorruptError, InvalidInputError, SchemaVersionError, ShapeError
 from .index import ImageEncoder, ImageIndex
 from .manifest import atomic_write_bytes, atomic_write_json, sha256_file
+from .vectors import l2_normalize, mean_cosine
 
 FUSION_SCHEMA_VERSION = 1
 CONFIG_NAME = "knn.json"
@@ -37,31 +38,6 @@ DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20, 50)
 
 #: keeps 1/d finite for an exact duplicate (d = 0), which then dominates its neighbours as it should
 _EPS = 1e-6
-
-
-# -- metric helpers ------------------------------------------------------------------------------
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``x / ||x||`` along ``axis`` (zero rows stay zero), as float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def cosine_rows(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of ``pred`` with the same row of ``target``: float [N].
-
-    Raises:
-        ShapeError: the shapes differ or are not 2-D.
-    """
-    p, t = np.asarray(pred, np.float32), np.asarray(target, np.float32)
-    if p.ndim != 2 or p.shape != t.shape:
-        raise ShapeError(f"cosine needs two [N, D] arrays of one shape, got {p.shape} and {t.shape}")
-    return (l2_normalize(p) * l2_normalize(t)).sum(axis=1)
-
-
-def mean_cosine(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean row-wise cosine similarity (the image-to-prompt competition metric)."""
-    return float(cosine_rows(pred, target).mean())
 
 
 def ensemble(a: np.ndarray, b: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
@@ -594,7 +570,6 @@ def sweep(
         raise InvalidInputError(f"b must be an array, a mapping or a function, not {type(b).__name__}")
     if not alphas:
         raise InvalidInputError("no alphas given")
-    tn = l2_normalize(targets)
     table = SweepTable()
     for k in ks:
         bk = np.asarray(b_of(k), np.float32)
@@ -602,7 +577,7 @@ def sweep(
             raise ShapeError(f"B for K={k} has shape {bk.shape}, A has {a_val.shape}")
         for alpha in alphas:
             fused = ensemble(a_val, bk, float(alpha))
-            table.rows.append(SweepRow(float(alpha), int(k), float((fused * tn).sum(axis=1).mean())))
+            table.rows.append(SweepRow(float(alpha), int(k), mean_cosine(fused, targets)))
     return table
 
 

@@ -20,7 +20,7 @@ from .backend import Backend
 from .errors import ArtifactError, InvalidInputError, ShapeError
 
 # the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
-from .fusion import l2_normalize
+from .vectors import l2_normalize
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, ImagePreprocessor, as_image_list
 from .specs import CLIP_IMAGE, CLIP_TEXT, ENSEMBLE_HEAD, IMG2PROMPT_A, PROMPT_TEXT, VQA
 from .text import TextLike, TextTokenizer, check_texts

@@ -317,15 +317,11 @@ def _trt_profiles(model: _Model, m: Manifest) -> dict[str, str]:
     The same profile the in-process runtime builds its TensorRT engines for
     (``clipq.runtime.backends.ort.batch_profile``): batch 1 .. max_batch_size, sequence 1 .. max_length.
     """
-    from clipq.runtime.backends.ort import batch_profile
+    from clipq.runtime.backends.ort import batch_profile, trt_shape_string
 
     assert model.spec is not None
     profile = batch_profile(m, model.spec)
-
-    def fmt(shapes: Mapping[str, tuple[int, ...]]) -> str:
-        return ",".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in shapes.items())
-
-    return {f"trt_profile_{k}_shapes": fmt(profile[k]) for k in ("min", "opt", "max")}
+    return {f"trt_profile_{k}_shapes": trt_shape_string(profile[k]) for k in ("min", "opt", "max")}
 
 
 def model_config(model: _Model, m: Manifest, opt: RenderOptions, *, sha256: str = "", variant: str = "",

@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipq.runtime.errors import ArtifactError, ClipqError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from clipq.runtime.preprocess import CLIP_MEAN, CLIP_STD
 PROMPT_DIM = 384  # all-MiniLM-L6-v2
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from clipq.models.factory import CLIP_MEAN, CLIP_STD
+from clipq.runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 
 def seed_everything(seed: int) -> None:
@@ -66,3 +66,14 @@ def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size:
     n = tensors[0].shape[0]
     outs = [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.inference_mode()
+def encode_texts(clip, tok, texts: list[str], batch_size: int = 512) -> np.ndarray:
+    """CLIP text embeddings (L2-normalised, float32 [N, D]) of ``texts`` with the PyTorch tower."""
+    from clipq.models.export_wrappers import ClipTextTower
+    from clipq.models.io import tokenize
+
+    tower = ClipTextTower(clip).eval()
+    out = [tower(*tokenize(tok, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    return torch.cat(out).numpy()

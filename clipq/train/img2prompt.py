@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clipq.evaluate import encode_texts
-from clipq.metrics import mean_cosine
+
+from clipq.runtime.metrics import mean_cosine
 from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.img2prompt import PromptRegressorA
 from clipq.models.io import load_clip, load_tokenizer, save_img2prompt, tokenize
@@ -28,7 +28,7 @@ from clipq.models.prompt_encoder import SentenceEncoder
 from clipq.runtime.errors import DataFormatError
 from clipq.runtime.manifest import Manifest
 
-from .common import batched, cosine_with_warmup, seed_everything, set_threads
+from .common import batched, cosine_with_warmup, encode_texts, seed_everything, set_threads
 from .data import load_split
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -54,6 +54,33 @@ def _ort() -> Any:
     return onnxruntime
 
 
+def session_options(threads: int | None = None, *, spin: bool | None = None, graph_optimization: str = "all") -> Any:
+    """The one place clipq builds onnxruntime ``SessionOptions`` (runtime, Triton model, export, bench).
+
+    Args:
+        threads: intra-op threads (``None``: onnxruntime's default, one per core).
+        spin: whether idle worker threads busy-wait (``None``: onnxruntime's default). Off costs a
+            little latency and frees the cores for other processes (and for engines timed next).
+        graph_optimization: disable, basic, extended or all.
+
+    Raises:
+        ValueError: an unknown optimisation level.
+    """
+    if graph_optimization not in _GRAPH_OPT:
+        raise ValueError(f"graph_optimization must be one of {list(_GRAPH_OPT)}, got {graph_optimization!r}")
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_OPT[graph_optimization])
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1  # the graphs are chains: inter-op parallelism only adds contention
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if spin is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.log_severity_level = 3  # errors only: CPU-only hosts otherwise log provider warnings per session
+    return so
+
+
 def choose_providers(requested: Sequence[str] | None = None, available: Sequence[str] | None = None) -> list[str]:
     """Pick execution providers, best first.
 
@@ -109,7 +136,8 @@ def batch_profile(manifest: Manifest, spec: ModelSpec, opt_batch: int | None = N
     return out
 
 
-def _shape_str(shapes: Mapping[str, tuple]) -> str:
+def trt_shape_string(shapes: Mapping[str, tuple]) -> str:
+    """TensorRT's profile-shape syntax, ``name:1x3x224x224,other:1x77`` (onnxruntime's TRT EP and trtexec)."""
     return ",".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in shapes.items())
 
 
@@ -175,9 +203,9 @@ def tensorrt_provider_options(manifest: Manifest, spec: ModelSpec, cache_root: s
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir),
-        "trt_profile_min_shapes": _shape_str(profile["min"]),
-        "trt_profile_opt_shapes": _shape_str(profile["opt"]),
-        "trt_profile_max_shapes": _shape_str(profile["max"]),
+        "trt_profile_min_shapes": trt_shape_string(profile["min"]),
+        "trt_profile_opt_shapes": trt_shape_string(profile["opt"]),
+        "trt_profile_max_shapes": trt_shape_string(profile["max"]),
     }
 
 
@@ -304,17 +332,7 @@ class OrtBackend:
         return want
 
     def _session_options(self) -> Any:
-        ort = _ort()
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_OPT[self.graph_optimization])
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1  # the graphs are chains: inter-op parallelism only adds contention
-        if self.threads:
-            so.intra_op_num_threads = int(self.threads)
-        if self.spin is not None:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        so.log_severity_level = 3  # errors only: CPU-only hosts otherwise log provider warnings per session
-        return so
+        return session_options(self.threads, spin=self.spin, graph_optimization=self.graph_optimization)
 
     def _provider_list(self, spec: ModelSpec, variant: str) -> list[Any]:
         out: list[Any] = []

@@ -233,7 +233,7 @@ def test_clipq_serve_command_starts_prints_endpoints_and_stops_on_sigint(artifac
     # only this command module: `clipq serve` as the console script runs it
     script = (
         "import argparse, sys\n"
-        "from clipq.commands import serve\n"
+        "from clipq.app.commands import serve\n"
         "p = argparse.ArgumentParser(prog='clipq'); serve.add_parser(p.add_subparsers(dest='command'))\n"
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
     )

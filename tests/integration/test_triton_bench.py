@@ -30,7 +30,7 @@ def test_quick_bench_writes_json_markdown_and_png(tmp_path):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    from clipq.bench import triton
+    from clipq.app.bench import triton
 
     p = argparse.ArgumentParser()
     p.add_argument("--out")

@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # optimum's export of the peer model
 def test_quick_bench_writes_json_markdown_and_png(tmp_path):
-    from clipq.cli import main
+    from clipq.app.cli import main
 
     out = tmp_path / "bench"
     rc = main(["bench", "--target", "models", "--quick", "--out", str(out), "--networks", "clip_image,clip_text",

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from clipq.cli import main  # noqa: E402
+from clipq.app.cli import main  # noqa: E402
 from clipq.runtime.manifest import Manifest  # noqa: E402
 
 

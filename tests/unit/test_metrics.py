@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipq.metrics import accuracy, l2_normalize, mean_cosine, recall_at_k
+from clipq.runtime.metrics import accuracy, mean_cosine, recall_at_k
+from clipq.runtime.vectors import l2_normalize
 
 
 def test_recall_at_k_hand_computed():

@@ -412,7 +412,7 @@ def test_runtime_answers_queries_without_torch(toy, tmp_path):
 
 # -- CLI: ask and describe ------------------------------------------------------------------------
 def test_ask_and_describe_commands(tmp_path, capsys):
-    from clipq.cli import main
+    from clipq.app.cli import main
     from clipq.runtime.fusion import KnnPromptFusion
 
     root = build_toy_artifacts(tmp_path / "art").root

@@ -24,15 +24,8 @@ from clipq.runtime.errors import (
     InvalidTextError,
 )
 from clipq.runtime.index import ImageIndex, SearchResult
-from clipq.runtime.search import (
-    DEFAULT_TEMPLATES,
-    ImageSearch,
-    apply_templates,
-    contact_sheet,
-    embed_texts,
-    parse_templates,
-    results_to_json,
-)
+from clipq.runtime.search import ImageSearch, contact_sheet, results_to_json
+from clipq.runtime.templates import DEFAULT_TEMPLATES, apply_templates, embed_texts, parse_templates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -189,10 +182,10 @@ class _Backend:
 
 
 def run_cli(argv: list[str]) -> int:
-    """Parse with the real command modules and run like clipq.cli.main (errors -> exit 2)."""
-    from clipq.commands import index as index_cmd
-    from clipq.commands import search as search_cmd
-    from clipq.commands import tune as tune_cmd
+    """Parse with the real command modules and run like clipq.app.cli.main (errors -> exit 2)."""
+    from clipq.app.commands import index as index_cmd
+    from clipq.app.commands import search as search_cmd
+    from clipq.app.commands import tune as tune_cmd
 
     parser = argparse.ArgumentParser(prog="clipq")
     sub = parser.add_subparsers(dest="command")
@@ -207,7 +200,7 @@ def run_cli(argv: list[str]) -> int:
 
 @pytest.fixture()
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> ColourClip:
-    from clipq.commands import index as index_cmd
+    from clipq.app.commands import index as index_cmd
 
     enc = ColourClip()
     monkeypatch.setattr(index_cmd, "open_encoder", lambda args: (_Backend(), enc))

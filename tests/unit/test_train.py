@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clipq.cli import main
+from clipq.app.cli import main
 from clipq.runtime.manifest import Manifest
 
 

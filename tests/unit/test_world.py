@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipq.cli import main
+from clipq.app.cli import main
 from clipq.runtime.errors import InvalidInputError
 from clipq.world import (
     COLORS,

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    from clipq.commands.index import add_backend_args
+    from clipq.app.commands.index import add_backend_args
 
     p = subparsers.add_parser("search", help="search an image index with text or images")
     p.add_argument("index", help="index directory (from `clipq index build`)")
@@ -63,7 +63,7 @@ def parse_filters(items: list[str]) -> dict[str, Any] | None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clipq.commands.index import open_encoder, print_json
+    from clipq.app.commands.index import open_encoder, print_json
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import ImageIndex
     from clipq.runtime.search import ImageSearch, contact_sheet, results_to_json

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
 
-        from clipq.commands.index import print_json
+        from clipq.app.commands.index import print_json
 
         print_json({"networks": {k: dataclasses.asdict(v) for k, v in report.networks.items()},
                     "skipped": report.skipped, "task_metrics": report.task_metrics, "tensorrt": report.tensorrt,

@@ -1,6 +1,6 @@
 """The ``clipq`` console script: a thin layer over the stages, each imported lazily.
 
-Every command lives in ``clipq/commands/<name>.py`` with ``add_parser(subparsers)``; that module
+Every command lives in ``clipq/app/commands/<name>.py`` with ``add_parser(subparsers)``; that module
 imports only argparse at import time and loads its stage inside the handler, so ``clipq --help``
 and the runtime commands never import torch.
 """
@@ -19,7 +19,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from clipq import __version__
 
     parser = argparse.ArgumentParser(prog="clipq", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"clipq {__version__}")
@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"clipq.commands.{name}")
+            mod = importlib.import_module(f"clipq.app.commands.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"clipq.commands.{name}":
+            if e.name == f"clipq.app.commands.{name}":
                 continue  # command not part of this build
             raise
         mod.add_parser(sub)

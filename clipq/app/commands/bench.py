@@ -9,7 +9,7 @@ TARGETS = ("models", "triton", "index")
 
 
 def _module(target: str):
-    return importlib.import_module(f"clipq.bench.{target}")
+    return importlib.import_module(f"clipq.app.bench.{target}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -70,11 +70,9 @@ def _plain_session(path: Path, threads: int) -> Any:
     """What a user gets with onnxruntime's defaults (only the thread count pinned, for fairness)."""
     import onnxruntime as ort
 
-    from clipq.export.timing import no_spin
+    from clipq.runtime.backends.ort import session_options
 
-    so = no_spin(ort.SessionOptions())  # as for every engine here: see make_session
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so = session_options(threads, spin=False)  # no spinning, as for every engine here: see make_session
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
@@ -170,11 +168,9 @@ class _Engines:
             src = self.work / "hf_clip_vision"
             CLIPVisionModel.from_pretrained(self.m.resolve_dir(self.m.checkpoints["clip"])).save_pretrained(src)
             ORTModelForFeatureExtraction.from_pretrained(src, export=True).save_pretrained(d)
-        from clipq.export.timing import no_spin
+        from clipq.runtime.backends.ort import session_options
 
-        so = no_spin(ort.SessionOptions())
-        so.intra_op_num_threads = self.threads
-        so.log_severity_level = 3
+        so = session_options(self.threads, spin=False)
         model = ORTModelForFeatureExtraction.from_pretrained(d, session_options=so, provider="CPUExecutionProvider")
 
         def run(feeds: dict[str, Any]) -> Any:
