@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.io import load_clip, load_tokenizer
@@ -20,6 +19,7 @@ from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE, embed_te
 
 from .train.common import batched, encode_texts
 from .train.data import load_split
+
 
 class _TorchTextEncoder:
     """CLIP's PyTorch text tower behind the runtime's ``encode_texts`` interface."""

@@ -6,6 +6,15 @@ its PyTorch original; a failure raises :class:`clipq.runtime.errors.ParityError`
 
 from __future__ import annotations
 
-from .pipeline import ExportOptions, ExportReport, NetworkReport, build_spec, export_artifacts
+from .pipeline import (
+    ExportInputs,
+    ExportOptions,
+    ExportReport,
+    NetworkReport,
+    TaskMetricsFn,
+    build_spec,
+    export_artifacts,
+)
 
-__all__ = ["ExportOptions", "ExportReport", "NetworkReport", "build_spec", "export_artifacts"]
+__all__ = ["ExportInputs", "ExportOptions", "ExportReport", "NetworkReport", "TaskMetricsFn", "build_spec",
+           "export_artifacts"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from clipq.runtime import specs
 from clipq.runtime.errors import ArtifactError, ClipqError, ParityError
-from clipq.runtime.manifest import Manifest, ModelSpec, sha256_file
+from clipq.runtime.manifest import Manifest, ModelSpec
 
 from .graphs import DEFAULT_OPSET, count_ops, export_onnx
 from .optimize import MODEL_TYPES, transformer_optimize
@@ -36,6 +36,24 @@ log = logging.getLogger(__name__)
 ONNX_DIR = "onnx"
 #: int8 quality a network's chosen recipe should reach (the issue's targets); REDUCED is the floor
 INT8_TARGET = {"clip_image": 0.999, "img2prompt_a": 0.999, "clip_text": 0.998, "prompt_text": 0.998, "vqa": 0.998}
+
+
+#: ``(manifest, {network: variant}) -> {metric: value}`` (see ``ExportOptions.task_metrics``)
+TaskMetricsFn = Callable[[Manifest, Mapping[str, str]], Mapping[str, float]]
+
+
+@dataclass(kw_only=True)
+class ExportInputs:
+    """Real example inputs: image paths and texts per tokenizer (``clip``, ``lm``, ``prompt``).
+
+    ``images``/``texts`` feed the parity checks; ``calibration_*`` (a disjoint split where there is one)
+    feed static int8 calibration.
+    """
+
+    images: Sequence[Any] = ()
+    texts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    calibration_images: Sequence[Any] = ()
+    calibration_texts: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -52,13 +70,16 @@ class ExportOptions:
         networks: Export only these (default: every network the artifacts hold).
         opset: ONNX opset (>= 17).
         parity_batches: Batch sizes for parity (default 1, 8 and the largest served batch).
-        data: Data directory: real inputs for parity, calibration for static int8, and the
-            embedded-task metrics of the int8/fp16 graphs against fp32.
+        inputs: Real example inputs (:class:`ExportInputs`) for parity and for int8 calibration;
+            synthetic ones when ``None``. The app builds them from a data directory.
+        task_metrics: ``(manifest, {network: variant}) -> {metric: value}``: the task metrics of
+            a set of graph variants. When given, every int8/fp16 variant is gated on it against fp32
+            (at most :data:`MAX_DROP` points lost). The app passes one measured on the user's data, so
+            the export itself never reads datasets or runs evaluation.
         threads: onnxruntime threads when timing candidates (default: onnxruntime's).
         int8_recipes: int8 candidates (default: dynamic, dynamic per-channel, static QDQ with data).
         min_speedup: A candidate must be this much faster than what it replaces to be adopted.
         timing_batch: Batch size at which candidates are timed.
-        task_limit: Items per embedded-task metric.
         seed: Seed of the synthetic sample inputs.
     """
 
@@ -70,13 +91,13 @@ class ExportOptions:
     networks: Sequence[str] | None = None
     opset: int = DEFAULT_OPSET
     parity_batches: Sequence[int] | None = None
-    data: str | os.PathLike[str] | None = None
+    inputs: ExportInputs | None = None
+    task_metrics: TaskMetricsFn | None = None
     threads: int | None = None
     int8_recipes: Sequence[Int8Recipe] | None = None
     min_speedup: float = 1.05
     timing_batch: int = 8
     timing_rounds: int = 7
-    task_limit: int = 200
     seed: int = 0
 
 
@@ -193,24 +214,13 @@ class _Exporter:
         self.cand_dir = self.stage_dir / "candidates"
         self.staged: dict[str, Path] = {}
         self.obsolete: set[str] = set()
-        images: list[Any] = []
-        texts: dict[str, list[str]] = {}
+        real = opts.inputs
+        images = list(real.images) if real else []
+        texts = {k: list(v) for k, v in real.texts.items()} if real else {}
         self.calibration_pool: tuple[list[Any], dict[str, list[str]]] | None = None
-        if opts.data:
-            from clipq.readers import World
-
-            w = World(opts.data, check_images=False)
-            split = "test" if "test" in w.splits else w.splits[-1]
-            s = w.split(split)
-            images = list(s.image_paths[:64])
-            texts = {"clip": [c.text for c in s.captions[:256]], "lm": [q.question for q in s.questions[:256]],
-                     "prompt": list(s.prompts.values())[:256]}
-            cal = w.split("train") if "train" in w.splits else s
-            self.calibration_pool = (
-                list(cal.image_paths[:128]),
-                {"clip": [c.text for c in cal.captions[:512]], "lm": [q.question for q in cal.questions[:512]],
-                 "prompt": list(cal.prompts.values())[:512]},
-            )
+        if real and real.calibration_images:
+            self.calibration_pool = (list(real.calibration_images),
+                                     {k: list(v) for k, v in real.calibration_texts.items()})
         # the VQA graph's image_embeds input comes from the CLIP tower, as in serving
         embedder: Callable[[np.ndarray], np.ndarray] | None = None
         if "clip_image" in modules:
@@ -296,8 +306,7 @@ class _Exporter:
     def _record(self, staged: Path) -> str:
         """List a staged file in the manifest under its final name (``onnx/<file>``)."""
         rel = f"{ONNX_DIR}/{staged.name}"
-        self.m.files[rel] = {"sha256": sha256_file(staged), "size": staged.stat().st_size}
-        self.m._verified.discard(rel)
+        self.m.record_file(rel, staged)
         self.staged[rel] = staged
         return rel
 
@@ -472,7 +481,7 @@ def export_artifacts(artifacts: str | os.PathLike[str], options: ExportOptions |
         ex.commit()
     finally:
         shutil.rmtree(ex.stage_dir, ignore_errors=True)
-    if opts.data and (opts.int8 or opts.fp16):
+    if opts.task_metrics is not None and (opts.int8 or opts.fp16):
         try:
             report.task_metrics = _task_parity(m, opts, report)
         except ParityError:
@@ -506,16 +515,17 @@ def _drop_variant(m: Manifest, variant: str, networks: Sequence[str]) -> None:
 
 
 def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict[str, Any]:
-    from .taskmetrics import compare_task_metrics, task_metrics
+    from .gate import compare_task_metrics
 
-    assert opts.data is not None
-    fp32 = task_metrics(m, opts.data, {n: "fp32" for n in m.models}, limit=opts.task_limit, threads=opts.threads)
+    task_metrics = opts.task_metrics
+    assert task_metrics is not None
+    fp32 = dict(task_metrics(m, {n: "fp32" for n in m.models}))
     out: dict[str, Any] = {"fp32": fp32}
     for variant in ("int8", "fp16"):
         chosen = {n: variant for n, s in m.models.items() if variant in s.variants}
         if not chosen:
             continue
-        got = task_metrics(m, opts.data, chosen, limit=opts.task_limit, threads=opts.threads)
+        got = dict(task_metrics(m, chosen))
         cmp = compare_task_metrics(fp32, got, variant, raise_on_fail=False)
         if not cmp["passed"]:
             _drop_variant(m, variant, list(chosen))
@@ -527,4 +537,4 @@ def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict
     return out
 
 
-__all__ = ["ClipqError", "ExportOptions", "ExportReport", "NetworkReport", "build_spec", "export_artifacts"]
+__all__ = ["ClipqError", "ExportInputs", "ExportOptions", "TaskMetricsFn", "ExportReport", "NetworkReport", "build_spec", "export_artifacts"]

@@ -100,7 +100,7 @@ def build_engines(manifest: Manifest, names: list[str] | None = None, *, workspa
         manifest: The artifact manifest, after the ONNX export.
         names: Networks to build (default: every exported one).
         workspace_gb: TensorRT builder workspace.
-        status: A precomputed :func:`tensorrt_status` (tests inject one).
+        status: A precomputed :func:`tensorrt_status` (default: detect now).
 
     Returns:
         ``{"status": ..., "engines": {name: {"key", "engine", "cached"}}}``; where no GPU or

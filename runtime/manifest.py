@@ -247,6 +247,20 @@ class Manifest:
         self._verified.add(rel)
         return rel
 
+    def record_file(self, rel: str | os.PathLike[str], source: str | os.PathLike[str]) -> str:
+        """List ``rel`` with the hash and size of ``source``, a file that will be moved to ``rel``.
+
+        For writers that stage a file elsewhere and move it into place at commit (the export): the
+        entry describes the new content, and the next :meth:`resolve` re-checks the hash.
+        """
+        rel = Path(rel).as_posix()
+        src = Path(source)
+        if not src.is_file():
+            raise ArtifactError(f"cannot record missing file {src} as {rel}")
+        self.files[rel] = {"sha256": sha256_file(src), "size": src.stat().st_size}
+        self._verified.discard(rel)
+        return rel
+
     def add_tree(self, rel_dir: str | os.PathLike[str]) -> list[str]:
         """Record every file under ``rel_dir`` (forgetting files it listed there before)."""
         rel_dir = Path(rel_dir).as_posix().rstrip("/")

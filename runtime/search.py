@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidTextError
+from .errors import InvalidInputError
 from .index import ImageIndex, MetadataFilter, SearchResult
 from .manifest import atomic_write_bytes
 from .templates import DEFAULT_TEMPLATES, ClipLikeEncoder, embed_texts, parse_templates
+
 
 class ImageSearch:
     """Search an image index with text or with images.

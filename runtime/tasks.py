@@ -18,12 +18,12 @@ import numpy as np
 
 from .backend import Backend
 from .errors import ArtifactError, InvalidInputError, ShapeError
-
-# the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
-from .vectors import l2_normalize
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, ImagePreprocessor, as_image_list
 from .specs import CLIP_IMAGE, CLIP_TEXT, ENSEMBLE_HEAD, IMG2PROMPT_A, PROMPT_TEXT, VQA
 from .text import TextLike, TextTokenizer, check_texts
+
+# the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
+from .vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 

@@ -73,9 +73,10 @@ def stage_eval(ctx: DemoContext) -> None:
 
 
 def stage_export(ctx: DemoContext) -> None:
+    from clipq.app.taskmetrics import export_options_for_data
     from clipq.export import ExportOptions, export_artifacts
 
-    report = export_artifacts(ctx.artifacts, ExportOptions(int8=True, data=str(ctx.data)))
+    report = export_artifacts(ctx.artifacts, ExportOptions(int8=True, **export_options_for_data(ctx.data)))
     print(report.markdown())
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from clipq.runtime.errors import ArtifactError, ClipqError
 from clipq.runtime.preprocess import CLIP_MEAN, CLIP_STD
+
 PROMPT_DIM = 384  # all-MiniLM-L6-v2
 
 

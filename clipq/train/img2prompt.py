@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-
-from clipq.runtime.metrics import mean_cosine
 from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.img2prompt import PromptRegressorA
 from clipq.models.io import load_clip, load_tokenizer, save_img2prompt, tokenize
 from clipq.models.prompt_encoder import SentenceEncoder
 from clipq.runtime.errors import DataFormatError
 from clipq.runtime.manifest import Manifest
+from clipq.runtime.metrics import mean_cosine
 
 from .common import batched, cosine_with_warmup, encode_texts, seed_everything, set_threads
 from .data import load_split
@@ -120,7 +119,8 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     a_te = batched(model, te.pixels).numpy()
 
     # Model B on the runtime's HNSW index, built from the training images (all pairs: B only looks up)
-    from clipq.runtime.fusion import KnnPromptFusion, ensemble, sweep
+    from clipq.runtime.fusion import KnnPromptFusion, ensemble
+    from clipq.runtime.sweep import sweep
 
     fusion = KnnPromptFusion.from_embeddings(
         e_tr.numpy(), y_tr.numpy(), p_tr, ids=list(tr.image_ids), model_id=m.extra.get("clip_model_id"),

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 from clipq.export import ExportOptions, export_artifacts  # noqa: E402
 from clipq.export.parity import FP32, REDUCED, check_parity, compare  # noqa: E402
 from clipq.export.quantize import DYNAMIC, DYNAMIC_PER_CHANNEL  # noqa: E402
-from clipq.export.tensorrt import TensorRTStatus, build_engines  # noqa: E402
+from clipq.export.tensorrt import build_engines, tensorrt_status  # noqa: E402
 from clipq.runtime.backends.ort import OrtBackend  # noqa: E402
 from clipq.runtime.errors import ParityError  # noqa: E402
 from clipq.runtime.manifest import Manifest  # noqa: E402
@@ -163,42 +163,113 @@ def test_check_parity_reports_and_raises():
         check_parity("net", "fp32", lambda f: f["x"] * np.nan, samples, ref, FP32)
 
 
-def test_tensorrt_without_gpu_does_nothing_but_say_so(exported):
+def _path_with(tmp_path, monkeypatch, smi: str | None) -> None:
+    """PATH holding only a fake ``nvidia-smi`` (or none), so detection runs for real on each case."""
+    from clipq.runtime.backends.ort import gpu_fingerprint
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if smi is not None:
+        exe = bin_dir / "nvidia-smi"
+        exe.write_text(f"#!/bin/sh\necho '{smi}'\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    gpu_fingerprint.cache_clear()
+
+
+def test_tensorrt_without_gpu_does_nothing_but_say_so(exported, tmp_path, monkeypatch):
+    from clipq.runtime.backends.ort import gpu_fingerprint
+
     root, _, _ = exported
     m = Manifest.load(root)
     before = dict(m.files)
-    out = build_engines(m, status=TensorRTStatus(False, "", "no NVIDIA GPU visible (nvidia-smi not found or failed)"))
+    _path_with(tmp_path, monkeypatch, None)
+    try:
+        out = build_engines(m)  # detects for itself: no nvidia-smi on PATH
+    finally:
+        gpu_fingerprint.cache_clear()
     assert out == {"status": "no NVIDIA GPU visible (nvidia-smi not found or failed)", "available": False, "engines": {}}
     assert m.files == before and not (Path(root) / "trt_cache").exists()
 
 
-def test_export_with_data_checks_task_metrics_and_static_int8(trained_artifacts, small_world, tmp_path):
-    """Trained artifacts + their data: real parity inputs, static QDQ calibrated on the training split,
-    and the embedded-task metrics of the int8 graphs against fp32 through the runtime."""
+def test_tensorrt_with_gpu_but_no_builder_says_what_is_missing(exported, tmp_path, monkeypatch):
+    import importlib.util
+
+    from clipq.runtime.backends.ort import gpu_fingerprint
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: the no-builder case cannot happen")
+    _path_with(tmp_path, monkeypatch, "NVIDIA H200, 9.0, 570.1")
+    try:
+        status = tensorrt_status()
+    finally:
+        gpu_fingerprint.cache_clear()
+    assert not status.available and status.fingerprint["gpu"] == "NVIDIA H200"
+    assert "GPU NVIDIA H200 found, but neither the tensorrt package nor onnxruntime-gpu" in status.reason
+
+
+def test_export_with_data_uses_real_inputs_and_static_int8(trained_artifacts, small_world, tmp_path):
+    """Trained artifacts + their data (through the app's ExportInputs): real parity inputs and static
+    QDQ calibrated on the training split; the app's task metrics on those graphs through the runtime."""
     import shutil
 
+    from clipq.app.taskmetrics import DataTaskMetrics, export_inputs
     from clipq.export.quantize import STATIC_QDQ
 
     root = tmp_path / "artifacts"
     shutil.copytree(trained_artifacts[0], root)
     nets = ["clip_image", "clip_text", "vqa"]
-    opts = ExportOptions(int8=True, networks=nets, data=small_world, parity_batches=(1, 8), timing_rounds=2,
-                         int8_recipes=(DYNAMIC, STATIC_QDQ), task_limit=200)
-    try:
-        report = export_artifacts(root, opts)
-    except ParityError as e:
-        # a barely trained model on 50 test images: one flipped answer can cost more than a point.
-        # Then the int8 graphs must be gone and the artifact consistent.
-        assert "embedded tasks" in str(e)
-        m = Manifest.load(root)
-        m.verify_all()
-        assert all("int8" not in m.model(n).variants for n in nets)
-        return
-    tm = report.task_metrics
-    assert set(tm["fp32"]) == {"recall@5", "vqa_accuracy"} and set(tm["int8"]) == set(tm["fp32"])
-    assert all(abs(d) <= 1.0 for d in tm["delta"]["int8"].values())
+    opts = ExportOptions(int8=True, networks=nets, inputs=export_inputs(small_world), parity_batches=(1, 8),
+                         timing_rounds=2, int8_recipes=(DYNAMIC, STATIC_QDQ))
+    report = export_artifacts(root, opts)
+    assert report.task_metrics == {}  # no gate asked for
     m = Manifest.load(root)
     for n in nets:
         cands = m.model(n).meta["export"]["decisions"]["int8"]["candidates"]
         assert "min_cos" in cands["static_qdq"]  # calibrated and measured, whether chosen or not
-        assert m.model(n).parity["int8"]["task_metrics"] == tm["delta"]["int8"]
+    metrics = DataTaskMetrics(small_world, limit=200)
+    fp32 = metrics(m, {n: "fp32" for n in nets})
+    int8 = metrics(m, {n: "int8" for n in nets if "int8" in m.model(n).variants})
+    assert set(fp32) == {"recall@5", "vqa_accuracy"} and set(int8) == set(fp32)
+    assert all(0.0 <= v <= 100.0 for v in [*fp32.values(), *int8.values()])
+
+
+class _ScriptedMetrics:
+    """Task metrics that report a fixed drop for int8 graphs (the gate's contract, not its data)."""
+
+    def __init__(self, int8_drop: float):
+        self.int8_drop, self.calls = int8_drop, []
+
+    def __call__(self, m, variants):
+        self.calls.append(dict(variants))
+        drop = self.int8_drop if "int8" in variants.values() else 0.0
+        return {"recall@5": 50.0 - drop, "vqa_accuracy": 40.0 - drop}
+
+
+@pytest.mark.parametrize("drop", [0.5, 2.0])
+def test_task_metric_gate_keeps_or_removes_int8(exported, tmp_path, drop):
+    """int8 graphs that lose <= 1 point are kept with their deltas; losing more raises ParityError,
+    and the int8 graphs are gone from the manifest and the disk (the artifact stays consistent)."""
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(exported[0], root)
+    gate = _ScriptedMetrics(drop)
+    opts = ExportOptions(int8=True, networks=["clip_image"], task_metrics=gate, timing_rounds=2,
+                         int8_recipes=(DYNAMIC,))
+    if drop <= 1.0:
+        report = export_artifacts(root, opts, modules={"clip_image": exported[1]["clip_image"]})
+        assert report.task_metrics["delta"]["int8"] == {"recall@5": -drop, "vqa_accuracy": -drop}
+        m = Manifest.load(root)
+        assert "int8" in m.model("clip_image").variants
+        assert m.model("clip_image").parity["int8"]["task_metrics"] == {"recall@5": -drop, "vqa_accuracy": -drop}
+    else:
+        with pytest.raises(ParityError, match="embedded tasks"):
+            export_artifacts(root, opts, modules={"clip_image": exported[1]["clip_image"]})
+        m = Manifest.load(root)
+        m.verify_all()
+        for n in gate.calls[1]:  # every int8 graph the gate judged is gone
+            assert "int8" not in m.model(n).variants
+            assert not (root / "onnx" / f"{n}.int8.onnx").exists()
+    assert gate.calls[0] == {n: "fp32" for n in m.models}
+    assert gate.calls[1]["clip_image"] == "int8" and set(gate.calls[1].values()) == {"int8"}

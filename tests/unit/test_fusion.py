@@ -13,14 +13,13 @@ from clipq.runtime.fusion import (
     CONFIG_NAME,
     EMBEDS_NAME,
     KnnPromptFusion,
-    cosine_rows,
     describe,
     ensemble,
-    mean_cosine,
     neighbour_weights,
-    sweep,
 )
 from clipq.runtime.index import ImageIndex
+from clipq.runtime.sweep import sweep
+from clipq.runtime.vectors import cosine_rows, mean_cosine
 
 D, P = 24, 16  # image and prompt dims (384 in the real model; the code does not care)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipq.runtime import index as index_mod
 from clipq.runtime.errors import (
     ArtifactError,
     DimensionMismatchError,
@@ -26,6 +25,7 @@ from clipq.runtime.errors import (
     UnknownIdError,
 )
 from clipq.runtime.index import SIDECAR_NAME, ImageIndex, RWLock, SearchResult, exact_topk
+from clipq.runtime.index import persistence as persistence_mod
 
 DIM = 32
 
@@ -391,7 +391,7 @@ def test_failed_save_leaves_previous_index_loadable(tmp_path: Path, monkeypatch:
         tmp.unlink()
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(index_mod, "atomic_write_json", fail_sidecar)
+    monkeypatch.setattr(persistence_mod, "atomic_write_json", fail_sidecar)
     with pytest.raises(OSError, match="simulated"):
         idx.save(root)
     monkeypatch.undo()
@@ -401,7 +401,7 @@ def test_failed_save_leaves_previous_index_loadable(tmp_path: Path, monkeypatch:
     def fail_fsync(path):
         raise OSError("I/O error (simulated)")
 
-    monkeypatch.setattr(index_mod, "_fsync_file", fail_fsync)
+    monkeypatch.setattr(persistence_mod, "_fsync_file", fail_fsync)
     with pytest.raises(OSError, match="simulated"):
         idx.save(root)
     monkeypatch.undo()

@@ -57,6 +57,8 @@ def clustered_vectors(n: int, dim: int, *, n_clusters: int, spread: float, seed:
     """
     import numpy as np
 
+    from clipq.runtime.vectors import l2_normalize
+
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     out = np.empty((n, dim), np.float32)
@@ -65,7 +67,7 @@ def clustered_vectors(n: int, dim: int, *, n_clusters: int, spread: float, seed:
         m = min(step, n - s)
         which = rng.integers(0, n_clusters, m)
         block = centres[which] + spread * rng.standard_normal((m, dim)).astype(np.float32)
-        out[s : s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[s : s + m] = l2_normalize(block)
     return out
 
 
@@ -84,14 +86,6 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def _recall(found: Any, truth: Any) -> float:
-    import numpy as np
-
-    found = np.asarray(found)
-    hits = [len(np.intersect1d(f, t, assume_unique=False)) for f, t in zip(found, truth)]
-    return float(np.mean(hits) / truth.shape[1])
 
 
 class _Peer:
@@ -239,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
     from clipq.runtime.index import ImageIndex, exact_topk
+    from clipq.runtime.metrics import neighbour_recall
 
     def opt(name: str, default: Any = None) -> Any:
         # another bench target may own a shared option name, or a caller may build args by hand
@@ -297,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         recall: dict[str, float] = {}
         for name, peer in peers.items():
             peer.set_ef(ef)
-            recall[name] = _recall(peer.labels(peer.search(q, 1)), truth)
+            recall[name] = float(neighbour_recall(peer.labels(peer.search(q, 1)), truth).mean())
         exact_best = float("inf")
         for _ in range(repeats):
             # exact search joins the round too (on a subset: it is slow), so that every speed-up

@@ -159,7 +159,6 @@ class _Engines:
     def optimum_fn(self, name: str) -> Any:
         if name != "clip_image":
             raise LookupError("optimum exports no stand-alone graph for this network")
-        import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForFeatureExtraction
         from transformers import CLIPVisionModel
 

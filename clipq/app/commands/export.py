@@ -43,6 +43,7 @@ def _ints(s: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipq.app.taskmetrics import export_options_for_data
     from clipq.export import ExportOptions, export_artifacts
     from clipq.runtime.errors import ClipqError
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args.artifacts = args.artifacts_opt
     opts = ExportOptions(
         optimize=args.optimize, fp16=args.fp16, int8=args.int8 or args.require_int8, require_int8=args.require_int8,
-        tensorrt=args.tensorrt, data=args.data,
+        tensorrt=args.tensorrt, **export_options_for_data(args.data, threads=args.threads),
         networks=args.networks.split(",") if args.networks else None, threads=args.threads, opset=args.opset,
         parity_batches=_ints(args.parity_batches),
     )

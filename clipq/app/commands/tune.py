@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from clipq.app.commands.index import print_json
     from clipq.readers import World
     from clipq.runtime.errors import InvalidInputError
-    from clipq.runtime.fusion import DEFAULT_ALPHAS, DEFAULT_KS, KnnPromptFusion, ensemble, mean_cosine, sweep
+    from clipq.runtime.fusion import KnnPromptFusion, ensemble
+    from clipq.runtime.sweep import DEFAULT_ALPHAS, DEFAULT_KS, sweep
+    from clipq.runtime.vectors import mean_cosine
 
     alphas = args.alphas or list(DEFAULT_ALPHAS)
     ks = args.ks or list(DEFAULT_KS)
