@@ -32,3 +32,32 @@ def trained_artifacts(tmp_path_factory, small_world):
     )
     summary = train_tasks(str(small_world), str(out), ["clip", "vqa", "img2prompt", "reading"], s)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory, trained_artifacts):
+    """The one shared deployable artifact directory: the test-preset models trained above, exported.
+
+    fp32 + int8 graphs of every network (dynamic int8 only, small parity batches: seconds), the
+    tokenizers, preprocessing, answer vocabulary and Model B's KNN database. Treat it as read-only;
+    a test that changes files takes ``tiny_artifacts_copy``.
+    """
+    import shutil
+
+    from clipq.export import ExportOptions, export_artifacts
+    from clipq.export.quantize import DYNAMIC
+
+    root = tmp_path_factory.mktemp("tiny") / "artifacts"
+    shutil.copytree(trained_artifacts[0], root)
+    export_artifacts(root, ExportOptions(int8=True, int8_recipes=(DYNAMIC,), parity_batches=(1, 4), timing_rounds=2))
+    return root
+
+
+@pytest.fixture
+def tiny_artifacts_copy(tiny_artifacts, tmp_path):
+    """A private copy of ``tiny_artifacts`` that a test may change."""
+    import shutil
+
+    dst = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, dst)
+    return dst

@@ -1,8 +1,10 @@
 """Remote backend: the same tensors as :class:`OrtBackend`, run by a Triton server.
 
 ``TritonBackend`` (blocking) and ``AsyncTritonBackend`` (asyncio) speak Triton's HTTP or gRPC
-protocol through ``tritonclient``. Both behave like the in-process backend so that every task class
-and CLI command works unchanged with ``--server URL``:
+protocol through ``tritonclient``; what differs between the two (clients, tensors on the wire,
+per-call deadlines) is one adapter class per protocol in :mod:`.triton_protocol`, picked by the URL's
+scheme, so neither backend asks which protocol it speaks. Both behave like the in-process backend
+so that every task class and CLI command works unchanged with ``--server URL``:
 
 - inputs are checked against the manifest's spec before anything is sent (same
   ``InvalidInputError`` / ``DTypeError`` / ``ShapeError`` as in-process);
@@ -33,7 +35,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -46,17 +47,21 @@ from ..errors import (
     InvalidImageError,
     InvalidInputError,
     InvalidTextError,
-    MissingDependencyError,
     ShapeError,
 )
 from ..manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec
+from .triton_protocol import PROTOCOLS, Protocol, open_protocol, parse_url
+from .triton_protocol import message as _message
+from .triton_protocol import status as _status
+
+__all__ = ["PROTOCOLS", "AsyncTritonBackend", "TritonBackend", "parse_url"]
 
 #: Triton config dtype -> manifest dtype name
 _FROM_TRITON = {v: k for k, v in TRITON_DTYPES.items()}
 #: manifest dtype -> tritonclient wire dtype
 _WIRE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
          "bool": "BOOL", "bytes": "BYTES"}
-#: clipq input errors the server-side models report by class name (see serving/python_models/model.py)
+#: clipq input errors the server-side models report by class name (see serving/backend/model.py)
 _REMOTE_ERRORS: dict[str, type[InvalidInputError]] = {
     c.__name__: c for c in (InvalidImageError, InvalidTextError, ShapeError, DTypeError, InvalidInputError)
 }
@@ -64,62 +69,6 @@ _REMOTE_ERROR_RE = re.compile(
     r"(?P<cls>" + "|".join(_REMOTE_ERRORS) + r"): (?:\[item (?P<index>\d+)(?:, (?P<source>.*?))?\] )?(?P<reason>.*)",
     re.S,
 )
-_DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-
-
-def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
-    """Split a server URL into (protocol, ``host:port``, ssl).
-
-    Args:
-        url: ``grpc://host:port``, ``http://host:port``, ``https://host:port`` or ``host:port``.
-        protocol: ``"grpc"`` or ``"http"``; required for a URL without scheme, must agree otherwise.
-
-    Raises:
-        ClipqError: an unknown scheme or protocol, or a protocol that contradicts the scheme.
-    """
-    if "://" not in url:
-        if protocol is None:
-            raise ClipqError(f"server URL {url!r} has no scheme: use grpc://{url} or http://{url}")
-        url = f"{protocol}://{url}"
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    proto = {"grpc": "grpc", "http": "http", "https": "http"}.get(scheme)
-    if proto is None:
-        raise ClipqError(f"unsupported server URL scheme {scheme!r} in {url!r} (use grpc:// or http://)")
-    if protocol is not None and protocol != proto:
-        raise ClipqError(f"protocol {protocol!r} contradicts the URL {url!r}")
-    if not parts.hostname:
-        raise ClipqError(f"server URL {url!r} has no host")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return proto, f"{host}:{parts.port or _DEFAULT_PORTS[proto]}", scheme == "https"
-
-
-def _import(protocol: str, aio: bool) -> Any:
-    try:
-        if protocol == "grpc":
-            if aio:
-                import tritonclient.grpc.aio as mod
-            else:
-                import tritonclient.grpc as mod
-        elif aio:
-            import tritonclient.http.aio as mod
-        else:
-            import tritonclient.http as mod
-    except ImportError as e:
-        raise MissingDependencyError("tritonclient[http,grpc]", "runtime", "the Triton backend") from e
-    return mod
-
-
-def _status(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    s = status() if callable(status) else status
-    return str(s or "")
-
-
-def _message(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None)
-    m = msg() if callable(msg) else msg
-    return str(m or exc)
 
 
 def _as_array(x: Any, t: TensorSpec) -> np.ndarray:
@@ -139,15 +88,14 @@ class _TritonCommon:
     def __init__(self, url: str, manifest: Manifest | str, protocol: str | None, timeout_s: float,
                  retries: int, backoff_s: float, verify: bool, aio: bool) -> None:
         self.url = url
-        self.protocol, self.address, self.ssl = parse_url(url, protocol)
+        #: the adapter of the URL's protocol: everything that differs between gRPC and HTTP
+        self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio)
+        self.protocol, self.address, self.ssl = self.wire.name, self.wire.address, self.wire.ssl
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
         self.verify = verify
-        self._mod = _import(self.protocol, aio)
-        # InferInput / InferRequestedOutput live in the sync modules (the aio ones reuse them)
-        self._io = _import(self.protocol, False)
         self._configs: dict[str, dict[str, Any]] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._verified: set[str] = set()
@@ -273,19 +221,12 @@ class _TritonCommon:
             infer_inputs = []
             for t in spec.inputs:
                 a = feeds[t.name][start:start + step] if mbs > 0 else feeds[t.name]
-                ii = self._io.InferInput(t.name, list(a.shape), _WIRE[t.dtype])
-                if self.protocol == "http":
-                    ii.set_data_from_numpy(a, binary_data=True)
-                else:
-                    ii.set_data_from_numpy(a)
-                infer_inputs.append(ii)
+                infer_inputs.append(self.wire.infer_input(t.name, a, _WIRE[t.dtype]))
             out.append((start, infer_inputs))
         return out
 
     def _outputs(self, spec: ModelSpec) -> list[Any]:
-        if self.protocol == "http":
-            return [self._io.InferRequestedOutput(t.name, binary_data=True) for t in spec.outputs]
-        return [self._io.InferRequestedOutput(t.name) for t in spec.outputs]
+        return [self.wire.requested_output(t.name) for t in spec.outputs]
 
     @staticmethod
     def _empty(spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -328,25 +269,24 @@ class TritonBackend(_TritonCommon):
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
-        self._grpc: Any = None
+        self._shared: Any = None  # the one client, where the protocol's client is thread-safe
         self._closed = False
 
     # -- connections ---------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._closed:
             raise BackendUnavailable(f"backend for {self.url} is closed")
-        if self.protocol == "grpc":
-            if self._grpc is None:
+        if self.wire.thread_safe:
+            if self._shared is None:
                 with self._lock:
-                    if self._grpc is None:
-                        self._grpc = self._mod.InferenceServerClient(self.address, ssl=self.ssl)
-                        self._clients.append(self._grpc)
-            return self._grpc
+                    if self._shared is None:
+                        self._shared = self.wire.client()
+                        self._clients.append(self._shared)
+            return self._shared
         c = getattr(self._local, "client", None)
         if c is None:
-            # one client (one keep-alive connection) per thread: tritonclient.http is not thread-safe
-            c = self._mod.InferenceServerClient(self.address, ssl=self.ssl, connection_timeout=self.timeout_s,
-                                                network_timeout=self.timeout_s)
+            # one client (one keep-alive connection) per thread where the client is not thread-safe
+            c = self.wire.client()
             self._local.client = c
             with self._lock:
                 self._clients.append(c)
@@ -354,8 +294,7 @@ class TritonBackend(_TritonCommon):
 
     def _call(self, model: str | None, fn: Any, *args: Any, **kw: Any) -> Any:
         """Call ``fn`` with the deadline, retrying what is safe to repeat."""
-        if self.protocol == "grpc":
-            kw.setdefault("client_timeout", self.timeout_s)
+        kw = {**self.wire.call_options(), **kw}
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
@@ -371,8 +310,7 @@ class TritonBackend(_TritonCommon):
         cfg = self._configs.get(model)
         if cfg is None:
             try:
-                raw = self._call(model, self._client().get_model_config, model, **(
-                    {"as_json": True} if self.protocol == "grpc" else {}))
+                raw = self._call(model, self._client().get_model_config, model, **self.wire.json_options())
             except Exception as e:  # noqa: BLE001
                 err = self._error(e, model)
                 if isinstance(err, InferenceError):
@@ -443,9 +381,8 @@ class TritonBackend(_TritonCommon):
     def statistics(self, model: str = "") -> dict[str, Any]:
         """The server's inference statistics (``model``: one model, default all), as JSON."""
         c = self._client()
-        kw = {"as_json": True} if self.protocol == "grpc" else {}
         try:
-            return self._call(None, c.get_inference_statistics, model, **kw)
+            return self._call(None, c.get_inference_statistics, model, **self.wire.json_options())
         except Exception as e:  # noqa: BLE001
             raise self._error(e, model or "statistics") from e
 
@@ -453,7 +390,7 @@ class TritonBackend(_TritonCommon):
         """Close every connection (from any thread). Later calls raise ``BackendUnavailable``."""
         with self._lock:
             self._closed = True
-            clients, self._clients, self._grpc = self._clients, [], None
+            clients, self._clients, self._shared = self._clients, [], None
         for c in clients:
             try:
                 c.close()
@@ -490,16 +427,11 @@ class AsyncTritonBackend(_TritonCommon):
         if self._closed:
             raise BackendUnavailable(f"backend for {self.url} is closed")
         if self._c is None:
-            if self.protocol == "grpc":
-                self._c = self._mod.InferenceServerClient(self.address, ssl=self.ssl)
-            else:
-                self._c = self._mod.InferenceServerClient(self.address, ssl=self.ssl, conn_timeout=self.timeout_s,
-                                                          conn_limit=self.max_in_flight * 4)
+            self._c = self.wire.aio_client(self.max_in_flight)
         return self._c
 
     async def _call(self, model: str | None, fn: Any, *args: Any, **kw: Any) -> Any:
-        if self.protocol == "grpc":
-            kw.setdefault("client_timeout", self.timeout_s)
+        kw = {**self.wire.call_options(), **kw}
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
             try:
@@ -514,9 +446,8 @@ class AsyncTritonBackend(_TritonCommon):
     async def _config(self, model: str) -> dict[str, Any]:
         cfg = self._configs.get(model)
         if cfg is None:
-            kw = {"as_json": True} if self.protocol == "grpc" else {}
             try:
-                raw = await self._call(model, self._client().get_model_config, model, **kw)
+                raw = await self._call(model, self._client().get_model_config, model, **self.wire.json_options())
             except Exception as e:  # noqa: BLE001
                 err = self._error(e, model)
                 if isinstance(err, InferenceError):

@@ -15,8 +15,8 @@ What is measured, on the artifacts given with ``--artifacts`` (``--quick``: a ti
    (gRPC, concurrency 1/4/16), its output saved next to clipq's figures.
 
 Writes ``<out>/triton.json`` (every cell), ``<out>/triton.md`` (tables and the issue's targets,
-met or not) and ``<out>/triton.png``; perf_analyzer's output goes to ``<out>/perf_analyzer/``.
-Imports only the standard library at module level.
+met or not: :mod:`.triton_report`) and ``<out>/triton.png``; perf_analyzer's output goes to
+``<out>/perf_analyzer/`` (:mod:`.perf_analyzer`). Imports only the standard library at module level.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from .triton_report import Cell, Setup, markdown, plot, targets
 
 TARGET_NETWORK = {"clip_image": "clip_image", "embed_image": "clip_image", "embed_text": "clip_text"}
 CAPTIONS = (
@@ -61,42 +62,6 @@ def add_arguments(parser: Any) -> None:
                         help="graph variant served and run in process alike (default %(default)s)")
     parser.add_argument("--perf-analyzer", action="store_true", help="also run Triton's perf_analyzer")
     parser.add_argument("--perf-analyzer-bin", help="perf_analyzer binary (default: .venv-perf/bin, then PATH)")
-
-
-@dataclass
-class Cell:
-    """One measured configuration."""
-
-    target: str
-    mode: str  # in-process | grpc | http
-    concurrency: int
-    batching: str  # on | off | - (in-process)
-    requests: int = 0
-    errors: int = 0
-    p50_ms: float = 0.0
-    p90_ms: float = 0.0
-    p99_ms: float = 0.0
-    mean_ms: float = 0.0
-    throughput_rps: float = 0.0
-    server_avg_batch: float | None = None
-    phase: str = "grid"
-    loadavg_1m: float = 0.0  # at the end of the cell: a shared machine's background load shows here
-
-
-@dataclass
-class Setup:
-    artifacts: Path
-    quick: bool
-    targets: list[str]
-    concurrency: list[int]
-    protocols: list[str]
-    seconds: float
-    requests: int
-    rounds: int
-    queue_delay_us: int
-    spin: bool
-    variant: str = "fp32"
-    notes: list[str] = field(default_factory=list)
 
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -377,214 +342,15 @@ def _grid(setup: Setup, work: _Workload, servers: dict[str, Any], cells: list[Ce
                       + (f"  ({cell.errors} errors)" if cell.errors else ""), flush=True)
 
 
-# -- perf_analyzer ---------------------------------------------------------------------------------------
-def find_perf_analyzer(explicit: str | None = None) -> tuple[Path, dict[str, str]] | None:
-    """The perf_analyzer binary (``make perf-analyzer`` puts it in .venv-perf) and its environment."""
-    candidates = [explicit, os.environ.get("CLIPQ_PERF_ANALYZER"), ".venv-perf/bin/perf_analyzer",
-                  shutil.which("perf_analyzer")]
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            binary = Path(c).resolve()
-            env = dict(os.environ)
-            venv = binary.parent.parent
-            libs = sorted(venv.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"))
-            if libs:  # libcudart.so.12 from nvidia-cuda-runtime-cu12, next to the binary's venv
-                env["LD_LIBRARY_PATH"] = os.pathsep.join([str(libs[0]), env.get("LD_LIBRARY_PATH", "")])
-            return binary, env
-    return None
+def _quick_artifacts(root: Path) -> Path:
+    """``--quick`` without ``--artifacts``: untrained ``test``-preset networks, exported fp32 (seconds)."""
+    from clipq.export import ExportOptions, export_artifacts
+    from clipq.models.io import build_random_artifacts
 
-
-def _perf_analyzer(setup: Setup, server: Any, manifest: Any, out: Path, explicit: str | None) -> dict[str, Any]:
-    found = find_perf_analyzer(explicit)
-    if found is None:
-        msg = "perf_analyzer not found: run `make perf-analyzer` (tool venv .venv-perf) or pass --perf-analyzer-bin"
-        print(f"  {msg}", flush=True)
-        return {"skipped": msg}
-    binary, env = found
-    pa_dir = out / "perf_analyzer"
-    pa_dir.mkdir(parents=True, exist_ok=True)
-    size = int(manifest.preprocessing["size"])
-    data = pa_dir / "embed_text_input.json"
-    data.write_text(json.dumps({"data": [{"text": [c]} for c in CAPTIONS]}))
-    runs: dict[str, Any] = {}
-    host = server.grpc_url.split("://", 1)[1]
-    measure_ms = 1000 if setup.quick else 4000
-    for model, extra in (("clip_image", ["--shape", f"pixel_values:3,{size},{size}"]),
-                         ("embed_text", ["--input-data", str(data)])):
-        for conc in setup.concurrency:
-            csv = pa_dir / f"{model}_c{conc}.csv"
-            cmd = [str(binary), "-m", model, "-u", host, "-i", "grpc", "-b", "1",
-                   "--concurrency-range", f"{conc}:{conc}", "--measurement-interval", str(measure_ms),
-                   # a shared machine is noisy: accept wider windows rather than no answer at all
-                   "--stability-percentage", "60", "--max-trials", "8", "-f", str(csv), *extra]
-            try:
-                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-                text = r.stdout + r.stderr
-                rc = r.returncode
-            except subprocess.TimeoutExpired as e:
-                text, rc = f"timed out after 240 s: {e}", -1
-            (pa_dir / f"{model}_c{conc}.txt").write_text("$ " + " ".join(cmd) + "\n" + text)
-            summary = _parse_perf_csv(csv) if rc == 0 and csv.is_file() else {}
-            runs[f"{model}_c{conc}"] = {"rc": rc, **summary}
-            shown = (f"{summary.get('throughput_rps', 0):.1f} req/s, p50 {summary.get('p50_ms', 0):.2f} ms"
-                     if summary else f"failed (rc {rc}), see {pa_dir}")
-            print(f"  perf_analyzer {model} c={conc}: {shown}", flush=True)
-    return {"binary": str(binary), "runs": runs}
-
-
-def _parse_perf_csv(path: Path) -> dict[str, float]:
-    import csv
-
-    rows = list(csv.DictReader(path.open()))
-    if not rows:
-        return {}
-    row = rows[0]
-
-    def us(key: str) -> float:
-        return float(row.get(key, 0) or 0) / 1e3
-
-    return {"throughput_rps": float(row.get("Inferences/Second", 0) or 0), "p50_ms": us("p50 latency"),
-            "p90_ms": us("p90 latency"), "p99_ms": us("p99 latency"),
-            "client_send_ms": us("Client Send"), "server_queue_ms": us("Server Queue"),
-            "server_compute_ms": us("Server Compute Infer")}
-
-
-# -- report -----------------------------------------------------------------------------------------------
-def _find(cells: list[Cell], **kw: Any) -> Cell | None:
-    for c in cells:
-        if all(getattr(c, k) == v for k, v in kw.items()):
-            return c
-    return None
-
-
-def _targets(cells: list[Cell], setup: Setup) -> list[dict[str, Any]]:
-    out = []
-    lat = [c for c in cells if c.phase == "latency"]
-    grid = [c for c in cells if c.phase == "grid"]
-    inp, grpc = _find(lat, target="clip_image", mode="in-process"), _find(lat, target="clip_image", mode="grpc")
-    if inp and grpc:
-        over = grpc.p50_ms / inp.p50_ms - 1
-        out.append({"target": "clip_image batch 1: gRPC p50 within 5 % of in-process",
-                    "measured": f"{grpc.p50_ms:.2f} vs {inp.p50_ms:.2f} ms ({over:+.1%})", "met": over <= 0.05})
-    cmax, cmin = max(setup.concurrency), min(setup.concurrency)
-    for target in setup.targets:
-        for proto in setup.protocols:
-            on_hi = _find(grid, target=target, mode=proto, concurrency=cmax, batching="on")
-            on_lo = _find(grid, target=target, mode=proto, concurrency=cmin, batching="on")
-            off_hi = _find(grid, target=target, mode=proto, concurrency=cmax, batching="off")
-            if on_hi and on_lo and off_hi and on_lo.throughput_rps > 0 and off_hi.throughput_rps > 0:
-                ratio = on_hi.throughput_rps / on_lo.throughput_rps
-                vs_off = on_hi.throughput_rps / off_hi.throughput_rps
-                out.append({"target": f"{target} {proto}: dynamic batching c{cmax} >= 1.3x c{cmin} and above no batching",
-                            "measured": f"{ratio:.2f}x c{cmin}; {vs_off:.2f}x without batching "
-                                        f"(server batch {on_hi.server_avg_batch or 0:.2f})",
-                            "met": ratio >= 1.3 and vs_off > 1.0})
-    for proto in setup.protocols:
-        ei, ci = _find(lat, target="embed_image", mode=proto), _find(lat, target="clip_image", mode=proto)
-        if ei and ci:
-            over = ei.p50_ms / ci.p50_ms - 1
-            out.append({"target": f"embed_image (bytes in) within 20 % of clip_image (tensors in), {proto}",
-                        "measured": f"{ei.p50_ms:.2f} vs {ci.p50_ms:.2f} ms ({over:+.1%})", "met": over <= 0.20})
-    return out
-
-
-def _markdown(setup: Setup, cells: list[Cell], targets: list[dict[str, Any]], env: dict[str, Any],
-              perf: dict[str, Any] | None, ceiling: list[dict[str, Any]] | None = None) -> str:
-    lines = ["# Triton serving benchmark", "",
-             f"Artifacts `{setup.artifacts}`{' (quick: tiny generated models)' if setup.quick else ''}; "
-             f"{env['cpus']} CPUs, load average at start {env['loadavg']}; tritonserver {env['server_version']}; "
-             f"variant {setup.variant}; onnxruntime spinning {'on' if setup.spin else 'off'}; "
-             f"queue delay {setup.queue_delay_us} us; load average at the end {env.get('loadavg_end', '?')}.", ""]
-    lat = [c for c in cells if c.phase == "latency"]
-    if lat:
-        lines += ["## Batch 1, concurrency 1 (interleaved rounds)", "",
-                  "| target | in-process p50 ms | gRPC p50 ms | HTTP p50 ms | gRPC over in-process | HTTP over in-process |",
-                  "|---|---|---|---|---|---|"]
-        def fmt(c: Cell | None) -> str:
-            return f"{c.p50_ms:.2f}" if c else "-"
-
-        def over(c: Cell | None, base: Cell | None) -> str:
-            return f"{c.p50_ms / base.p50_ms - 1:+.1%}" if c and base and base.p50_ms else "-"
-
-        for t in setup.targets:
-            i, g, h = (_find(lat, target=t, mode=m) for m in ("in-process", "grpc", "http"))
-            lines.append(f"| {t} | {fmt(i)} | {fmt(g)} | {fmt(h)} | {over(g, i)} | {over(h, i)} |")
-        lines.append("")
-    grid = [c for c in cells if c.phase == "grid"]
-    if grid:
-        lines += ["## Throughput (req/s, batch 1 per request) and p50 latency", "",
-                  "| target | mode | batching | " + " | ".join(f"c={c}" for c in setup.concurrency) + " | server batch at max c |",
-                  "|---|---|---|" + "---|" * len(setup.concurrency) + "---|"]
-        for t in setup.targets:
-            for mode in ["in-process", *setup.protocols]:
-                for b in (["-"] if mode == "in-process" else ["on", "off"]):
-                    row = [_find(grid, target=t, mode=mode, batching=b, concurrency=c) for c in setup.concurrency]
-                    if not any(row):
-                        continue
-                    vals = [f"{c.throughput_rps:.1f} ({c.p50_ms:.1f} ms)" if c else "-" for c in row]
-                    last = row[-1].server_avg_batch if row[-1] else None
-                    lines.append(f"| {t} | {mode} | {b} | " + " | ".join(vals) + f" | {last:.2f} |"
-                                 if last else f"| {t} | {mode} | {b} | " + " | ".join(vals) + " | - |")
-        lines.append("")
-    if ceiling:
-        sizes = list(ceiling[0]["ms_per_item"])
-        lines += ["## What batching can buy at most (in-process, ms per item)", "",
-                  "| network | " + " | ".join(f"batch {b}" for b in sizes) + " | best speed-up over batch 1 |",
-                  "|---|" + "---|" * len(sizes) + "---|"]
-        for row in ceiling:
-            best = max(row["speedup_vs_batch1"].values())
-            lines.append(f"| {row['network']} | " + " | ".join(f"{row['ms_per_item'][b]:.2f}" for b in sizes)
-                         + f" | {best:.2f}x |")
-        lines.append("")
-    if targets:
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
-        lines.append("")
-    if perf:
-        lines += ["## perf_analyzer (gRPC, batch 1)", ""]
-        if "skipped" in perf:
-            lines += [perf["skipped"], ""]
-        else:
-            lines += ["| run | req/s | p50 ms | p99 ms | server queue ms | server compute ms |", "|---|---|---|---|---|---|"]
-            for name, r in perf["runs"].items():
-                if "throughput_rps" in r:
-                    lines.append(f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                                 f"{r['server_queue_ms']:.2f} | {r['server_compute_ms']:.2f} |")
-                else:
-                    lines.append(f"| {name} | failed (rc {r['rc']}) | | | | |")
-            lines += ["", "Raw output in `perf_analyzer/`.", ""]
-    if setup.notes:
-        lines += ["## Notes", "", *[f"- {n}" for n in setup.notes], ""]
-    return "\n".join(lines)
-
-
-def _plot(setup: Setup, cells: list[Cell], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    grid = [c for c in cells if c.phase == "grid"]
-    fig, axes = plt.subplots(1, len(setup.targets), figsize=(5 * len(setup.targets), 4), squeeze=False)
-    for ax, t in zip(axes[0], setup.targets):
-        for mode in ["in-process", *setup.protocols]:
-            for b in (["-"] if mode == "in-process" else ["on", "off"]):
-                pts = [(c.concurrency, c.throughput_rps) for c in grid if c.target == t and c.mode == mode and c.batching == b]
-                if pts:
-                    xs, ys = zip(*sorted(pts))
-                    ax.plot(xs, ys, marker="o", linestyle="-" if b != "off" else "--",
-                            label=mode if b == "-" else f"{mode}, batching {b}")
-        ax.set_title(t)
-        ax.set_xlabel("concurrency")
-        ax.set_ylabel("requests / s")
-        ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    build_random_artifacts(root, "test")
+    export_artifacts(root, ExportOptions(networks=sorted(set(TARGET_NETWORK.values())), parity_batches=(1, 4),
+                                         timing_rounds=2))
+    return root
 
 
 # -- entry point -----------------------------------------------------------------------------------------
@@ -607,10 +373,7 @@ def run(args: argparse.Namespace) -> int:
         if artifacts is None:
             if not quick:
                 raise ArtifactError("clipq bench --target triton needs --artifacts DIR (or --quick for tiny models)")
-            from clipq.serving.tiny import build_tiny_artifacts
-
-            artifacts = work_dir / "artifacts"
-            build_tiny_artifacts(artifacts)
+            artifacts = _quick_artifacts(work_dir / "artifacts")
         manifest = Manifest.load(artifacts)
 
         def ints(s: str) -> list[int]:
@@ -656,16 +419,19 @@ def run(args: argparse.Namespace) -> int:
             _latency_table(setup, work, servers["on"], cells)
             _grid(setup, work, servers, cells)
             if getattr(args, "perf_analyzer", False):
-                perf = _perf_analyzer(setup, servers["on"], manifest, out, getattr(args, "perf_analyzer_bin", None))
+                from .perf_analyzer import run_perf_analyzer
+
+                perf = run_perf_analyzer(setup, servers["on"], manifest, out, getattr(args, "perf_analyzer_bin", None),
+                                         CAPTIONS)
         work.ort.close()
-        targets = _targets(cells, setup)
+        met = targets(cells, setup)
         env["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         result = {"setup": {**asdict(setup), "artifacts": str(setup.artifacts)}, "environment": env,
-                  "cells": [asdict(c) for c in cells], "targets": targets, "batching_ceiling": ceiling,
+                  "cells": [asdict(c) for c in cells], "targets": met, "batching_ceiling": ceiling,
                   "perf_analyzer": perf}
         (out / "triton.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "triton.md").write_text(_markdown(setup, cells, targets, env, perf, ceiling))
-        _plot(setup, cells, out / "triton.png")
+        (out / "triton.md").write_text(markdown(setup, cells, met, env, perf, ceiling))
+        plot(setup, cells, out / "triton.png")
         print((out / "triton.md").read_text())
         print(f"wrote {out / 'triton.json'}, {out / 'triton.md'}, {out / 'triton.png'}")
         return 0

@@ -58,7 +58,8 @@ def _echo(show_all: bool):
 def run(args: argparse.Namespace) -> int:
     from clipq.runtime.errors import ArtifactError, ServerError
     from clipq.serving import RenderOptions, is_repository, read_repository_info, render_repository
-    from clipq.serving.server import ServerOptions, StopSignals, TritonServer, find_tritonserver
+    from clipq.serving.launcher import find_tritonserver
+    from clipq.serving.server import ServerOptions, StopSignals, TritonServer
 
     target = Path(args.path or os.environ.get("CLIPQ_ARTIFACTS") or "runs/demo/artifacts")
     if not target.exists():
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             repo = Path(args.repository)
         else:
             temp_repo = Path(tempfile.mkdtemp(prefix="clipq-repo-"))
-            repo = temp_repo / "models"
+            repo = temp_repo / "repository"
         opts = RenderOptions(flavour=flavour, variant=args.variant, dynamic_batching=not args.no_dynamic_batching,
                              max_queue_delay_us=args.queue_delay_us, instances=args.instances,
                              intra_op_threads=args.threads)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         flavour = info.get("flavour", "?")
     else:
         raise ArtifactError(f"{target} is neither an artifact directory (no manifest.json) nor a Triton model "
-                            "repository (no <model>/config.pbtxt)")
+                            "repository (no models/<model>/config.pbtxt or <model>/config.pbtxt)")
 
     def port(v: int) -> int | None:
         return None if v == 0 else v
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"starting tritonserver ({installation.binary}) on {args.host} ...", flush=True)
             server.start()
             stop.started()
-            models = sorted(c.name for c in repo.iterdir() if (c / "config.pbtxt").is_file())
+            models = server.layout.model_names()
             print(f"tritonserver {server.version} ready in {server.startup_s:.1f} s: {len(models)} models ({flavour})")
             print(f"  HTTP     {server.http_url}")
             print(f"  gRPC     {server.grpc_url}")

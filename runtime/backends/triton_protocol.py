@@ -1,0 +1,188 @@
+"""Triton's two wire protocols behind one small adapter each: what differs between gRPC and HTTP.
+
+:class:`~clipq.runtime.backends.triton.TritonBackend` and its asyncio twin never ask which protocol
+they speak: the adapter of the URL's scheme (:data:`PROTOCOLS`, chosen by :func:`parse_url`) makes
+their clients, request tensors and per-call options. Also here: the error vocabulary shared by
+both protocols (a tritonclient exception's status and message).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ..errors import ClipqError, MissingDependencyError
+
+#: URL scheme -> protocol
+SCHEMES = {"grpc": "grpc", "http": "http", "https": "http"}
+
+
+def _missing(e: ImportError) -> MissingDependencyError:
+    return MissingDependencyError("tritonclient[http,grpc]", "runtime", "the Triton backend")
+
+
+class Protocol:
+    """One wire protocol: its tritonclient modules, clients and request pieces.
+
+    Args:
+        address: ``host:port``.
+        ssl: Whether to use TLS.
+        timeout_s: The deadline of each call.
+        aio: Whether the asyncio client will be used (its module is imported now, so a missing
+            dependency fails at construction).
+
+    Raises:
+        MissingDependencyError: tritonclient (for this protocol) is not installed.
+    """
+
+    name: ClassVar[str] = ""
+    default_port: ClassVar[int] = 0
+    #: whether one blocking client may serve every thread
+    thread_safe: ClassVar[bool] = False
+
+    def __init__(self, address: str, ssl: bool, timeout_s: float, aio: bool = False) -> None:
+        self.address, self.ssl, self.timeout_s = address, ssl, float(timeout_s)
+        try:
+            # InferInput / InferRequestedOutput live in the blocking module (the asyncio one reuses them)
+            self.sync = self._import(aio=False)
+            self.aio = self._import(aio=True) if aio else None
+        except ImportError as e:
+            raise _missing(e) from e
+
+    def _import(self, aio: bool) -> Any:
+        raise NotImplementedError
+
+    def client(self) -> Any:
+        """A new blocking client."""
+        raise NotImplementedError
+
+    def aio_client(self, max_in_flight: int) -> Any:
+        """A new asyncio client (this adapter was built with ``aio=True``)."""
+        raise NotImplementedError
+
+    def call_options(self) -> dict[str, Any]:
+        """Keyword arguments every call takes (the deadline, where the protocol sets it per call)."""
+        return {}
+
+    def json_options(self) -> dict[str, Any]:
+        """Keyword arguments that make ``get_model_config`` / statistics answer JSON."""
+        return {}
+
+    def infer_input(self, name: str, a: np.ndarray, wire_dtype: str) -> Any:
+        ii = self.sync.InferInput(name, list(a.shape), wire_dtype)
+        ii.set_data_from_numpy(a)
+        return ii
+
+    def requested_output(self, name: str) -> Any:
+        return self.sync.InferRequestedOutput(name)
+
+
+class GrpcProtocol(Protocol):
+    """gRPC: one channel serves every thread; the deadline is a per-call ``client_timeout``."""
+
+    name = "grpc"
+    default_port = 8001
+    thread_safe = True
+
+    def _import(self, aio: bool) -> Any:
+        if aio:
+            import tritonclient.grpc.aio as mod
+        else:
+            import tritonclient.grpc as mod
+        return mod
+
+    def client(self) -> Any:
+        return self.sync.InferenceServerClient(self.address, ssl=self.ssl)
+
+    def aio_client(self, max_in_flight: int) -> Any:
+        return self.aio.InferenceServerClient(self.address, ssl=self.ssl)
+
+    def call_options(self) -> dict[str, Any]:
+        return {"client_timeout": self.timeout_s}
+
+    def json_options(self) -> dict[str, Any]:
+        return {"as_json": True}
+
+
+class HttpProtocol(Protocol):
+    """HTTP: one keep-alive client per thread (not thread-safe); timeouts set on the connection;
+    tensors travel as binary data, not JSON lists."""
+
+    name = "http"
+    default_port = 8000
+    thread_safe = False
+
+    def _import(self, aio: bool) -> Any:
+        if aio:
+            import tritonclient.http.aio as mod
+        else:
+            import tritonclient.http as mod
+        return mod
+
+    def client(self) -> Any:
+        return self.sync.InferenceServerClient(self.address, ssl=self.ssl, connection_timeout=self.timeout_s,
+                                               network_timeout=self.timeout_s)
+
+    def aio_client(self, max_in_flight: int) -> Any:
+        return self.aio.InferenceServerClient(self.address, ssl=self.ssl, conn_timeout=self.timeout_s,
+                                              conn_limit=max_in_flight * 4)
+
+    def infer_input(self, name: str, a: np.ndarray, wire_dtype: str) -> Any:
+        ii = self.sync.InferInput(name, list(a.shape), wire_dtype)
+        ii.set_data_from_numpy(a, binary_data=True)
+        return ii
+
+    def requested_output(self, name: str) -> Any:
+        return self.sync.InferRequestedOutput(name, binary_data=True)
+
+
+PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (GrpcProtocol, HttpProtocol)}
+
+
+def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
+    """Split a server URL into (protocol, ``host:port``, ssl).
+
+    Args:
+        url: ``grpc://host:port``, ``http://host:port``, ``https://host:port`` or ``host:port``.
+        protocol: ``"grpc"`` or ``"http"``; required for a URL without scheme, must agree otherwise.
+
+    Raises:
+        ClipqError: an unknown scheme or protocol, or a protocol that contradicts the scheme.
+    """
+    if "://" not in url:
+        if protocol is None:
+            raise ClipqError(f"server URL {url!r} has no scheme: use grpc://{url} or http://{url}")
+        url = f"{protocol}://{url}"
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    proto = SCHEMES.get(scheme)
+    if proto is None:
+        raise ClipqError(f"unsupported server URL scheme {scheme!r} in {url!r} (use grpc:// or http://)")
+    if protocol is not None and protocol != proto:
+        raise ClipqError(f"protocol {protocol!r} contradicts the URL {url!r}")
+    if not parts.hostname:
+        raise ClipqError(f"server URL {url!r} has no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return proto, f"{host}:{parts.port or PROTOCOLS[proto].default_port}", scheme == "https"
+
+
+def open_protocol(url: str, protocol: str | None, timeout_s: float, aio: bool = False) -> Protocol:
+    """The adapter for ``url`` (see :func:`parse_url`), its modules imported."""
+    proto, address, ssl = parse_url(url, protocol)
+    return PROTOCOLS[proto](address, ssl, timeout_s, aio=aio)
+
+
+def status(exc: BaseException) -> str:
+    """The status of a tritonclient error (gRPC code name or HTTP status), ``""`` for others."""
+    s = getattr(exc, "status", None)
+    s = s() if callable(s) else s
+    return str(s or "")
+
+
+def message(exc: BaseException) -> str:
+    """The message of a tritonclient error (or ``str(exc)``)."""
+    m = getattr(exc, "message", None)
+    m = m() if callable(m) else m
+    return str(m or exc)
