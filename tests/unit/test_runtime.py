@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipq.runtime import specs  # noqa: E402
 from clipq.runtime.backends.ort import (  # noqa: E402
     CPU,
     CUDA,
@@ -51,6 +50,7 @@ from clipq.runtime.tasks import (  # noqa: E402
     PromptRegressor,
     VqaModel,
 )
+
 
 @pytest.fixture(scope="module")
 def toy(tiny_artifacts) -> Path:
