@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from clipq.models.export_wrappers import ClipImageTower, ClipTextTower
 from clipq.models.io import load_clip, load_tokenizer, save_clip, tokenize
 from clipq.runtime.manifest import Manifest
+from clipq.runtime.metrics import accuracy
 
 from .common import seed_everything, set_threads
 from .data import load_split, load_word_images
@@ -66,7 +67,7 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
     q_te = [r.question for r in te.words]
     clip = load_clip(m).eval()
     t0 = time.perf_counter()
-    zero = float((score_candidates(clip, tok, px_te, q_te, candidates) == y_te).mean() * 100)
+    zero = accuracy(score_candidates(clip, tok, px_te, q_te, candidates), y_te)
 
     model = copy.deepcopy(clip).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -85,7 +86,7 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
         opt.step()
         losses.append(loss.item())
     model.eval()
-    tuned = float((score_candidates(model, tok, px_te, q_te, candidates) == y_te).mean() * 100)
+    tuned = accuracy(score_candidates(model, tok, px_te, q_te, candidates), y_te)
     save_clip(m, model, "clip_reading")
     out = {
         "zero_shot": zero, "fine_tuned": tuned, "chance": 100.0 / len(candidates), "candidates": len(candidates),

@@ -24,6 +24,7 @@ from clipq.models.io import load_clip, load_tokenizer, load_vqa, save_vqa, token
 from clipq.models.vqa import VARIANTS, VQAConfig, VQAModel
 from clipq.runtime.errors import ClipqError
 from clipq.runtime.manifest import Manifest
+from clipq.runtime.metrics import accuracy
 
 from .common import batched, seed_everything, set_threads
 from .data import load_split
@@ -117,11 +118,11 @@ def predict(model: VQAModel, emb: torch.Tensor, qa: EncodedQA, batch_size: int =
 def accuracy_by_type(pred: np.ndarray, qa: EncodedQA) -> dict[str, float]:
     labels = qa.labels.numpy()
     types = np.array(qa.qtypes)
-    out = {"overall": float((pred == labels).mean() * 100)}
+    out = {"overall": accuracy(pred, labels)}
     for t in QTYPES:
         sel = types == t
         if sel.any():
-            out[t] = float((pred[sel] == labels[sel]).mean() * 100)
+            out[t] = accuracy(pred[sel], labels[sel])
     return out
 
 

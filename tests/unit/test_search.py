@@ -200,10 +200,10 @@ def run_cli(argv: list[str]) -> int:
 
 @pytest.fixture()
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> ColourClip:
-    from clipq.app.commands import index as index_cmd
+    from clipq.app import cliutil
 
     enc = ColourClip()
-    monkeypatch.setattr(index_cmd, "open_encoder", lambda args: (_Backend(), enc))
+    monkeypatch.setattr(cliutil, "open_encoder", lambda args: (_Backend(), enc))
     return enc
 
 

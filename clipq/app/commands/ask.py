@@ -7,7 +7,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    from clipq.app.commands.index import add_backend_args
+    from clipq.app.cliutil import add_backend_args
 
     p = subparsers.add_parser("ask", help="answer a question about an image (VQA)")
     p.add_argument("image", help="image file")
@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import clipq.runtime as rt
-    from clipq.app.commands.index import print_json
+    from clipq.app.cliutil import print_json
     from clipq.runtime.preprocess import DEFAULT_MAX_PIXELS
 
     backend = rt.connect(args.artifacts, server=args.server)

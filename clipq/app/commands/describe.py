@@ -13,7 +13,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    from clipq.app.commands.index import add_backend_args
+    from clipq.app.cliutil import add_backend_args
 
     p = subparsers.add_parser("describe", help="describe images with prompts (image -> prompt, Models A + B)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import clipq.runtime as rt
-    from clipq.app.commands.index import print_json
+    from clipq.app.cliutil import print_json
     from clipq.runtime.errors import ArtifactError
     from clipq.runtime.fusion import KnnPromptFusion, describe
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-DEFAULT_ARTIFACTS = "runs/demo/artifacts"
+from clipq.app.cliutil import default_artifacts_arg
 
 
 def add_parser(subparsers: Any) -> None:
@@ -16,7 +16,7 @@ def add_parser(subparsers: Any) -> None:
                     "(batch 1, 8, largest served batch). Variants are adopted only when they pass parity "
                     "and, for --optimize/--int8, are measurably faster.",
     )
-    p.add_argument("artifacts", nargs="?", default=os.environ.get("CLIPQ_ARTIFACTS", DEFAULT_ARTIFACTS),
+    p.add_argument("artifacts", nargs="?", default=default_artifacts_arg(),
                    help="artifact directory (default: $CLIPQ_ARTIFACTS or %(default)s)")
     p.add_argument("--artifacts", dest="artifacts_opt", default=None, metavar="DIR",
                    help="the artifact directory, as the other commands take it (overrides ARTIFACTS)")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
 
-        from clipq.app.commands.index import print_json
+        from clipq.app.cliutil import print_json
 
         print_json({"networks": {k: dataclasses.asdict(v) for k, v in report.networks.items()},
                     "skipped": report.skipped, "task_metrics": report.task_metrics, "tensorrt": report.tensorrt,

@@ -1,74 +1,16 @@
 """``clipq index build|add|delete|info``: manage an HNSW image index on disk.
 
-Also holds the small helpers the other retrieval commands share (backend options, opening an
-encoder, reading a captions file). Only stdlib at import time; the runtime loads inside handlers.
+Only stdlib at import time; the runtime loads inside handlers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ARTIFACTS = "runs/demo/artifacts"
-
-
-# -- shared helpers --------------------------------------------------------------------------------
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--artifacts``, ``--server`` and ``--json``, the same on every retrieval command."""
-    p.add_argument(
-        "--artifacts",
-        default=os.environ.get("CLIPQ_ARTIFACTS", DEFAULT_ARTIFACTS),
-        help="artifact directory (default: $CLIPQ_ARTIFACTS or %(default)s)",
-    )
-    p.add_argument("--server", default=None, metavar="URL", help="Triton server (grpc://host:port or http://host:port)")
-    p.add_argument("--json", action="store_true", help="print JSON for machines instead of text")
-
-
-def open_encoder(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Connect to the backend the arguments name; returns (backend, ClipEncoder)."""
-    import clipq.runtime as rt
-    from clipq.runtime.tasks import ClipEncoder
-
-    backend = rt.connect(args.artifacts, server=args.server)
-    try:
-        return backend, ClipEncoder(backend)
-    except BaseException:
-        backend.close()
-        raise
-
-
-def read_captions(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Metadata by image id from a captions CSV (header ``image,text``; the first row per image wins).
-
-    Raises:
-        DataFormatError: the file is missing, has no such header, or a row is short.
-    """
-    import csv
-
-    from clipq.runtime.errors import DataFormatError
-
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"image", "text"} <= set(reader.fieldnames):
-                raise DataFormatError("expected a header with columns image,text", path=str(path), line=1)
-            for line, row in enumerate(reader, start=2):
-                if row.get("image") is None or row.get("text") is None:
-                    raise DataFormatError("short row", path=str(path), line=line)
-                out.setdefault(row["image"], {"caption": row["text"]})
-    except OSError as e:
-        raise DataFormatError(f"cannot read: {e}", path=str(path)) from e
-    return out
-
-
-def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+from clipq.app import cliutil
+from clipq.app.cliutil import add_backend_args, caption_metadata, print_json
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -123,7 +65,7 @@ def _add_images(index: Any, encoder: Any, args: argparse.Namespace, ids: list[st
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import AddReport
 
-    captions = read_captions(args.captions) if args.captions else None
+    captions = caption_metadata(args.captions) if args.captions else None
     folders = [p for p in args.images if Path(p).is_dir()]
     files = [p for p in args.images if not Path(p).is_dir()]
     missing = [p for p in files if not Path(p).is_file()]
@@ -161,7 +103,7 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / SIDECAR_NAME).exists() and not args.force:
         raise InvalidInputError(f"{out} already holds an index: pass --force to replace it")
-    backend, encoder = open_encoder(args)
+    backend, encoder = cliutil.open_encoder(args)
     try:
         index = ImageIndex(
             encoder.dim,
@@ -185,7 +127,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from clipq.runtime.index import ImageIndex
 
-    backend, encoder = open_encoder(args)
+    backend, encoder = cliutil.open_encoder(args)
     try:
         index = ImageIndex.load(args.index, encoder=encoder)
         rep = _add_images(index, encoder, args, ids=args.ids)

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    from clipq.app.commands.index import add_backend_args
+    from clipq.app.cliutil import add_backend_args
 
     p = subparsers.add_parser("search", help="search an image index with text or images")
     p.add_argument("index", help="index directory (from `clipq index build`)")
@@ -63,7 +63,8 @@ def parse_filters(items: list[str]) -> dict[str, Any] | None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clipq.app.commands.index import open_encoder, print_json
+    from clipq.app import cliutil
+    from clipq.app.cliutil import print_json
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import ImageIndex
     from clipq.runtime.search import ImageSearch, contact_sheet, results_to_json
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("give a text query, or --image PATH")
     filt = parse_filters(args.filters)
     exact = True if args.exact else None
-    backend, encoder = open_encoder(args)
+    backend, encoder = cliutil.open_encoder(args)
     try:
         index = ImageIndex.load(args.index, encoder=encoder)
         if args.ef:

@@ -21,7 +21,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_parser(subparsers: Any) -> None:
-    from clipq.app.commands.index import add_backend_args
+    from clipq.app.cliutil import add_backend_args
 
     p = subparsers.add_parser("tune", help="sweep the image-to-prompt ensemble's alpha and K on validation data")
     p.add_argument("--data", required=True, help="data directory (as `clipq data synth` writes it)")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import clipq.runtime as rt
-    from clipq.app.commands.index import print_json
+    from clipq.app.cliutil import print_json
     from clipq.readers import World
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.fusion import KnnPromptFusion, ensemble
