@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from clipq.runtime import specs
+from clipq.runtime.engines import DEFAULT_ENGINE, engine
 from clipq.runtime.errors import ArtifactError, ClipqError, ParityError
 from clipq.runtime.manifest import Manifest, ModelSpec
 
@@ -521,7 +522,8 @@ def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict
     assert task_metrics is not None
     fp32 = dict(task_metrics(m, {n: "fp32" for n in m.models}))
     out: dict[str, Any] = {"fp32": fp32}
-    for variant in ("int8", "fp16"):
+    # the reduced-precision variants the in-process engine runs (the engine registry's table)
+    for variant in (v for v in engine(DEFAULT_ENGINE).variants if v != "fp32"):
         chosen = {n: variant for n, s in m.models.items() if variant in s.variants}
         if not chosen:
             continue

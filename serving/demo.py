@@ -67,7 +67,7 @@ def serve_and_query(
     img = img or _demo_image(int(m.preprocessing.get("size", 64)))
     summary: dict[str, Any] = {"queries": {}}
     with tempfile.TemporaryDirectory(prefix="clipq-demo-serve-") as tmp:
-        repo = render_repository(m, Path(tmp) / "models")
+        repo = render_repository(m, Path(tmp) / "repository")
         with TritonServer(repo.path) as server:
             summary.update(http=server.http_url, grpc=server.grpc_url, startup_s=round(server.startup_s, 2),
                            models=sorted(repo.models))

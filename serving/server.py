@@ -1,19 +1,11 @@
-"""Find, start, watch and stop tritonserver.
+"""Start, watch and stop one tritonserver process serving a model repository.
 
-Two installations are supported:
-
-- the tritonserver binary shipped in the ``nvidia-pytriton`` wheel (Python backend only). Its
-  Python backend needs a stub built for the running Python version next to it, the shared
-  ``libpython<major>.<minor>.so.1.0`` of that version, the wheel's bundled libraries on
-  ``LD_LIBRARY_PATH``, and the virtual environment's ``bin`` first on ``PATH`` (the stub's embedded
-  interpreter finds the environment's packages from there). :class:`TritonServer` prepares all
-  of that in a private working directory.
-- a ``tritonserver`` on ``PATH`` (the NGC container: ``/opt/tritonserver``), used as it is.
-
-The server runs in its own session and process group, on loopback unless told otherwise, with a
-private prefix for the Python backend's shared-memory regions (several servers can run side by
-side). :meth:`TritonServer.stop` sends SIGTERM, waits, kills the process group if it must, and
-checks that no stub process and no shared-memory region is left behind.
+Finding the binary, its Python backend, libpython and the backend directory is
+:mod:`clipq.serving.launcher`'s job; this module runs the process. The server runs in its own
+session and process group, on loopback unless told otherwise, with a private prefix for the Python
+backend's shared-memory regions (several servers can run side by side). :meth:`TritonServer.stop`
+sends SIGTERM, waits, kills the process group if it must, and checks that no stub process and no
+shared-memory region is left behind.
 """
 
 from __future__ import annotations
@@ -22,15 +14,11 @@ import atexit
 import collections
 import contextlib
 import ctypes
-import importlib.util
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -43,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from clipq.runtime.errors import ServerError
+
+from .launcher import TritonInstallation, find_tritonserver, free_port, prepare_backends, server_environment
+from .layout import RepositoryLayout, repository_layout
 
 #: Messages tritonserver prints on every machine without a usable CUDA driver. They are harmless
 #: here (CPU models, no pinned memory needed) and alarming to read, so users do not see them.
@@ -64,119 +55,6 @@ _LOG_PREFIX = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] ")
 def is_harmless(line: str) -> bool:
     """Whether ``line`` is one of the known harmless CUDA messages of a CPU-only machine."""
     return any(p.search(line) for p in HARMLESS_PATTERNS)
-
-
-@dataclass(frozen=True)
-class TritonInstallation:
-    """Where a tritonserver and its Python backend live.
-
-    Attributes:
-        binary: The ``tritonserver`` executable.
-        source: ``"pytriton"`` (the wheel's build; backend directory prepared per run) or ``"system"``.
-        backends_dir: The server's own backend directory (``system``), if any.
-        python_backend: Directory holding ``libtriton_python.so`` (``pytriton``).
-        stubs_dir: Directory of per-version Python backend stubs (``pytriton``).
-        lib_dirs: Directories of bundled shared libraries to put on ``LD_LIBRARY_PATH``.
-    """
-
-    binary: Path
-    source: str
-    backends_dir: Path | None = None
-    python_backend: Path | None = None
-    stubs_dir: Path | None = None
-    lib_dirs: tuple[Path, ...] = ()
-
-    def has_backend(self, name: str) -> bool:
-        """Whether a backend (``python``, ``onnxruntime``, ``tensorrt``) is available."""
-        if self.source == "pytriton":
-            return name == "python"
-        return self.backends_dir is not None and (self.backends_dir / name).is_dir()
-
-    def stub_for(self, version: tuple[int, int] | None = None) -> Path | None:
-        """The Python backend stub for ``version`` (default: the running interpreter)."""
-        if self.stubs_dir is None:
-            return None
-        major, minor = version or sys.version_info[:2]
-        p = self.stubs_dir / f"{major}.{minor}" / "triton_python_backend_stub"
-        return p if p.is_file() else None
-
-
-def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonInstallation:
-    """Locate tritonserver: ``explicit`` or ``$CLIPQ_TRITONSERVER``, then nvidia-pytriton, then ``PATH``.
-
-    Raises:
-        ServerError: none was found (the message says how to get one).
-    """
-    candidate = explicit or os.environ.get("CLIPQ_TRITONSERVER")
-    if candidate:
-        p = Path(candidate)
-        if not (p.is_file() and os.access(p, os.X_OK)):
-            raise ServerError(f"tritonserver not found or not executable: {p}")
-        return _installation_for(p)
-    spec = importlib.util.find_spec("pytriton")  # locate without importing (pytriton imports a lot)
-    if spec is not None and spec.submodule_search_locations:
-        root = Path(next(iter(spec.submodule_search_locations)))
-        binary = root / "tritonserver" / "bin" / "tritonserver"
-        if binary.is_file():
-            return _installation_for(binary, pytriton_root=root)
-    found = shutil.which("tritonserver")
-    if found:
-        return _installation_for(Path(found))
-    raise ServerError(
-        "tritonserver not found: install the serving extra (pip install 'clipq[serve]', whose "
-        "nvidia-pytriton wheel ships one), use the NGC container, or set CLIPQ_TRITONSERVER"
-    )
-
-
-def _installation_for(binary: Path, pytriton_root: Path | None = None) -> TritonInstallation:
-    binary = binary.resolve()
-    if pytriton_root is None and binary.parent.parent.name == "tritonserver" and binary.parent.parent.parent.name == "pytriton":
-        pytriton_root = binary.parent.parent.parent
-    if pytriton_root is not None:
-        libs = [d for d in (pytriton_root.parent / "nvidia_pytriton.libs", pytriton_root / "tritonserver" / "external_libs")
-                if d.is_dir()]
-        return TritonInstallation(
-            binary=binary, source="pytriton",
-            python_backend=pytriton_root / "tritonserver" / "backends" / "python",
-            stubs_dir=pytriton_root / "tritonserver" / "python_backend_stubs",
-            lib_dirs=tuple(libs),
-        )
-    backends = binary.parent.parent / "backends"
-    return TritonInstallation(binary=binary, source="system", backends_dir=backends if backends.is_dir() else None)
-
-
-def find_libpython(version: tuple[int, int] | None = None) -> Path | None:
-    """The shared ``libpython<M>.<m>.so.1.0`` the Python backend stub needs, or ``None``.
-
-    Looks in the interpreter's own ``LIBDIR`` first (a pyenv or conda build with a shared
-    library), then in the dynamic linker's cache, then in the usual system directories.
-    """
-    major, minor = version or sys.version_info[:2]
-    name = f"libpython{major}.{minor}.so.1.0"
-    dirs = [sysconfig.get_config_var("LIBDIR")]
-    if (major, minor) == sys.version_info[:2]:
-        dirs.append(os.path.join(sys.base_prefix, "lib"))
-    for d in dirs:
-        if d and (Path(d) / name).is_file():
-            return Path(d) / name
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if name in line and "=>" in line:
-                p = Path(line.split("=>", 1)[1].strip())
-                if p.is_file():
-                    return p
-    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
-        if (Path(d) / name).is_file():
-            return Path(d) / name
-    return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 try:  # resolved here, in the parent: the child must not load libraries between fork and exec
@@ -265,7 +143,9 @@ class TritonServer:
             print(server.grpc_url)
 
     Args:
-        repository: The model repository directory.
+        repository: A repository clipq rendered (its ``models/`` are served with its own
+            ``backends/clipq``) or a plain Triton model repository (served with the installed
+            package's ``clipq`` backend).
         options: :class:`ServerOptions` (loopback, free ports by default).
         installation: Which tritonserver (default: :func:`find_tritonserver`).
         on_line: Called with each line the server prints, except the known harmless CUDA
@@ -285,6 +165,7 @@ class TritonServer:
         on_line: Callable[[str], None] | None = None,
     ):
         self.repository = Path(repository).resolve()
+        self.layout: RepositoryLayout = repository_layout(self.repository)
         self.options = options or ServerOptions()
         self.installation = installation
         self.on_line = on_line
@@ -349,13 +230,14 @@ class TritonServer:
         """
         if self.running():
             return self
-        if not self.repository.is_dir():
-            raise ServerError(f"model repository not found: {self.repository}")
+        if not self.layout.models.is_dir():
+            raise ServerError(f"model repository not found: {self.layout.models}")
         inst = self.installation or find_tritonserver()
         self.installation = inst
         self._workdir = Path(tempfile.mkdtemp(prefix="clipq-triton-"))
         try:
-            backends, env = self._prepare(inst)
+            env = server_environment(inst)
+            backends = prepare_backends(inst, self.layout.backend, self._workdir)
             # auto-picked ports can be taken between picking and binding: try again with new ones
             attempts = 3 if None in (self.options.http_port, self.options.grpc_port) else 1
             for attempt in range(attempts):
@@ -376,43 +258,12 @@ class TritonServer:
         atexit.register(self.stop)
         return self
 
-    def _prepare(self, inst: TritonInstallation) -> tuple[Path | None, dict[str, str]]:
-        """Backend directory and environment the server (and its Python stubs) need."""
-        assert self._workdir is not None
-        env = dict(os.environ)
-        # the stub's embedded interpreter finds this environment's site-packages through PATH
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        lib_dirs = [str(d) for d in inst.lib_dirs]
-        backends: Path | None = inst.backends_dir
-        if inst.source == "pytriton":
-            stub = inst.stub_for()
-            if stub is None or inst.python_backend is None:
-                raise ServerError(
-                    f"{inst.binary}: no Python backend stub for Python {sys.version_info[0]}.{sys.version_info[1]} "
-                    f"in {inst.stubs_dir}")
-            libpython = find_libpython()
-            if libpython is None:
-                raise ServerError(
-                    f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0 not found: the Python backend stub "
-                    f"embeds it. Install it (Debian/Ubuntu: apt-get install libpython{sys.version_info[0]}."
-                    f"{sys.version_info[1]}; `make libpython` does this)")
-            lib_dirs.insert(0, str(libpython.parent))
-            backends = self._workdir / "backends"
-            py = backends / "python"
-            py.mkdir(parents=True)
-            for f in inst.python_backend.iterdir():
-                if f.is_file():
-                    (py / f.name).symlink_to(f)
-            shutil.copy2(stub, py / "triton_python_backend_stub")
-        if lib_dirs:
-            env["LD_LIBRARY_PATH"] = os.pathsep.join([*lib_dirs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
-        return backends, env
-
-    def _command(self, inst: TritonInstallation, backends: Path | None) -> list[str]:
+    def _command(self, inst: TritonInstallation, backends: Path) -> list[str]:
         o = self.options
         cmd = [
             str(inst.binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self.layout.models}",
+            f"--backend-directory={backends}",
             f"--http-address={o.host}", f"--http-port={self.http_port}",
             f"--grpc-address={o.host}", f"--grpc-port={self.grpc_port}",
             f"--log-verbose={o.log_verbose}",
@@ -431,11 +282,9 @@ class TritonServer:
                     "--allow-gpu-metrics=false"]
         else:
             cmd += ["--allow-metrics=false"]
-        if backends is not None:
-            cmd.append(f"--backend-directory={backends}")
         return [*cmd, *o.extra_args]
 
-    def _launch(self, inst: TritonInstallation, backends: Path | None, env: dict[str, str]) -> None:
+    def _launch(self, inst: TritonInstallation, backends: Path, env: dict[str, str]) -> None:
         o = self.options
         self.http_port = o.http_port if o.http_port is not None else free_port(o.host or "127.0.0.1")
         self.grpc_port = o.grpc_port if o.grpc_port is not None else free_port(o.host or "127.0.0.1")

@@ -19,10 +19,6 @@ from ..errors import ClipqError, MissingDependencyError
 SCHEMES = {"grpc": "grpc", "http": "http", "https": "http"}
 
 
-def _missing(e: ImportError) -> MissingDependencyError:
-    return MissingDependencyError("tritonclient[http,grpc]", "runtime", "the Triton backend")
-
-
 class Protocol:
     """One wire protocol: its tritonclient modules, clients and request pieces.
 
@@ -49,7 +45,7 @@ class Protocol:
             self.sync = self._import(aio=False)
             self.aio = self._import(aio=True) if aio else None
         except ImportError as e:
-            raise _missing(e) from e
+            raise MissingDependencyError("tritonclient[http,grpc]", "runtime", "the Triton backend") from e
 
     def _import(self, aio: bool) -> Any:
         raise NotImplementedError

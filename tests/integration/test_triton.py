@@ -42,7 +42,7 @@ ATOL = 1e-5
 
 
 def _skip_reason() -> str | None:
-    from clipq.serving.server import find_libpython, find_tritonserver
+    from clipq.serving.launcher import find_libpython, find_tritonserver
 
     try:
         inst = find_tritonserver()
@@ -63,18 +63,9 @@ def _shm_left(prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def artifacts(request, tmp_path_factory) -> Path:
-    """Shared ``tiny_artifacts`` (tests/conftest.py) where it exists, else serving's own tiny set."""
-    try:
-        value = request.getfixturevalue("tiny_artifacts")
-    except pytest.FixtureLookupError:
-        from clipq.serving.tiny import build_tiny_artifacts
-
-        root = tmp_path_factory.mktemp("triton_artifacts")
-        build_tiny_artifacts(root)
-        return root
-    value = value[0] if isinstance(value, tuple) else value
-    return value.root if isinstance(value, Manifest) else Path(value)
+def artifacts(tiny_artifacts) -> Path:
+    """The shared tiny exported artifacts (tests/conftest.py)."""
+    return Path(tiny_artifacts)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +81,13 @@ def server(artifacts, tmp_path_factory):
     if reason:
         pytest.skip(reason)
     # fp32 everywhere, so the remote results can be compared with in-process fp32 at 1e-5
-    repo = render_repository(artifacts, tmp_path_factory.mktemp("repo") / "models", RenderOptions(variant="fp32"))
+    repo = render_repository(artifacts, tmp_path_factory.mktemp("repo") / "rendered", RenderOptions(variant="fp32"))
+    # every Python-run model runs the one clipq backend: none carries a model.py of its own
+    assert not list(repo.model_repository.rglob("model.py"))
     srv = TritonServer(repo.path)
     srv.start()
+    cmd = srv.log[0]
+    assert f"--model-repository={repo.model_repository}" in cmd and "--backend-directory=" in cmd
     srv.rendered = repo  # type: ignore[attr-defined]
     yield srv
     prefix = srv._shm_prefix
@@ -198,8 +193,9 @@ def test_a_model_that_fails_to_load_gives_a_clear_error(artifacts, tmp_path):
 
     if _skip_reason():
         pytest.skip(_skip_reason())
-    repo = render_repository(artifacts, tmp_path / "models", RenderOptions(warmup=False), models=["clip_image"]).path
-    graph = repo / "clip_image" / "1" / "model.onnx"
+    rendered = render_repository(artifacts, tmp_path / "r", RenderOptions(warmup=False), models=["clip_image"])
+    repo = rendered.path
+    graph = rendered.model_repository / "clip_image" / "1" / "model.onnx"
     data = bytearray(graph.read_bytes())
     graph.unlink()  # a hard link to the artifacts: write a corrupt copy instead
     data[-3] ^= 0xFF
@@ -218,7 +214,7 @@ def test_shutdown_leaves_no_process_behind(artifacts, tmp_path):
 
     if _skip_reason():
         pytest.skip(_skip_reason())
-    repo = render_repository(artifacts, tmp_path / "models", models=["clip_text", "tokenize_clip", "embed_text"]).path
+    repo = render_repository(artifacts, tmp_path / "r", models=["clip_text", "tokenize_clip", "embed_text"]).path
     with TritonServer(repo) as srv:
         pid = srv.pid
         stubs = _children(pid)

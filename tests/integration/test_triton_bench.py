@@ -15,7 +15,7 @@ def _skip_reason() -> str | None:
     import sys
 
     from clipq.runtime.errors import ServerError
-    from clipq.serving.server import find_libpython, find_tritonserver
+    from clipq.serving.launcher import find_libpython, find_tritonserver
 
     try:
         inst = find_tritonserver()

@@ -1,8 +1,8 @@
 """Unit tests of clipq.serving (no server): repository rendering, config validity, helpers.
 
 Every rendered ``config.pbtxt`` is parsed into Triton's own ``ModelConfig`` message, the ensembles
-are checked as dataflow graphs, and the checked-in ``triton_models/`` is compared with what the
-renderer writes today.
+are checked as dataflow graphs, the one ``clipq`` backend and the one copy of each tokenizer are
+checked, and the checked-in ``triton_models/`` is compared with what the renderer writes today.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from clipq.runtime.errors import (
 )
 from clipq.runtime.manifest import Manifest
 from clipq.serving import RenderOptions, is_repository, read_repository_info, render_repository
+from clipq.serving.layout import BACKEND_SOURCE, repository_layout
 from clipq.serving.pbtxt import Enum, dumps, parse
 from clipq.serving.repository import (
     ENSEMBLES,
-    MODEL_PY,
     REPOSITORY_FILE,
     expected_configs,
     plan_models,
@@ -38,26 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = REPO_ROOT / "triton_models"
 
 
-def _artifacts_root(value) -> Path:
-    """The lead's ``tiny_artifacts`` may be a path, a Manifest or a (path, summary) tuple."""
-    if isinstance(value, tuple):
-        value = value[0]
-    if isinstance(value, Manifest):
-        return value.root
-    return Path(value)
-
-
 @pytest.fixture(scope="module")
-def artifacts(request, tmp_path_factory) -> Path:
-    """Shared ``tiny_artifacts`` (tests/conftest.py) where it exists, else serving's own tiny set."""
-    try:
-        return _artifacts_root(request.getfixturevalue("tiny_artifacts"))
-    except pytest.FixtureLookupError:
-        from clipq.serving.tiny import build_tiny_artifacts
-
-        root = tmp_path_factory.mktemp("serving_artifacts")
-        build_tiny_artifacts(root)
-        return root
+def artifacts(tiny_artifacts) -> Path:
+    """The shared tiny exported artifacts (tests/conftest.py)."""
+    return Path(tiny_artifacts)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +55,29 @@ def gpu_repo(artifacts, tmp_path_factory):
 
 
 def _configs(repo: Path) -> dict:
-    return {d.name: parse((d / "config.pbtxt").read_text()) for d in sorted(repo.iterdir())
+    """Every model's parsed config of a rendered repository (its ``models/``)."""
+    models = repository_layout(repo).models
+    return {d.name: parse((d / "config.pbtxt").read_text()) for d in sorted(models.iterdir())
             if (d / "config.pbtxt").is_file()}
+
+
+def _single_backend_and_tokenizers(repo: Path) -> None:
+    """No model has a model.py of its own; one backend file; each tokenizer once, outside the models."""
+    models = repo / "models"
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("model.py")) == ["backends/clipq/model.py"]
+    assert (repo / "backends" / "clipq" / "model.py").read_bytes() == BACKEND_SOURCE.read_bytes()
+    assert not list(models.rglob("tokenizer*.json")), "tokenizers must not be copied into model directories"
+    shared = Manifest.load(repo / "tokenizers")
+    shared.verify_all()
+    files = sorted(shared.files)
+    assert len({shared.files[f]["sha256"] for f in files}) == len(files), "a tokenizer file is stored twice"
+    for name, cfg in _configs(repo).items():
+        if cfg.backend:
+            assert cfg.backend == "clipq", name
+        if "clipq_tokenizer" in cfg.parameters:
+            where = (models / name / cfg.parameters["clipq_manifest"].string_value).resolve()
+            assert where == (repo / "tokenizers").resolve(), name
+            assert cfg.parameters["clipq_tokenizer"].string_value in shared.tokenizers
 
 
 # -- pbtxt ---------------------------------------------------------------------------------------
@@ -120,7 +125,7 @@ def test_networks_cpu_python_flavour(cpu_repo, artifacts):
         if kind != "network":
             continue
         cfg, spec = configs[name], m.models[name]
-        assert cfg.backend == "python"
+        assert cfg.backend == "clipq"
         assert [i.name for i in cfg.input] == [t.name for t in spec.inputs]
         assert [list(i.dims) for i in cfg.input] == [list(t.shape[1:]) for t in spec.inputs]
         assert [o.name for o in cfg.output] == [t.name for t in spec.outputs]
@@ -131,13 +136,17 @@ def test_networks_cpu_python_flavour(cpu_repo, artifacts):
         assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
         assert cfg.version_policy.latest.num_versions == 1
         assert len(cfg.model_warmup) == 1 and all(-1 not in v.dims for v in cfg.model_warmup[0].inputs.values())
-        assert cfg.parameters["clipq_role"].string_value == "onnx"
+        assert cfg.parameters["clipq_role"].string_value == "network"
+        assert cfg.parameters["clipq_engine"].string_value == "onnxruntime"
+        assert cfg.parameters["clipq_providers"].string_value == "CPUExecutionProvider"
         variant = cfg.parameters["clipq_variant"].string_value
         assert cfg.parameters["clipq_sha256"].string_value == m.files[spec.file_for(variant)]["sha256"]
         # the version directory is a valid clipq manifest whose hash check passes
-        mini = Manifest.load(cpu_repo.path / name / "1")
+        mini = Manifest.load(cpu_repo.model_repository / name / "1")
         mini.resolve(mini.models[name].file)
-        assert (cpu_repo.path / name / "1" / "model.py").read_bytes() == MODEL_PY.read_bytes()
+        assert not (cpu_repo.model_repository / name / "1" / "model.py").exists()
+        assert not (cpu_repo.model_repository / name / "model.py").exists()
+    _single_backend_and_tokenizers(cpu_repo.path)
 
 
 def test_gpu_flavour_uses_onnxruntime_with_tensorrt(gpu_repo):
@@ -152,16 +161,17 @@ def test_gpu_flavour_uses_onnxruntime_with_tensorrt(gpu_repo):
             for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
                 shapes = dict(s.split(":") for s in trt.parameters[key].split(","))
                 assert set(shapes) == {i.name for i in cfg.input}
-            assert (gpu_repo.path / name / "1" / "model.onnx").is_file()
-            assert not (gpu_repo.path / name / "1" / "model.py").exists()
+            assert (gpu_repo.model_repository / name / "1" / "model.onnx").is_file()
+            assert not (gpu_repo.model_repository / name / "1" / "model.py").exists()
         elif kind in ("preprocess_image", "tokenize"):
-            assert cfg.backend == "python" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+            assert cfg.backend == "clipq" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+    _single_backend_and_tokenizers(gpu_repo.path)
 
 
 def test_no_dynamic_batching_option(artifacts, tmp_path):
     r = render_repository(artifacts, tmp_path / "r", RenderOptions(dynamic_batching=False, warmup=False),
                           models=["clip_image"])
-    cfg = parse((r.path / "clip_image" / "config.pbtxt").read_text())
+    cfg = parse((r.model_repository / "clip_image" / "config.pbtxt").read_text())
     assert not cfg.HasField("dynamic_batching") and not cfg.model_warmup
 
 
@@ -209,9 +219,40 @@ def test_render_is_deterministic_and_replaces_only_clipq_repositories(artifacts,
     assert (foreign / "precious.txt").exists()
 
 
-def test_render_refuses_a_changed_graph(artifacts, tmp_path):
-    copy = tmp_path / "art"
-    shutil.copytree(artifacts, copy)
+def test_tokenizers_with_the_same_files_share_one_copy(artifacts, tmp_path):
+    m = Manifest.load(artifacts)
+    m.tokenizers = {**m.tokenizers, "prompt": {**m.tokenizers["prompt"], "path": m.tokenizers["lm"]["path"]}}
+    r = render_repository(m, tmp_path / "r", RenderOptions(warmup=False),
+                          models=["vqa", "prompt_text", "tokenize_lm", "tokenize_prompt"])
+    shared = Manifest.load(r.path / "tokenizers")
+    assert sorted(shared.tokenizers) == ["lm", "prompt"]
+    assert shared.tokenizers["lm"]["path"] == shared.tokenizers["prompt"]["path"] == "lm"
+    assert shared.tokenizers["prompt"]["max_length"] == m.tokenizers["prompt"]["max_length"]  # settings stay per tokenizer
+    assert [p.relative_to(r.path).as_posix() for p in (r.path / "tokenizers").rglob("*.json")
+            if p.name != "manifest.json"] == ["tokenizers/lm/tokenizer.json"]
+    from clipq.runtime.text import TextTokenizer
+
+    assert TextTokenizer.from_manifest(shared, "prompt").max_length == m.tokenizers["prompt"]["max_length"]
+
+
+def test_gpu_flavour_with_tensorrt_plans_needs_a_plan_variant(artifacts, tmp_path):
+    with pytest.raises(ArtifactError, match="plan"):
+        render_repository(artifacts, tmp_path / "r", RenderOptions(flavour="gpu", gpu_backend="tensorrt"),
+                          models=["clip_image"])
+
+
+def test_renderers_are_registered_by_flavour_with_a_method_per_kind():
+    from clipq.serving.plan import KINDS
+    from clipq.serving.renderers import FLAVOURS, RENDERERS
+
+    assert FLAVOURS == ("cpu-python", "gpu") and set(RENDERERS) == set(FLAVOURS)
+    for cls in RENDERERS.values():
+        for kind in KINDS:
+            assert callable(getattr(cls, kind)) and callable(getattr(cls, f"write_{kind}")), (cls, kind)
+
+
+def test_render_refuses_a_changed_graph(tiny_artifacts_copy, tmp_path):
+    copy = Path(tiny_artifacts_copy)
     m = Manifest.load(copy)
     p = copy / m.models["clip_image"].file_for()  # the variant the renderer serves by default
     data = bytearray(p.read_bytes())
@@ -240,8 +281,8 @@ def test_expected_configs_detects_a_hand_edit(cpu_repo, tmp_path):
     repo = tmp_path / "r"
     shutil.copytree(cpu_repo.path, repo)
     expected = expected_configs(repo)
-    assert all((repo / n / "config.pbtxt").read_text() == t for n, t in expected.items())
-    cfg = repo / "clip_image" / "config.pbtxt"
+    assert all((repo / "models" / n / "config.pbtxt").read_text() == t for n, t in expected.items())
+    cfg = repo / "models" / "clip_image" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 9"))
     assert expected_configs(repo)["clip_image"] != cfg.read_text()
 
@@ -250,13 +291,16 @@ def test_checked_in_repository_is_rendered_not_hand_written():
     assert is_repository(CHECKED_IN)
     info = read_repository_info(CHECKED_IN)
     assert info is not None, f"{CHECKED_IN} must hold {REPOSITORY_FILE}"
-    for name, text in expected_configs(CHECKED_IN).items():
-        assert (CHECKED_IN / name / "config.pbtxt").read_text() == text, f"{name}/config.pbtxt was edited by hand"
+    expected = expected_configs(CHECKED_IN)
+    assert set(expected) == set(info["models"]) == {d.parent.name for d in CHECKED_IN.glob("models/*/config.pbtxt")}
+    for name, text in expected.items():
+        assert (CHECKED_IN / "models" / name / "config.pbtxt").read_text() == text, \
+            f"{name}/config.pbtxt was edited by hand"
         parse(text)
-    for py in CHECKED_IN.glob("*/1/model.py"):
-        assert py.read_bytes() == MODEL_PY.read_bytes(), f"{py} differs from serving/python_models/model.py"
+    # one backend file (a copy of serving/backend/model.py), no per-model copies, each tokenizer once
+    _single_backend_and_tokenizers(CHECKED_IN)
     for name in info["models"]:
-        assert (CHECKED_IN / name / "1").is_dir(), f"{name}: Triton needs the version directory"
+        assert (CHECKED_IN / "models" / name / "1").is_dir(), f"{name}: Triton needs the version directory"
 
 
 # -- server helpers (no process started) -----------------------------------------------------------
@@ -277,7 +321,7 @@ def test_model_errors_are_parsed_from_the_log(tmp_path):
     s.log.extend([
         'E1125 20:23:22.052685 11628 model_lifecycle.cc:642] "failed to load \'clip_image\' version 1: Internal: '
         'TritonModelException: clip_image: ArtifactError: sha256 of model.onnx is 83b5..., the manifest says 1e1f... '
-        '(file changed or corrupt)\\n\\nAt:\\n  /r/clip_image/1/model.py(174): initialize\\n"',
+        '(file changed or corrupt)\\n\\nAt:\\n  /b/clipq/model.py(174): initialize\\n"',
         "E1125 20:23:23.152773 11628 model_repository_manager.cc:703] \"Invalid argument: ensemble 'ask' depends on "
         "'clip_image' which has no loaded version.\"",
     ])
@@ -289,7 +333,7 @@ def test_model_errors_are_parsed_from_the_log(tmp_path):
 
 
 def test_find_libpython_and_free_port():
-    from clipq.serving.server import find_libpython, free_port
+    from clipq.serving.launcher import find_libpython, free_port
 
     lib = find_libpython()
     assert lib is None or lib.name.startswith("libpython")
@@ -297,10 +341,64 @@ def test_find_libpython_and_free_port():
 
 
 def test_missing_tritonserver_is_a_clear_error(tmp_path):
-    from clipq.serving.server import find_tritonserver
+    from clipq.serving.launcher import find_tritonserver
 
     with pytest.raises(ClipqError, match="not found or not executable"):
         find_tritonserver(tmp_path / "nope")
+
+
+def test_repository_layout_of_rendered_and_plain_repositories(cpu_repo, tmp_path):
+    lay = repository_layout(cpu_repo.path)
+    assert lay.rendered and lay.models == cpu_repo.model_repository and lay.backend == cpu_repo.backend_dir
+    assert lay.model_names() == sorted(cpu_repo.models) and is_repository(cpu_repo.path)
+    plain = tmp_path / "plain"
+    (plain / "m" / "1").mkdir(parents=True)
+    (plain / "m" / "config.pbtxt").write_text('name: "m"')
+    lay = repository_layout(plain)
+    assert not lay.rendered and lay.models == plain and lay.backend == BACKEND_SOURCE.parent
+    assert lay.model_names() == ["m"] and is_repository(plain) and not is_repository(tmp_path / "nope")
+
+
+def _fake_installation(tmp_path: Path, source: str):
+    from clipq.serving.launcher import TritonInstallation
+
+    root = tmp_path / source
+    (root / "python_backend").mkdir(parents=True)
+    (root / "python_backend" / "libtriton_python.so").write_bytes(b"lib")
+    (root / "python_backend" / "triton_python_backend_utils.py").write_text("#")
+    (root / "stubs" / "3.11").mkdir(parents=True)
+    for minor in range(8, 15):
+        (root / "stubs" / f"3.{minor}").mkdir(exist_ok=True)
+        (root / "stubs" / f"3.{minor}" / "triton_python_backend_stub").write_bytes(b"stub")
+    for name in ("python", "onnxruntime", "clipq"):
+        (root / "backends" / name).mkdir(parents=True)
+    if source == "pytriton":
+        return TritonInstallation(binary=root / "tritonserver", source="pytriton",
+                                  python_backend=root / "python_backend", stubs_dir=root / "stubs")
+    return TritonInstallation(binary=root / "tritonserver", source="system", backends_dir=root / "backends")
+
+
+def test_backend_directory_holds_copies_of_the_python_backend_and_the_clipq_backend(cpu_repo, tmp_path):
+    """Triton refuses a backend library reached through a symlinked file: the files are copies."""
+    from clipq.serving.launcher import prepare_backends
+
+    inst = _fake_installation(tmp_path, "pytriton")
+    b = prepare_backends(inst, cpu_repo.backend_dir, tmp_path / "run")
+    assert sorted(p.name for p in b.iterdir()) == ["clipq", "python"]
+    for f in [*(b / "python").iterdir(), b / "clipq" / "model.py"]:
+        assert f.is_file() and not f.is_symlink(), f
+    assert sorted(f.name for f in (b / "python").iterdir()) == [
+        "libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
+    assert (b / "clipq" / "model.py").read_bytes() == BACKEND_SOURCE.read_bytes()
+
+    # a system installation (the NGC container): its backends linked, ours replacing any clipq/ it has
+    inst = _fake_installation(tmp_path, "system")
+    b = prepare_backends(inst, cpu_repo.backend_dir, tmp_path / "run2")
+    assert sorted(p.name for p in b.iterdir()) == ["clipq", "onnxruntime", "python"]
+    assert (b / "onnxruntime").is_symlink() and (b / "python").is_symlink()
+    assert not (b / "clipq").is_symlink() and (b / "clipq" / "model.py").read_bytes() == BACKEND_SOURCE.read_bytes()
+    with pytest.raises(ClipqError, match="clipq Python-based backend is missing"):
+        prepare_backends(inst, tmp_path / "no_backend", tmp_path / "run3")
 
 
 # -- remote client, without a server ----------------------------------------------------------------
@@ -316,6 +414,24 @@ def test_parse_url():
             parse_url(bad)
     with pytest.raises(ClipqError, match="contradicts"):
         parse_url("http://h:1", protocol="grpc")
+
+
+def test_one_protocol_adapter_per_scheme():
+    from clipq.runtime.backends.triton import PROTOCOLS, TritonBackend
+    from clipq.runtime.backends.triton_protocol import GrpcProtocol, HttpProtocol, open_protocol
+
+    assert PROTOCOLS == {"grpc": GrpcProtocol, "http": HttpProtocol}
+    g, h = open_protocol("grpc://h:1", None, 7.0), open_protocol("https://h:2", None, 7.0)
+    assert isinstance(g, GrpcProtocol) and g.thread_safe and g.call_options() == {"client_timeout": 7.0}
+    assert g.json_options() == {"as_json": True}
+    assert isinstance(h, HttpProtocol) and h.ssl and not h.thread_safe and h.call_options() == {} == h.json_options()
+    x = np.zeros((2, 3), np.float32)
+    assert h.infer_input("x", x, "FP32")._get_binary_data() is not None  # binary, not a JSON list
+    assert g.infer_input("x", x, "FP32").name() == "x" and g.requested_output("y").name() == "y"
+    for url, cls in (("grpc://127.0.0.1:1", GrpcProtocol), ("http://127.0.0.1:1", HttpProtocol)):
+        b = TritonBackend(url, Manifest(root=Path(".")))
+        assert type(b.wire) is cls and b.protocol == cls.name
+        b.close()
 
 
 class _FakeServerError(Exception):

@@ -1,0 +1,200 @@
+"""The ``clipq`` Triton Python-based backend: one model file for every Python-run clipq model.
+
+Installed once as ``<backend directory>/clipq/model.py`` (``clipq serve`` prepares it; the NGC image
+copies it to ``/opt/tritonserver/backends/clipq``); every model whose ``config.pbtxt`` says
+``backend: "clipq"`` runs it, and none has a ``model.py`` of its own. The ``clipq_role`` parameter
+picks what an instance does:
+
+- ``network``: one exported network, run through the engine registry (``clipq_engine``, default
+  ``onnxruntime``: :class:`clipq.runtime.backends.ort.OrtBackend` with ``clipq_threads`` /
+  ``clipq_spin`` / ``clipq_providers``); a dynamic batch runs as one engine call;
+- ``preprocess_image``: encoded image bytes -> ``pixel_values`` (decode, resize, crop, normalise);
+- ``tokenize``: UTF-8 text -> ``input_ids`` / ``attention_mask``.
+
+What a model loads is described by a small clipq manifest: the model's own ``1/manifest.json`` (a
+network's spec and graph hash, the preprocessing settings), or the one named by ``clipq_manifest``
+relative to the model directory (``../../tokenizers``: the repository's one copy of each
+tokenizer). Loading goes through the same code and hash checks as the in-process runtime. Only
+numpy and ``clipq.runtime`` (torch-free) are imported.
+
+Each request gets exactly one response; a request that fails (a corrupt image, an empty text) gets
+its own error response and never fails the others. Errors carry the clipq error class as a prefix
+(``InvalidImageError: [item 2] ...``) so the remote client raises the same type as in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from clipq.runtime.errors import ClipqError, InvalidInputError
+from clipq.runtime.manifest import Manifest
+
+
+def _error(exc: BaseException) -> Any:
+    """An error response naming the clipq error class; input errors are INVALID_ARG (HTTP 400)."""
+    code = pb_utils.TritonError.INVALID_ARG if isinstance(exc, InvalidInputError) else pb_utils.TritonError.INTERNAL
+    name = type(exc).__name__ if isinstance(exc, ClipqError) else f"InferenceError: {type(exc).__name__}"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{name}: {exc}", code))
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _bytes_items(request: Any, name: str) -> list[bytes]:
+    """A ``TYPE_STRING`` input of dims [1] arrives as an object array [n, 1] of bytes."""
+    arr = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+    return [x if isinstance(x, bytes) else bytes(x) for x in arr.reshape(-1)]
+
+
+def _per_request(requests: list[Any], run: Any) -> list[Any]:
+    """One response per request from ``run(request) -> output tensors``; a failure answers that request only."""
+    responses = []
+    for r in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse(output_tensors=run(r)))
+        except Exception as e:  # noqa: BLE001 - answered on this request only
+            responses.append(_error(e))
+    return responses
+
+
+class _NetworkRole:
+    """One exported network on an engine of the registry; a dynamic batch runs as one engine call."""
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+        from clipq.runtime.engines import open_backend
+
+        self.name = config["name"]
+        kw: dict[str, Any] = {"models": [self.name]}  # the session is created (and its graph verified) now
+        if params.get("clipq_threads"):
+            kw["threads"] = int(params["clipq_threads"]) or None
+        if params.get("clipq_spin"):
+            kw["spin"] = _flag(params["clipq_spin"])
+        if params.get("clipq_providers"):
+            kw["providers"] = [p for p in params["clipq_providers"].split(",") if p]
+        self.backend = open_backend(params.get("clipq_engine") or "onnxruntime", m, **kw)
+        spec = m.model(self.name)
+        self.input_names = [t.name for t in spec.inputs]
+        self.output_names = [t.name for t in spec.outputs]
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
+                 for r in requests]
+        sizes = [len(f[self.input_names[0]]) for f in feeds]
+        if len(feeds) == 1:
+            batch = feeds[0]  # no concatenation: the engine reads the shared-memory views directly
+        else:
+            # the dynamic batcher only groups requests whose non-batch dims agree, so this is safe
+            batch = {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names}
+        try:
+            outs = self.backend.infer(self.name, batch)
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the reason
+            return [_error(e) for _ in requests]
+        responses, start = [], 0
+        for n in sizes:
+            # a row slice of a C-contiguous array is contiguous: this is a view, not a copy; the
+            # one copy left is the stub's into shared memory. (Tensor.from_dlpack on numpy
+            # arrays crashes the 2.51 stub: "PyCapsule_GetPointer called with incorrect name".)
+            tensors = [pb_utils.Tensor(k, outs[k][start:start + n]) for k in self.output_names]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += n
+        return responses
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class _PreprocessRole:
+    """Encoded image bytes -> float32 ``pixel_values`` [n, 3, S, S], one error per bad request."""
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+        from clipq.runtime.preprocess import ImagePreprocessor
+
+        overrides: dict[str, Any] = {}
+        if "clipq_max_pixels" in params:
+            overrides["max_pixels"] = int(params["clipq_max_pixels"]) or None
+        self.pre = ImagePreprocessor.from_manifest(m, **overrides)
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        return _per_request(requests, lambda r: [
+            pb_utils.Tensor(self.output_name, self.pre(_bytes_items(r, self.input_name)))])
+
+    def close(self) -> None:
+        pass
+
+
+class _TokenizeRole:
+    """UTF-8 text -> int64 ``input_ids`` / ``attention_mask`` [n, L].
+
+    L is the longest text of the request rounded up to a multiple of ``clipq_pad_multiple``
+    (at most the tokenizer's ``max_length``; 0 pads every request to ``max_length``). The dynamic
+    batcher of the text model downstream only groups requests of one shape: buckets let the usual
+    short texts share a shape, and spare the model the compute of padding every caption to the full
+    context. Masked positions do not change the embeddings.
+    """
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+        from clipq.runtime.text import TextTokenizer
+
+        self.tok = TextTokenizer.from_manifest(m, params["clipq_tokenizer"])
+        self.multiple = int(params.get("clipq_pad_multiple", "16"))
+        self.input_name = config["input"][0]["name"]
+
+    def _length(self, longest: int) -> int:
+        if self.multiple <= 0:
+            return self.tok.max_length
+        return min(self.tok.max_length, -(-longest // self.multiple) * self.multiple)
+
+    def _run(self, request: Any) -> list[Any]:
+        enc = self.tok(_bytes_items(request, self.input_name))
+        ids, mask = enc.input_ids, enc.attention_mask
+        pad = self._length(ids.shape[1]) - ids.shape[1]
+        if pad > 0:
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=self.tok.pad_id)
+            mask = np.pad(mask, ((0, 0), (0, pad)), constant_values=0)
+        return [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        return _per_request(requests, self._run)
+
+    def close(self) -> None:
+        pass
+
+
+_ROLES = {"network": _NetworkRole, "preprocess_image": _PreprocessRole, "tokenize": _TokenizeRole}
+
+
+class TritonPythonModel:
+    """Entry point the Python backend instantiates once per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        role = params.get("clipq_role")
+        if role not in _ROLES:
+            raise pb_utils.TritonModelException(
+                f"{config.get('name')}: parameter clipq_role is {role!r}; expected one of {sorted(_ROLES)}")
+        # args["model_repository"] is this model's directory: its files sit in the version directory,
+        # shared ones (the tokenizers) where clipq_manifest says
+        model_dir = Path(args["model_repository"])
+        where = model_dir / (params.get("clipq_manifest") or args["model_version"])
+        try:
+            manifest = Manifest.load(where.resolve())
+            self.role = _ROLES[role](manifest, params, config)
+        except ClipqError as e:  # a clear one-line reason in the server's load-failure table
+            raise pb_utils.TritonModelException(f"{config.get('name')}: {type(e).__name__}: {e}") from e
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return self.role(requests)
+
+    def finalize(self) -> None:
+        role, self.role = getattr(self, "role", None), None
+        if role is not None:
+            role.close()

@@ -1,0 +1,154 @@
+"""Which models a repository holds, with which tensors: decided from the manifest alone.
+
+The plan is flavour-free: networks present in the manifest, ``preprocess_image`` when a network
+takes pixels, one tokenizer model per tokenizer a served text network uses, and every ensemble whose
+parts are all there. How each kind is written is the renderers' business (:mod:`.renderers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from clipq.runtime import specs
+from clipq.runtime.errors import ArtifactError
+from clipq.runtime.manifest import Manifest, ModelSpec, TensorSpec
+
+PREPROCESS_IMAGE = "preprocess_image"
+#: tokenizer kind (manifest.tokenizers key) -> Triton model name
+TOKENIZE = {"clip": "tokenize_clip", "lm": "tokenize_lm", "prompt": "tokenize_prompt"}
+#: the kinds of repository model
+KINDS = ("network", "preprocess_image", "tokenize", "ensemble")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ensemble step: composing model, its input <- ensemble tensor, its output -> ensemble tensor."""
+
+    model: str
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EnsembleDef:
+    name: str
+    doc: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    steps: tuple[Step, ...]
+
+
+_PIX = Step(PREPROCESS_IMAGE, {"image": "image"}, {"pixel_values": "pixel_values"})
+_IDS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+
+ENSEMBLES: tuple[EnsembleDef, ...] = (
+    EnsembleDef("embed_image", "encoded image bytes -> L2-normalised CLIP image embedding",
+                ("image",), ("image_embeds",),
+                (_PIX, Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}))),
+    EnsembleDef("embed_text", "UTF-8 text -> L2-normalised CLIP text embedding",
+                ("text",), ("text_embeds",),
+                (Step(TOKENIZE["clip"], {"text": "text"}, _IDS),
+                 Step(specs.CLIP_TEXT, _IDS, {"text_embeds": "text_embeds"}))),
+    EnsembleDef("ask", "image bytes + question -> probabilities over manifest.answer_vocab",
+                ("image", "question"), ("probs",),
+                (_PIX, Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}),
+                 Step(TOKENIZE["lm"], {"text": "question"}, _IDS),
+                 Step(specs.VQA, {"image_embeds": "image_embeds", **_IDS}, {"probs": "probs"}))),
+    EnsembleDef("describe", "image bytes -> prompt embedding of Model A + CLIP embedding for Model B's KNN",
+                ("image",), ("prompt_embeds", "image_embeds"),
+                (_PIX, Step(specs.IMG2PROMPT_A, {"pixel_values": "pixel_values"}, {"prompt_embeds": "prompt_embeds"}),
+                 Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}))),
+    EnsembleDef("embed_prompt", "UTF-8 prompt -> all-MiniLM-L6-v2 sentence embedding",
+                ("text",), ("sentence_embeds",),
+                (Step(TOKENIZE["prompt"], {"text": "text"}, _IDS),
+                 Step(specs.PROMPT_TEXT, _IDS, {"sentence_embeds": "sentence_embeds"}))),
+)
+
+
+@dataclass
+class PlannedModel:
+    """What one repository model needs to be written: its I/O, batching and kind.
+
+    ``kind`` is one of :data:`KINDS`; each flavour's renderer has a method per kind.
+    """
+
+    name: str
+    kind: str  # "network" | "preprocess_image" | "tokenize" | "ensemble"
+    doc: str
+    inputs: list[TensorSpec]  # shapes include the batch axis
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    preferred: list[int] = field(default_factory=list)
+    spec: ModelSpec | None = None
+    tokenizer: str | None = None
+    ensemble: EnsembleDef | None = None
+
+
+def seq_len(m: Manifest, spec: ModelSpec) -> int:
+    """The sequence length a text network is warmed up with: its tokenizer's ``max_length``."""
+    kind = spec.meta.get("tokenizer")
+    info = m.tokenizers.get(kind or "", {})
+    return int(info.get("max_length", 32))
+
+
+def plan_models(m: Manifest) -> dict[str, PlannedModel]:
+    """Decide which models the repository holds, from what the manifest provides.
+
+    Networks present in the manifest are served; ``preprocess_image`` when a network takes
+    ``pixel_values`` and the manifest has preprocessing; a tokenizer model per tokenizer a served
+    text network uses; and every ensemble whose composing models are all present.
+
+    Raises:
+        ArtifactError: the manifest holds no network at all.
+    """
+    nets = [n for n in specs.NETWORKS if n in m.models]
+    if not nets:
+        raise ArtifactError(f"{m.root}: the manifest lists no networks; run `clipq export` first")
+    out: dict[str, PlannedModel] = {}
+    for n in nets:
+        s = m.models[n]
+        out[n] = PlannedModel(n, "network", f"exported network {n}", list(s.inputs), list(s.outputs),
+                        s.max_batch_size, [b for b in s.preferred_batch_sizes if b <= s.max_batch_size], spec=s)
+
+    image_users = [out[n] for n in nets if any(t.name == "pixel_values" for t in out[n].inputs)]
+    if image_users and m.preprocessing.get("size"):
+        size = int(m.preprocessing["size"])
+        mbs = max(u.max_batch_size for u in image_users)
+        out[PREPROCESS_IMAGE] = PlannedModel(
+            PREPROCESS_IMAGE, "preprocess_image", "encoded image bytes -> pixel_values (decode, resize, crop, normalise)",
+            [TensorSpec("image", "bytes", (-1, 1))], [TensorSpec("pixel_values", "float32", (-1, 3, size, size))],
+            mbs, image_users[0].preferred)
+
+    for kind, name in TOKENIZE.items():
+        users = [out[n] for n in nets if out[n].spec and out[n].spec.meta.get("tokenizer") == kind]
+        if not users or kind not in m.tokenizers:
+            continue
+        out[name] = PlannedModel(
+            name, "tokenize", f"UTF-8 text -> ids and mask ({kind} tokenizer, padded to length buckets)",
+            [TensorSpec("text", "bytes", (-1, 1))],
+            [TensorSpec("input_ids", "int64", (-1, -1)), TensorSpec("attention_mask", "int64", (-1, -1))],
+            max(u.max_batch_size for u in users), users[0].preferred, tokenizer=kind)
+
+    for e in ENSEMBLES:
+        if not all(s.model in out for s in e.steps):
+            continue
+        ins = [_ensemble_tensor(out, e, t, "inputs") for t in e.inputs]
+        outs = [_ensemble_tensor(out, e, t, "outputs") for t in e.outputs]
+        mbs = min(out[s.model].max_batch_size for s in e.steps)
+        out[e.name] = PlannedModel(e.name, "ensemble", e.doc, ins, outs, mbs, ensemble=e)
+    return out
+
+
+def _ensemble_tensor(models: Mapping[str, PlannedModel], e: EnsembleDef, tensor: str, side: str) -> TensorSpec:
+    """An ensemble input/output takes its dtype and shape from the step tensor it is mapped to."""
+    for step in e.steps:
+        mapping = step.inputs if side == "inputs" else step.outputs
+        for model_tensor, ens_tensor in mapping.items():
+            if ens_tensor == tensor:
+                pool = models[step.model].inputs if side == "inputs" else models[step.model].outputs
+                t = next((t for t in pool if t.name == model_tensor), None)
+                if t is None:
+                    raise ArtifactError(f"ensemble {e.name}: {step.model} has no {side[:-1]} {model_tensor!r}")
+                return TensorSpec(tensor, t.dtype, t.shape)
+    raise ArtifactError(f"ensemble {e.name}: no step maps {side[:-1]} {tensor!r}")
