@@ -37,7 +37,12 @@ from .vqa import VQAConfig, VQAModel, VQAProbs
 
 # -- tokenizers -----------------------------------------------------------------------------------
 def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_length: int) -> None:
-    """Copy a tokenizer.json into ``tokenizer/<name>/`` with truncation and batch padding set."""
+    """Copy a tokenizer.json into ``tokenizer/<name>/`` with batch padding set.
+
+    Truncation is not written into the file: every reader sets it from the manifest's ``max_length``
+    (:func:`load_tokenizer` here, ``TextTokenizer`` in the runtime), so tokenizers that share a
+    vocabulary are byte-identical files and a rendered Triton repository keeps one copy of them.
+    """
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(source))
@@ -46,7 +51,7 @@ def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_
     if pad_id is None:  # CLIP BPE: pads with its end-of-text token
         pad_token = "<|endoftext|>"
         pad_id = tok.token_to_id(pad_token) or 0
-    tok.enable_truncation(max_length=max_length)
+    tok.no_truncation()
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     out = m.root / "tokenizer" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +67,9 @@ def load_tokenizer(m: Manifest, name: str):
     info = m.tokenizers.get(name)
     if info is None:
         raise ArtifactError(f"{m.root}: no tokenizer {name!r} in the manifest")
-    return Tokenizer.from_file(str(m.resolve(f"{info['path']}/tokenizer.json")))
+    tok = Tokenizer.from_file(str(m.resolve(f"{info['path']}/tokenizer.json")))
+    tok.enable_truncation(max_length=int(info["max_length"]))
+    return tok
 
 
 def tokenize(tok, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
