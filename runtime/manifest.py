@@ -7,6 +7,8 @@ it does not know, and resolving a file refuses one that is missing or whose hash
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +22,15 @@ from .errors import ArtifactError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: who reads which files: training and export read the PyTorch checkpoints; the runtime and the
+#: server read everything else (graphs, tokenizers, KNN database): the deploy bundle
+CONSUMERS = ("deploy", "train")
+TRAINING_PREFIXES = ("checkpoints/",)
+
+
+def consumer_of(rel: str) -> str:
+    """``"train"`` for a file only training/export read (PyTorch checkpoints), else ``"deploy"``."""
+    return "train" if rel.startswith(TRAINING_PREFIXES) else "deploy"
 
 #: numpy dtype name -> Triton / ONNX-ish type name used in config.pbtxt
 TRITON_DTYPES = {
@@ -155,11 +166,17 @@ class Manifest:
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
-    def load(cls, root: str | os.PathLike[str]) -> Manifest:
-        """Read ``root/manifest.json``; check schema version, presence and size of every file.
+    def load(cls, root: str | os.PathLike[str], *, need: str = "deploy") -> Manifest:
+        """Read ``root/manifest.json``; check schema version, presence and size of the files needed.
+
+        Args:
+            root: the artifact directory.
+            need: ``"deploy"`` (default): the files the runtime and the server read must be present;
+                PyTorch checkpoints may be absent (a deploy bundle) and are checked when training or
+                export resolves them. ``"all"``: every listed file.
 
         Raises:
-            ArtifactError: the directory or manifest is missing or unreadable, or a listed file is
+            ArtifactError: the directory or manifest is missing or unreadable, or a needed file is
                 missing or has the wrong size.
             SchemaVersionError: the manifest was written by another schema version.
         """
@@ -193,7 +210,11 @@ class Manifest:
             metrics=d.get("metrics", {}),
             extra=d.get("extra", {}),
         )
+        if need not in ("deploy", "all"):
+            raise ValueError(f"need must be 'deploy' or 'all', got {need!r}")
         for rel, info in m.files.items():
+            if need == "deploy" and consumer_of(rel) != "deploy":
+                continue
             p = root / rel
             if not p.is_file():
                 raise ArtifactError(f"{root}: file listed in the manifest is missing: {rel}")
@@ -302,9 +323,44 @@ class Manifest:
             self.resolve(k, verify=verify)
         return self.root / rel_dir
 
-    def verify_all(self) -> None:
+    def verify_all(self, consumer: str | None = None) -> None:
+        """Hash-check every listed file (or only those of ``consumer``: "deploy" or "train")."""
         for rel in self.files:
-            self.resolve(rel)
+            if consumer is None or consumer_of(rel) == consumer:
+                self.resolve(rel)
+
+    def files_for(self, consumer: str) -> dict[str, dict[str, Any]]:
+        """The listed files that ``consumer`` ("deploy" or "train") reads."""
+        if consumer not in CONSUMERS:
+            raise ValueError(f"consumer must be one of {CONSUMERS}, got {consumer!r}")
+        return {rel: info for rel, info in self.files.items() if consumer_of(rel) == consumer}
+
+    def bundle(self, out: str | os.PathLike[str]) -> Manifest:
+        """Write the deploy bundle to ``out``: every deploy file (hash-checked), and a manifest
+        without the PyTorch checkpoints. Returns the bundle's manifest.
+
+        Raises:
+            ArtifactError: ``out`` exists and is not empty, or a deploy file fails its hash check.
+        """
+        import shutil
+
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise ArtifactError(f"bundle directory {out} exists and is not empty")
+        files = self.files_for("deploy")
+        for rel in files:
+            src = self.resolve(rel)
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        b = Manifest(root=out, **{f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                  if f.name != "root" and not f.name.startswith("_")})
+        b.files = dict(files)
+        b.checkpoints = {}
+        b.extra = {**self.extra, "bundle": {"from": str(self.root), "files": len(files),
+                                            "bytes": int(sum(int(i.get("size", 0)) for i in files.values()))}}
+        b.save()
+        return Manifest.load(out)
 
     def model(self, name: str) -> ModelSpec:
         try:

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = (
-    "demo", "data", "train", "eval", "export", "serve", "index", "search", "ask", "describe", "tune", "bench",
+    "demo", "data", "train", "importer", "eval", "export", "bundle", "serve", "index", "search", "ask", "describe",
+    "tune", "bench",
 )
 
 
