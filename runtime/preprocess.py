@@ -27,9 +27,9 @@ ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | n
 #: Default pixel limit (width x height) above which an image is refused as a decompression bomb.
 #: 64 Mpx is larger than any photo a camera writes, and far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 64_000_000
-#: Images whose shorter side is below this are refused: upscaling 1-3 px to the model's input size
-#: yields a flat field whose embedding means nothing, so saying so is more useful than answering.
-DEFAULT_MIN_SIDE = 4
+#: Every image Pillow decodes is accepted (a 1x1 PNG too: upsampled, as transformers'
+#: CLIPImageProcessor does); raise this to refuse tiny images in a deployment that prefers to.
+DEFAULT_MIN_SIDE = 1
 
 # OpenAI CLIP's normalisation, the default when a manifest does not say otherwise.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -181,14 +181,14 @@ def lm_hidden_size(lm) -> int:
     return int(getattr(cfg, "hidden_size", None) or cfg.dim)
 
 
-def build_image_processor(image_size: int):
-    """The transformers CLIPImageProcessor matching a preset (saved next to the CLIP checkpoint)."""
+def build_image_processor(image_size: int, mean=CLIP_MEAN, std=CLIP_STD):
+    """The transformers CLIPImageProcessor matching the artifact's preprocessing (saved with the checkpoint)."""
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
+        image_mean=list(mean),
+        image_std=list(std),
         do_convert_rgb=True,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest
 
+from .checkpoint import init_from_checkpoint, write_hf_tokenizer_files
 from .export_wrappers import ClipImageTower, ClipTextTower
 from .factory import (
     CLIP_MEAN,
@@ -83,29 +83,26 @@ def tokenize(tok, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 def init_clip_artifacts(
     out: str | os.PathLike[str], preset: str = "tiny", pretrained: str | os.PathLike[str] | None = None
 ) -> tuple[Manifest, Any]:
-    """Start an artifact directory: tokenizers, preprocessing and an (untrained or real) CLIP."""
-    m = Manifest.load_or_new(out)
+    """Start an artifact directory: tokenizers, preprocessing and an (untrained or real) CLIP.
+
+    With ``pretrained`` (a local CLIP checkpoint) the CLIP side comes from it, as ``clipq import``
+    reads it (:func:`clipq.models.checkpoint.init_from_checkpoint`); the heads' tokenizers and sizes
+    come from the preset.
+    """
     pr = get_preset(preset)
-    clip = build_clip(preset, pretrained)
-    size = int(clip.config.vision_config.image_size)
-    if pretrained is not None and (Path(pretrained) / "tokenizer.json").is_file():
-        clip_tok = Path(pretrained) / "tokenizer.json"
-        clip_len = int(clip.config.text_config.max_position_embeddings)
+    if pretrained is not None:
+        m, clip = init_from_checkpoint(pretrained, out)
     else:
-        clip_tok, clip_len = wordpiece_tokenizer_file(), pr.clip_max_length
-    write_tokenizer(m, "clip", clip_tok, clip_len)
+        m = Manifest.load_or_new(out)
+        clip = build_clip(preset)
+        write_tokenizer(m, "clip", wordpiece_tokenizer_file(), pr.clip_max_length)
+        m.preprocessing = {"size": int(clip.config.vision_config.image_size), "mean": list(CLIP_MEAN),
+                           "std": list(CLIP_STD), "resize": "shortest_side", "resample": "bicubic", "crop": "center"}
+        m.dims = {"clip_embed": int(clip.config.projection_dim), "prompt_embed": PROMPT_DIM}
+        m.extra["pretrained"] = None
     write_tokenizer(m, "lm", wordpiece_tokenizer_file(), pr.question_max_length)
     write_tokenizer(m, "prompt", wordpiece_tokenizer_file(), pr.prompt_max_length)
-    mean, std = list(CLIP_MEAN), list(CLIP_STD)
-    if pretrained is not None and (Path(pretrained) / "preprocessor_config.json").is_file():
-        pp = json.loads((Path(pretrained) / "preprocessor_config.json").read_text())
-        mean, std = pp.get("image_mean", mean), pp.get("image_std", std)
-    m.preprocessing = {
-        "size": size, "mean": mean, "std": std, "resize": "shortest_side", "resample": "bicubic", "crop": "center",
-    }
-    m.dims = {"clip_embed": int(clip.config.projection_dim), "prompt_embed": PROMPT_DIM}
     m.extra["preset"] = preset
-    m.extra["pretrained"] = str(pretrained) if pretrained else None
     m.extra["lm"] = pr.lm
     m.extra["vqa_prefix_len"] = pr.vqa_prefix_len
     return m, clip
@@ -116,8 +113,11 @@ def save_clip(m: Manifest, clip, name: str = "clip") -> None:
     if d.exists():
         shutil.rmtree(d)
     clip.save_pretrained(d, safe_serialization=True)
-    build_image_processor(m.preprocessing["size"]).save_pretrained(d)
+    pp = m.preprocessing
+    build_image_processor(pp["size"], pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)).save_pretrained(d)
     shutil.copy(m.root / m.tokenizers["clip"]["path"] / "tokenizer.json", d / "tokenizer.json")
+    # so that plain transformers (AutoTokenizer / AutoProcessor) loads what clipq saved
+    write_hf_tokenizer_files(d / "tokenizer.json", d, int(m.tokenizers["clip"]["max_length"]))
     m.add_tree(f"checkpoints/{name}")
     m.checkpoints[name] = f"checkpoints/{name}"
     if name == "clip":  # identity of the embedding space: indexes built on it record this id

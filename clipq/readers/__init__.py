@@ -14,6 +14,7 @@ from .formats import (
     read_cocoqa,
     read_prompts,
     read_textvqa,
+    resolve_images,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "read_cocoqa",
     "read_prompts",
     "read_textvqa",
+    "resolve_images",
 ]

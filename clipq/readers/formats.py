@@ -18,7 +18,7 @@ import csv
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +120,23 @@ def _image_dir(image_dir: _PathLike | None) -> _ImageDir | None:
     if not d.is_dir():
         raise DataFormatError("image directory does not exist", path=str(d))
     return _ImageDir(d)
+
+
+def resolve_images(image_dir: _PathLike, refs: Iterable[str]) -> list[Path]:
+    """The files of images named as the readers accept them (file name, stem or trailing number).
+
+    Raises:
+        DataFormatError: the directory is missing, or an image is not in it.
+    """
+    images = _image_dir(image_dir)
+    assert images is not None
+    out = []
+    for ref in refs:
+        p = images.resolve(ref)
+        if p is None:
+            raise DataFormatError(f"image {ref!r} not found", path=str(image_dir))
+        out.append(p)
+    return out
 
 
 def _check_image(images: _ImageDir | None, ref: str, path: Path, line: int | None) -> None:
