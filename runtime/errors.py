@@ -101,6 +101,10 @@ class DuplicateIdError(InvalidInputError):
     """An id is already in the index (or repeated within one call)."""
 
 
+class ConcurrentWriteError(ClipqError):
+    """Another writer changed (or is changing) the same index or artifact: nothing was overwritten."""
+
+
 class ServerError(ClipqError):
     """tritonserver could not be found, failed to start or a model failed to load."""
 

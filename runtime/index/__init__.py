@@ -30,7 +30,15 @@ from .filters import MetadataFilter
 from .graph import SPACES
 from .ingest import IMAGE_EXTENSIONS, AddReport, ImageEncoder, list_images
 from .lock import RWLock
-from .persistence import GRAPH_PREFIX, GRAPH_SUFFIX, INDEX_SCHEMA_VERSION, SIDECAR_NAME, graph_header
+from .persistence import (
+    GRAPH_PREFIX,
+    GRAPH_SUFFIX,
+    INDEX_SCHEMA_VERSION,
+    LOCK_NAME,
+    SIDECAR_NAME,
+    directory_lock,
+    graph_header,
+)
 from .query import RecallReport, SearchResult, exact_topk
 from .store import ImageIndex
 
@@ -39,7 +47,9 @@ __all__ = [
     "GRAPH_SUFFIX",
     "IMAGE_EXTENSIONS",
     "INDEX_SCHEMA_VERSION",
+    "LOCK_NAME",
     "SIDECAR_NAME",
+    "directory_lock",
     "SPACES",
     "AddReport",
     "ImageEncoder",

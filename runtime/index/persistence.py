@@ -8,19 +8,21 @@ and the encoder, because hnswlib's own loader checks none of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ArtifactError,
+    ConcurrentWriteError,
     DimensionMismatchError,
     IndexCorruptError,
     InvalidInputError,
@@ -39,6 +41,61 @@ INDEX_SCHEMA_VERSION = 1
 SIDECAR_NAME = "index.json"
 GRAPH_PREFIX = "hnsw-"
 GRAPH_SUFFIX = ".bin"
+#: the inter-process lock of an index directory (filelock: flock on POSIX, msvcrt on Windows)
+LOCK_NAME = ".index.lock"
+#: how long a writer waits for another process's write by default, in seconds
+LOCK_TIMEOUT_S = 600.0
+
+_locks: dict[str, Any] = {}
+_locks_mutex = threading.Lock()
+
+
+def directory_lock(root: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> Any:
+    """The inter-process lock of an index directory (one reentrant ``filelock.FileLock`` per path).
+
+    One object per path and process, so a save inside :meth:`PersistenceMixin.edit` re-enters the
+    lock instead of blocking on it; filelock's per-thread counters make threads wait for each other too.
+    """
+    try:
+        import filelock
+    except ImportError as e:  # pragma: no cover - a base dependency
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError("filelock", "runtime", "index writes across processes") from e
+    key = os.path.realpath(root)
+    with _locks_mutex:
+        lock = _locks.get(key)
+        if lock is None:
+            Path(key).mkdir(parents=True, exist_ok=True)
+            lock = _locks[key] = filelock.FileLock(os.path.join(key, LOCK_NAME), timeout=timeout)
+    return lock
+
+
+@contextlib.contextmanager
+def _locked(root: Path, timeout: float) -> Iterator[None]:
+    import filelock
+
+    lock = directory_lock(root)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise ConcurrentWriteError(
+            f"index {root} is being written by another process; gave up after {timeout:.0f} s"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _generation(root: Path) -> int | None:
+    """The saved generation of the index at ``root`` (None: no index there)."""
+    try:
+        return int(json.loads((root / SIDECAR_NAME).read_text(encoding="utf-8")).get("generation", 0))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise IndexCorruptError(f"cannot read {root / SIDECAR_NAME}: {e}") from e
 
 #: hnswlib's file header (hnswalg.h, saveIndex): offsetLevel0, max_elements, cur_element_count,
 #: size_data_per_element, label_offset, offsetData (size_t); maxlevel (int); enterpoint (uint);
@@ -65,8 +122,30 @@ class PersistenceMixin:
     _label_to_id: dict[int, str]
     _meta: dict[int, Mapping[str, Any]]
     _next_label: int
+    #: (real path, generation) of the save this index was loaded from, or last saved to
+    _source: tuple[str, int] | None = None
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT_S,
+             **load_kw: Any) -> Iterator[ImageIndex]:
+        """Load, change and save an index as one step that other processes wait for.
+
+        ``with ImageIndex.edit(path, encoder=enc) as index: index.add(...)`` holds the directory's
+        inter-process lock from load to save, so two writers serialise and no change is lost. The
+        index is saved only when the block ends without an exception.
+
+        Raises:
+            ConcurrentWriteError: another process held the lock for longer than ``timeout``.
+            Everything :meth:`load` and :meth:`save` raise.
+        """
+        root = Path(path)
+        with _locked(root, timeout):
+            index = cls.load(root, **load_kw)
+            yield index
+            index.save(root, timeout=timeout)
+
+    def save(self, path: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT_S) -> Path:
         """Save atomically to the directory ``path`` (created if needed).
 
         The graph goes to a new uniquely named file (temp file, fsync, rename), then the sidecar
@@ -80,17 +159,30 @@ class PersistenceMixin:
         Returns:
             The sidecar's path.
 
+        Saves from several processes are serialised by the directory's lock, and a save never
+        overwrites a newer one: an index loaded from ``path`` (or last saved there) refuses to save
+        over an index that another writer saved in between (use :meth:`edit` to load-modify-save).
+
         Raises:
             InvalidInputError: ``path`` is a file, or a non-empty directory that holds no index.
+            ConcurrentWriteError: another writer saved ``path`` since this index was loaded from it,
+                or held its lock for longer than ``timeout``.
             OSError: the disk refused (the previous index is left as it was).
         """
-        with self._save_lock:
-            root = Path(path)
-            if root.exists() and not root.is_dir():
-                raise InvalidInputError(f"index path is a file, expected a directory: {root}")
-            if root.is_dir() and not (root / SIDECAR_NAME).exists() and any(root.iterdir()):
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise InvalidInputError(f"index path is a file, expected a directory: {root}")
+        with self._save_lock, _locked(root, timeout):
+            if not (root / SIDECAR_NAME).exists() and any(p.name != LOCK_NAME for p in root.iterdir()):
                 raise InvalidInputError(f"refusing to save an index into a non-empty directory that holds none: {root}")
-            root.mkdir(parents=True, exist_ok=True)
+            on_disk = _generation(root)
+            real = os.path.realpath(root)
+            if self._source is not None and self._source[0] == real and on_disk != self._source[1]:
+                raise ConcurrentWriteError(
+                    f"index {root} was saved by another writer since this one loaded it (generation "
+                    f"{self._source[1]} -> {on_disk}); reload it and redo the change, or use ImageIndex.edit()"
+                )
+            generation = (on_disk or 0) + 1
             graph_name = f"{GRAPH_PREFIX}{uuid.uuid4().hex[:16]}{GRAPH_SUFFIX}"
             tmp = root / f".{graph_name}.tmp"
             with self._lock.read():
@@ -100,6 +192,7 @@ class PersistenceMixin:
                     size, digest = tmp.stat().st_size, sha256_file(tmp)
                     os.replace(tmp, root / graph_name)
                     sidecar = self._sidecar(graph_name, size, digest)
+                    sidecar["generation"] = generation
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise
@@ -111,6 +204,7 @@ class PersistenceMixin:
             for old in root.iterdir():  # previous graphs and temp files of interrupted saves
                 if old.name != graph_name and old.name.lstrip(".").startswith(GRAPH_PREFIX):
                     old.unlink(missing_ok=True)
+            self._source = (real, generation)
             return root / SIDECAR_NAME
 
     @classmethod
@@ -233,6 +327,7 @@ class PersistenceMixin:
             raise IndexCorruptError(f"index {root}: the sidecar names labels that are not in the graph")
         if encoder is not None:
             index.check_encoder(encoder)  # the model hash too, when both sides know one
+        index._source = (os.path.realpath(root), int(side.get("generation", 0)))
         return index
 
     def _sidecar(self, graph_name: str, size: int, digest: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from clipq.runtime.errors import (
     SchemaVersionError,
     UnknownIdError,
 )
-from clipq.runtime.index import SIDECAR_NAME, ImageIndex, RWLock, SearchResult, exact_topk
+from clipq.runtime.index import LOCK_NAME, SIDECAR_NAME, ImageIndex, RWLock, SearchResult, exact_topk
 from clipq.runtime.index import persistence as persistence_mod
 
 DIM = 32
@@ -298,8 +298,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     )
     idx.delete(["v1", "v2"])
     idx.save(tmp_path / "idx")
-    files = sorted(p.name for p in (tmp_path / "idx").iterdir())
-    assert files[1] == SIDECAR_NAME and files[0].startswith("hnsw-") and len(files) == 2
+    files = sorted(p.name for p in (tmp_path / "idx").iterdir())  # the lock file, the graph, the sidecar
+    assert files[0] == LOCK_NAME and files[2] == SIDECAR_NAME and files[1].startswith("hnsw-") and len(files) == 3
     side = json.loads((tmp_path / "idx" / SIDECAR_NAME).read_text())
     for key in ("schema_version", "dim", "space", "M", "ef_construction", "ef", "count", "ids", "encoder"):
         assert key in side
@@ -315,7 +315,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert back.search(x[1], 1)[0].id == "v1"
     # saving again replaces the graph file and removes the old one
     back.save(tmp_path / "idx")
-    assert len(list((tmp_path / "idx").iterdir())) == 2
+    assert len(list((tmp_path / "idx").iterdir())) == 3
 
 
 def test_load_refuses_another_model_or_dimension(tmp_path: Path) -> None:
@@ -519,5 +519,5 @@ def test_no_stray_files_after_saves(tmp_path: Path) -> None:
     idx = ImageIndex.from_embeddings(clustered(30), ids_of(30))
     for _ in range(3):
         idx.save(tmp_path / "i")
-    names = os.listdir(tmp_path / "i")
-    assert len(names) == 2 and not any(n.endswith(".tmp") for n in names)
+    names = sorted(os.listdir(tmp_path / "i"))
+    assert len(names) == 3 and names[0] == LOCK_NAME and not any(n.endswith(".tmp") for n in names)

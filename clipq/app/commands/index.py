@@ -129,11 +129,11 @@ def run_add(args: argparse.Namespace) -> int:
 
     backend, encoder = cliutil.open_encoder(args)
     try:
-        index = ImageIndex.load(args.index, encoder=encoder)
-        rep = _add_images(index, encoder, args, ids=args.ids)
+        # load-add-save under the index's inter-process lock: concurrent `index add`s serialise
+        with ImageIndex.edit(args.index, encoder=encoder) as index:
+            rep = _add_images(index, encoder, args, ids=args.ids)
     finally:
         backend.close()
-    index.save(args.index)
     _report("added", args.index, index, rep, args.json)
     return 0
 
@@ -141,9 +141,8 @@ def run_add(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     from clipq.runtime.index import ImageIndex
 
-    index = ImageIndex.load(args.index)
-    n = index.delete(args.ids)
-    index.save(args.index)
+    with ImageIndex.edit(args.index) as index:
+        n = index.delete(args.ids)
     if args.json:
         print_json({"action": "deleted", "index": args.index, "deleted": n, **index.info()})
     else:
