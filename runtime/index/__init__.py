@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .filters import MetadataFilter
 from .graph import SPACES
-from .ingest import IMAGE_EXTENSIONS, AddReport, ImageEncoder, list_images
+from .ingest import IMAGE_EXTENSIONS, AddReport, ImageEncoder, encode_batch, list_images
 from .lock import RWLock
 from .persistence import (
     GRAPH_PREFIX,
@@ -60,5 +60,6 @@ __all__ = [
     "SearchResult",
     "exact_topk",
     "graph_header",
+    "encode_batch",
     "list_images",
 ]

@@ -160,7 +160,7 @@ class IngestMixin:
         with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar:
             for start in range(0, len(items), batch_size):
                 batch = list(range(start, min(start + batch_size, len(items))))
-                kept, vecs = _encode_batch(encoder, items, id_list, batch, skip_invalid, report)
+                kept, vecs = encode_batch(encoder, items, id_list, batch, skip_invalid, report)
                 if kept:
                     report.added.extend(self.add(vecs, [id_list[i] for i in kept], [metas[i] for i in kept]))
                 bar.update(len(batch))
@@ -193,7 +193,7 @@ def _expand_images(images: Any) -> tuple[list[Any], list[str | None], list[dict[
     return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in items], ids, metas
 
 
-def _encode_batch(
+def encode_batch(
     encoder: ImageEncoder,
     items: Sequence[Any],
     id_list: Sequence[str | None],

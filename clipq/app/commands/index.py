@@ -20,7 +20,9 @@ def add_parser(subparsers: Any) -> None:
     sub.required = True
 
     b = sub.add_parser("build", help="encode images and build an index")
-    b.add_argument("images", nargs="+", help="image folders (searched recursively) and/or image files")
+    b.add_argument("images", nargs="*", help="image folders (searched recursively) and/or image files")
+    b.add_argument("--from-embeddings", metavar="DIR", default=None,
+                   help="build from a `clipq embed` output instead of encoding images again")
     b.add_argument("-o", "--out", required=True, help="index directory to write")
     b.add_argument("--captions", help="CSV with header image,text: adds a caption to each image's metadata")
     b.add_argument("--space", default="cosine", choices=("cosine", "ip", "l2"))
@@ -103,6 +105,10 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / SIDECAR_NAME).exists() and not args.force:
         raise InvalidInputError(f"{out} already holds an index: pass --force to replace it")
+    if args.from_embeddings:
+        return _build_from_embeddings(args, out)
+    if not args.images:
+        raise InvalidInputError("give image folders/files, or --from-embeddings DIR")
     backend, encoder = cliutil.open_encoder(args)
     try:
         index = ImageIndex(
@@ -121,6 +127,25 @@ def run_build(args: argparse.Namespace) -> int:
         raise InvalidInputError("no image could be indexed")
     index.save(out)
     _report("built", str(out), index, rep, args.json)
+    return 0
+
+
+def _build_from_embeddings(args: argparse.Namespace, out: Path) -> int:
+    """The index of a `clipq embed` directory: no encoding, the embeddings' model id recorded."""
+    from clipq.app.embed import read_embeddings
+    from clipq.runtime.errors import InvalidInputError
+    from clipq.runtime.index import AddReport, ImageIndex
+
+    if args.images:
+        raise InvalidInputError("--from-embeddings builds from the embeddings alone: give no images")
+    vecs, ids, metas, summary = read_embeddings(args.from_embeddings)
+    captions = caption_metadata(args.captions) if args.captions else {}
+    metas = [{**meta, **captions.get(i, {})} for i, meta in zip(ids, metas)]
+    index = ImageIndex.from_embeddings(vecs, ids, metas, space=args.space, M=args.M,
+                                       ef_construction=args.ef_construction, ef=args.ef,
+                                       model_id=summary.get("model_id"))
+    index.save(out)
+    _report("built", str(out), index, AddReport(added=list(ids)), args.json)
     return 0
 
 
