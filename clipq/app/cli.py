@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = (
-    "demo", "data", "train", "importer", "eval", "export", "bundle", "serve", "index", "search", "ask", "describe",
-    "tune", "bench",
+    "demo", "data", "train", "importer", "eval", "export", "bundle", "serve", "deploy", "index", "embed", "search", "ask",
+    "describe",
+    "tune", "tune_engines", "bench", "app",
 )
 
 
