@@ -213,7 +213,9 @@ class EmbedSummary:
     model_id: str | None = None
     dim: int | None = None
     encoded_now: int = 0  # images this run encoded (skipped ones included)
-    startup_s: float = 0.0  # of ``seconds``: starting Ray and its actors
+    startup_s: float = 0.0  # of ``seconds``: starting Ray
+    shard_s: float = 0.0  # seconds the workers spent in shards, summed over workers
+    workers: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -221,12 +223,19 @@ class EmbedSummary:
         busy = self.seconds - self.startup_s
         return self.encoded_now / busy if self.encoded_now and busy > 0 else 0.0
 
+    @property
+    def encode_images_per_s(self) -> float:
+        """What the workers sustain once running: images over their in-shard time, times the workers."""
+        return self.encoded_now / self.shard_s * self.workers if self.encoded_now and self.shard_s > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "out": str(self.out), "mode": self.mode,
                 "shards": self.shards, "shards_done_before": self.shards_done_before, "images": self.images,
                 "embedded": self.embedded, "skipped": self.skipped, "seconds": round(self.seconds, 3),
                 "startup_s": round(self.startup_s, 3), "encoded_now": self.encoded_now,
-                "images_per_s": round(self.images_per_s, 2), "model_id": self.model_id, "dim": self.dim}
+                "images_per_s": round(self.images_per_s, 2), "shard_s": round(self.shard_s, 3),
+                "encode_images_per_s": round(self.encode_images_per_s, 2), "workers": self.workers,
+                "model_id": self.model_id, "dim": self.dim}
 
 
 def embed_collection(images: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
@@ -280,9 +289,10 @@ def embed_collection(images: Sequence[str | os.PathLike[str]], out: str | os.Pat
     model_id, dim = _check_model(out, markers)
     summary = EmbedSummary(out, mode, len(shards), done_before, len(ids), sum(int(m["count"]) for m in markers),
                            len(skipped), seconds, model_id, dim,
-                           encoded_now=sum(r.count + len(r.skipped) for r in results), startup_s=startup)
+                           encoded_now=sum(r.count + len(r.skipped) for r in results), startup_s=startup,
+                           shard_s=sum(r.seconds for r in results), workers=min(workers, len(todo)) if ray else 1)
     atomic_write_json(out / SUMMARY, {**summary.to_dict(), "run": {
-        "shards_encoded": len(results), "workers": workers if ray else 1,
+        "shards_encoded": len(results),
         "ray": ray if isinstance(ray, str) else bool(ray), "server": server}})
     return summary
 
