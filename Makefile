@@ -11,7 +11,7 @@ PYMINOR := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install libpython lint clean
+.PHONY: demo test bench install libpython browser lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,20 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[all]"
 	touch $(STAMP)
 
-install: $(STAMP) libpython
+install: $(STAMP) libpython browser
 
 # The Python-backend stub of tritonserver embeds the shared libpython of the running version.
 libpython:
 	@if ! ldconfig -p | grep -q "libpython$(PYMINOR).so.1.0" && [ ! -e "$$($(PYTHON) -c 'import sysconfig,os;print(os.path.join(sysconfig.get_config_var("LIBDIR"),"libpython$(PYMINOR).so.1.0"))')" ]; then \
 	  echo "installing libpython$(PYMINOR) from Debian"; \
 	  (apt-get update -qq && apt-get install -y -qq libpython$(PYMINOR)) || echo "warning: could not install libpython$(PYMINOR); Triton tests will be skipped"; \
+	fi
+
+# The page's browser test drives Debian's Chromium through its system chromedriver (no browser download).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver from Debian"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || echo "warning: could not install chromium/chromium-driver; browser tests will be skipped"; \
 	fi
 
 demo: install

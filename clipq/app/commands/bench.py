@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-TARGETS = ("models", "triton", "index")
+TARGETS = ("models", "triton", "index", "app", "embed")
 
 
 def _module(target: str):

@@ -1,0 +1,60 @@
+"""The app's settings: one frozen dataclass, which the ``clipq app`` command fills from its flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Names ``/v1/embeddings`` accepts in ``model``, and the tower each one runs.
+TEXT_MODEL = "clip-text"
+IMAGE_MODEL = "clip-image"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppSettings:
+    """What the app serves and the limits it enforces.
+
+    Attributes:
+        host: Interface to bind; loopback by default (the app has no authentication).
+        port: TCP port (0 picks a free one).
+        timeout_s: Longest a request waits for the backend (queue included) before a 504.
+        workers: Threads running blocking runtime calls (encoders, index, VQA).
+        max_pending: Requests admitted to the thread pool at once; beyond this a 503 says so at
+            once instead of queueing without bound.
+        max_request_bytes: Largest request body (413 above).
+        max_image_bytes: Largest decoded image (413 above).
+        max_image_pixels: Largest image, width x height, checked from its header before decoding.
+        max_inputs: Most texts in one ``/v1/embeddings`` request.
+        max_images: Most images in one ``/v1/embeddings`` request.
+        max_text_chars: Longest text in characters; longer than the model's context in tokens is
+            refused too unless the request sets ``truncate``.
+        max_k: Most results one search returns.
+        thumb_size: Default thumbnail edge in pixels (``/thumbs/{id}?size=`` up to 512).
+        warmup: Run one text and one image through the encoder at start-up.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    timeout_s: float = 30.0
+    workers: int = 4
+    max_pending: int = 64
+    max_request_bytes: int = 24 * 1024 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 36_000_000
+    max_inputs: int = 256
+    max_images: int = 32
+    max_text_chars: int = 2000
+    max_k: int = 100
+    thumb_size: int = 160
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "workers", "max_pending", "max_request_bytes", "max_image_bytes",
+                     "max_image_pixels", "max_inputs", "max_images", "max_text_chars", "max_k", "thumb_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"AppSettings.{name} must be > 0, got {getattr(self, name)!r}")
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits as a dict (``GET /v1/limits`` and the docs)."""
+        names = ("timeout_s", "max_pending", "max_request_bytes", "max_image_bytes", "max_image_pixels",
+                 "max_inputs", "max_images", "max_text_chars", "max_k")
+        return {n: getattr(self, n) for n in names}
