@@ -270,6 +270,54 @@ def bench_models(models: dict[str, Any]) -> str:
     return md(header, rows, ["---"] + ["---:"] * (len(header) - 1))
 
 
+PEER_LABELS = {"pytorch_eager": "PyTorch eager", "torch_bf16": "torch bf16 autocast", "torch_compile": "torch.compile",
+               "optimum_ort": "optimum ORTModel", "ort_default": "plain ORT fp32", "ort_optimum_int8": "ORT int8 (optimum)",
+               "ov_plain": "OpenVINO (plain ONNX)", "ov_nncf_int8": "OpenVINO + NNCF int8", "clipq_fp32": "clipq fp32",
+               "clipq_opt": "clipq optimised", "clipq_int8": "clipq int8 (ORT)", "clipq_default": "clipq default"}
+
+
+def _machine_line(models: dict[str, Any]) -> str:
+    m, c = models["machine"], models["config"]
+    flags = ", ".join(f for f, on in (m.get("flags") or {}).items() if on) or "-"
+    load = ", ".join(f"{x:.1f}" for x in m.get("load_average", ())) or "?"
+    return (f"{m.get('cpu', '?')} [{flags}], {m.get('topology', '')}; {c['threads']} threads per engine, "
+            f"{c.get('isolation', 'one process')}; load average at the end {load}.")
+
+
+@table("bench_models_peers", "models")
+def bench_models_peers(models: dict[str, Any]) -> str:
+    idx = {(r["network"], r["engine"], r["batch"]): r for r in models["results"]}
+    keys = list(dict.fromkeys((r["network"], r["batch"]) for r in models["results"]))
+    best = models["best_peer"]
+    rows = []
+    for net, b in keys:
+        ort, d = idx.get((net, "ort_default", b)), idx.get((net, "clipq_default", b))
+        top_name = best.get(net, {}).get(str(b))
+        top = idx.get((net, top_name, b))
+        if not (ort and d and top):
+            continue
+        tops = f"{d['tops']:.3f} ({d['pct_of_peak']:.1f} % of {d['precision']})" if d.get("pct_of_peak") else "-"
+        rows.append([net, b, f"{ort['items_per_s']:.1f}", f"{PEER_LABELS.get(top_name, top_name)} {top['items_per_s']:.1f}",
+                     f"`{d.get('choice', '?')}` {d['items_per_s']:.1f}", f"{d['items_per_s'] / ort['items_per_s']:.2f}",
+                     f"**{d['items_per_s'] / top['items_per_s']:.2f}**", f"{d['cos_vs_fp32']:.5f}" if "cos_vs_fp32" in d else "-",
+                     tops])
+    if not rows:
+        raise KeyError("clipq_default rows")
+    header = ["network", "batch", "plain ORT fp32 items/s", "best peer items/s", "clipq default items/s",
+              "default x ORT fp32", "default x best peer", "default cos vs fp32", "default TOPS"]
+    return _machine_line(models) + "\n\n" + md(header, rows, ["---", "---:"] + ["---:"] * (len(header) - 2))
+
+
+@table("bench_models_engines", "models")
+def bench_models_engines(models: dict[str, Any]) -> str:
+    idx = {(r["network"], r["engine"], r["batch"]): r for r in models["results"]}
+    keys = list(dict.fromkeys((r["network"], r["batch"]) for r in models["results"]))
+    engines = [e for e in PEER_LABELS if any(r["engine"] == e for r in models["results"])]
+    rows = [[net, b, *(f"{idx[(net, e, b)]['items_per_s']:.1f}" if (net, e, b) in idx else "n/a" for e in engines)]
+            for net, b in keys]
+    return md(["network", "batch", *(PEER_LABELS[e] for e in engines)], rows, ["---", "---:"] + ["---:"] * len(engines))
+
+
 def _cell(cells: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
     return next((c for c in cells if all(c.get(k) == v for k, v in kw.items())), None)
 

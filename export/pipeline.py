@@ -5,6 +5,9 @@ batch) -> optional candidates (transformer-optimizer fusions, int8 recipes, fp16
 parity and timed interleaved against the fp32 graph -> adopt what passes and is measurably faster
 -> record files (with hashes), parity figures and the decisions in the manifest. A graph that
 fails parity fails the export with :class:`ParityError`; a candidate that fails is not adopted.
+With ``openvino`` the OpenVINO IR and NNCF int8 variants join (:mod:`.openvino`), and every passing
+(engine, variant) is timed, each engine in its own process, to record the CPU default
+(:mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class ExportOptions:
             the export itself never reads datasets or runs evaluation.
         threads: onnxruntime threads when timing candidates (default: onnxruntime's).
         int8_recipes: int8 candidates (default: dynamic, dynamic per-channel, static QDQ with data).
+        openvino: Also the OpenVINO variants (IR ``ov_fp32``, NNCF ``ov_int8`` on ``inputs`` or the built-in
+            real sample), gated like the others; then the CPU default by measurement (:mod:`.selection`).
+        openvino_subset_size, selection_batches, selection_rounds: NNCF calibration items; batch sizes
+            (default 1 and the served ones) and alternating rounds of the engine timing.
         min_speedup: A candidate must be this much faster than what it replaces to be adopted.
         timing_batch: Batch size at which candidates are timed.
         seed: Seed of the synthetic sample inputs.
@@ -100,6 +107,10 @@ class ExportOptions:
     timing_batch: int = 8
     timing_rounds: int = 7
     seed: int = 0
+    openvino: bool = False
+    openvino_subset_size: int = 64
+    selection_batches: Sequence[int] | None = None
+    selection_rounds: int = 2
 
 
 @dataclass
@@ -124,6 +135,7 @@ class ExportReport:
     skipped: dict[str, str] = field(default_factory=dict)
     task_metrics: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self) -> str:
         """The parity table (Markdown): one row per network and variant."""
@@ -232,6 +244,7 @@ class _Exporter:
 
         self.factory = SampleFactory(m, seed=opts.seed, images=images, texts=texts, image_embedder=embedder)
         self.embedder = embedder
+        self._ov_sample: Any = None
 
     # -- one network ---------------------------------------------------------------------------
     def run(self, name: str) -> NetworkReport:
@@ -283,6 +296,8 @@ class _Exporter:
             rep.parity["fp16"] = parity(p16, "fp16", REDUCED)
             spec.variants["fp16"] = self._record(p16)
             rep.files["fp16"] = spec.variants["fp16"]
+        if opts.openvino:
+            self._openvino(name, spec, fp32, samples, reference, rep, bool(n_matmul))
 
         # the CPU default: the fastest adopted graph of the last interleaved timing, and only if
         # it beats fp32 by the required margin
@@ -304,9 +319,9 @@ class _Exporter:
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _record(self, staged: Path) -> str:
-        """List a staged file in the manifest under its final name (``onnx/<file>``)."""
-        rel = f"{ONNX_DIR}/{staged.name}"
+    def _record(self, staged: Path, subdir: str = ONNX_DIR) -> str:
+        """List a staged file in the manifest under its final name (``<subdir>/<file>``)."""
+        rel = f"{subdir}/{staged.name}"
         self.m.record_file(rel, staged)
         self.staged[rel] = staged
         return rel
@@ -314,9 +329,11 @@ class _Exporter:
     def _forget(self, name: str) -> None:
         """Unlist the files of an earlier export of ``name``; they are deleted at commit, so stale
         variants do not survive a successful export and a failed one changes nothing."""
+        from .openvino import OV_DIR
+
         old = self.m.models.pop(name, None)
-        stems = (f"{ONNX_DIR}/{name}.onnx", f"{ONNX_DIR}/{name}.")
-        rels = [k for k in self.m.files if k == stems[0] or k.startswith(stems[1])]
+        stems = (f"{ONNX_DIR}/{name}.onnx", f"{ONNX_DIR}/{name}.", f"{OV_DIR}/{name}.")
+        rels = [k for k in self.m.files if k == stems[0] or k.startswith(stems[1:])]
         if old is not None:
             rels += list(old.variants.values())
         for rel in rels:
@@ -368,6 +385,26 @@ class _Exporter:
         cand.unlink(missing_ok=True)
         rep.decisions["optimize"] = decision
         return fp32, "fp32"
+
+    def _openvino(self, name: str, spec: ModelSpec, fp32: Path, samples: Mapping[int, Mapping[str, np.ndarray]],
+                  reference: Mapping[int, np.ndarray], rep: NetworkReport, int8: bool) -> None:
+        from .calibration import CalibrationSample
+        from .openvino import OV_DIR, openvino_variants  # imports openvino only when asked for
+
+        def items() -> tuple[list[dict[str, np.ndarray]], str]:
+            if self._ov_sample is None:  # the user's data, else the built-in real photos and sentences
+                self._ov_sample = CalibrationSample.from_inputs(self.opts.inputs) or CalibrationSample.builtin()
+            s = self._ov_sample
+            f = SampleFactory(self.m, seed=self.opts.seed + 2, images=s.images, texts=s.texts, image_embedder=self.embedder)
+            return [f.inputs(spec, 1, offset=i) for i in range(self.opts.openvino_subset_size)], s.source
+
+        res = openvino_variants(name, fp32, self.stage_dir / OV_DIR, samples, reference, items,
+                                target=INT8_TARGET.get(name, 0.999), threads=self.opts.threads, int8=int8)
+        for variant, (xml, weights) in res.files.items():
+            rep.files[variant] = spec.variants[variant] = self._record(xml, OV_DIR)
+            self._record(weights, OV_DIR)
+        rep.parity.update(res.parity)
+        rep.decisions["openvino"], spec.meta["openvino"] = res.decisions, res.meta
 
     def _calibration(self, spec: ModelSpec, n_batches: int = 8, batch: int = 4) -> list[dict[str, np.ndarray]] | None:
         if self.calibration_pool is None:
@@ -482,12 +519,18 @@ def export_artifacts(artifacts: str | os.PathLike[str], options: ExportOptions |
         ex.commit()
     finally:
         shutil.rmtree(ex.stage_dir, ignore_errors=True)
-    if opts.task_metrics is not None and (opts.int8 or opts.fp16):
+    if opts.task_metrics is not None and (opts.int8 or opts.fp16 or opts.openvino):
         try:
             report.task_metrics = _task_parity(m, opts, report)
         except ParityError:
             m.save()  # the failing variant was removed: keep the artifact consistent, then fail
             raise
+    if opts.openvino:
+        from .selection import select_engines
+
+        m.save()  # the timing workers read the artifacts from disk
+        report.selection = select_engines(m, list(report.networks), threads=opts.threads, inputs=opts.inputs,
+                                          batches=opts.selection_batches, rounds=opts.selection_rounds)
     if opts.tensorrt:
         from .tensorrt import build_engines
 
@@ -496,20 +539,21 @@ def export_artifacts(artifacts: str | os.PathLike[str], options: ExportOptions |
     m.extra["export"] = {
         "networks": list(report.networks), "skipped": report.skipped, "task_metrics": report.task_metrics,
         "options": {"optimize": opts.optimize, "fp16": opts.fp16, "int8": opts.int8, "tensorrt": opts.tensorrt,
-                    "opset": opts.opset, "threads": opts.threads},
+                    "openvino": opts.openvino, "opset": opts.opset, "threads": opts.threads},
     }
     m.save()
     return report
 
 
 def _drop_variant(m: Manifest, variant: str, networks: Sequence[str]) -> None:
-    """Remove a rejected variant of ``networks`` from the manifest and the disk."""
+    """Remove a rejected variant of ``networks`` from the manifest and the disk (an IR's .bin too)."""
     for n in networks:
         spec = m.models[n]
         rel = spec.variants.pop(variant, None)
-        if rel:
-            m.files.pop(rel, None)
-            (m.root / rel).unlink(missing_ok=True)
+        for f in [rel, rel[:-4] + ".bin"] if rel and rel.endswith(".xml") else [rel]:
+            if f:
+                m.files.pop(f, None)
+                (m.root / f).unlink(missing_ok=True)
         spec.parity.pop(variant, None)
         if spec.default_variant == variant:
             spec.default_variant = "fp32"
@@ -522,12 +566,24 @@ def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict
     assert task_metrics is not None
     fp32 = dict(task_metrics(m, {n: "fp32" for n in m.models}))
     out: dict[str, Any] = {"fp32": fp32}
-    # the reduced-precision variants the in-process engine runs (the engine registry's table)
-    for variant in (v for v in engine(DEFAULT_ENGINE).variants if v != "fp32"):
+    # the reduced-precision variants the in-process engines run (the engine registry's table)
+    variants = [v for v in engine(DEFAULT_ENGINE).variants if v != "fp32"]
+    if opts.openvino:
+        variants += list(engine("openvino").variants)
+    for variant in variants:
         chosen = {n: variant for n, s in m.models.items() if variant in s.variants}
         if not chosen:
             continue
-        got = dict(task_metrics(m, chosen))
+        try:
+            got = dict(task_metrics(m, chosen))
+        except ClipqError as e:  # never keep a variant the gate could not measure
+            if not variant.startswith("ov_"):
+                raise
+            log.warning("task metrics of %s could not be measured (%s): %s removed", variant, e, variant)
+            _drop_variant(m, variant, list(chosen))
+            for n in chosen:
+                m.models[n].meta["export"]["decisions"]["openvino"][variant]["rejected"] = f"task gate: {e}"
+            continue
         cmp = compare_task_metrics(fp32, got, variant, raise_on_fail=False)
         if not cmp["passed"]:
             _drop_variant(m, variant, list(chosen))

@@ -4,9 +4,13 @@ Two builders, tried in this order:
 
 1. the ``tensorrt`` Python API: one serialized engine (``.plan``) per network with an optimisation
    profile covering the served batch range (and the tokenizer's sequence range), written to
-   ``<artifacts>/trt_cache/<key>/<network>.plan``; Triton's ``tensorrt_plan`` backend serves these;
+   ``<artifacts>/trt_cache/<key>/<network>.plan`` and registered in the manifest as the network's
+   ``plan`` variant (:func:`register_plan`: file, profile, cache key, TensorRT version); the gpu
+   flavour of the Triton repository serves it with ``tensorrt_plan``;
 2. onnxruntime's TensorRT execution provider, with its engine cache in the same keyed directory:
    the engines are built by running each network once at the profile's min, opt and max shapes.
+   Those are onnxruntime's own cache files, not plans Triton can load: no variant is registered,
+   and the gpu flavour serves the ONNX graph with the TensorRT accelerator instead.
 
 The key (``clipq.runtime.backends.ort.trt_cache_key``) holds the GPU model and compute capability,
 the TensorRT version, the profile, the precision and the graph's sha256, so a restart finds its
@@ -25,6 +29,7 @@ from typing import Any
 from clipq.runtime.backends.ort import TENSORRT, batch_profile, gpu_fingerprint, trt_cache_key
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest
+from clipq.runtime.specs import PLAN_VARIANT
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,56 @@ def _build_with_tensorrt(onnx_path: Path, plan: Path, profile: dict[str, dict[st
     os.replace(tmp, plan)
 
 
+def register_plan(manifest: Manifest, name: str, plan: str | os.PathLike[str], *, key: str,
+                  profile: dict[str, dict[str, Any]], tensorrt_version: str, builder: str = "tensorrt",
+                  fingerprint: dict[str, str] | None = None) -> str:
+    """List a built engine in the manifest as the ``plan`` variant of network ``name``.
+
+    The file (under the artifact directory) is hashed like every artifact file; the spec records
+    under ``meta["plan"]`` what the engine was built for, so a server (or a reader) can tell
+    whether it fits its GPU and TensorRT.
+
+    Args:
+        manifest: The artifact manifest (saved by the caller, as the export does).
+        name: The network.
+        plan: The engine file, inside ``manifest.root``.
+        key: Its cache key (:func:`clipq.runtime.backends.ort.trt_cache_key`).
+        profile: The optimisation profile it was built with (``min``/``opt``/``max`` -> input -> shape).
+        tensorrt_version: The TensorRT version that built it (engines load only with that version).
+        builder: What built it.
+        fingerprint: GPU name and compute capability (:func:`gpu_fingerprint`).
+
+    Returns:
+        The engine's path relative to the artifact root.
+
+    Raises:
+        ArtifactError: no such network, or the file is missing or outside the artifact directory.
+    """
+    spec = manifest.model(name)
+    path = Path(plan)
+    try:
+        rel = path.resolve().relative_to(Path(manifest.root).resolve()).as_posix()
+    except ValueError:
+        raise ArtifactError(f"engine {path} is not inside the artifact directory {manifest.root}") from None
+    rel = manifest.add_file(rel)
+    spec.variants[PLAN_VARIANT] = rel
+    fp = dict(fingerprint or {})
+    spec.meta = {**spec.meta, PLAN_VARIANT: {
+        "key": key, "tensorrt": str(tensorrt_version), "builder": builder, "gpu": fp.get("gpu", ""),
+        "compute_capability": fp.get("compute_capability", ""),
+        "profile": {k: {n: [int(d) for d in s] for n, s in v.items()} for k, v in profile.items()}}}
+    return rel
+
+
+def _tensorrt_version(status: TensorRTStatus) -> str:
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return status.fingerprint.get("tensorrt", "")
+
+
 def build_engines(manifest: Manifest, names: list[str] | None = None, *, workspace_gb: float = 4.0,
                   status: TensorRTStatus | None = None) -> dict[str, Any]:
     """Build (or find in the cache) fp16 engines for the manifest's networks.
@@ -103,8 +158,9 @@ def build_engines(manifest: Manifest, names: list[str] | None = None, *, workspa
         status: A precomputed :func:`tensorrt_status` (default: detect now).
 
     Returns:
-        ``{"status": ..., "engines": {name: {"key", "engine", "cached"}}}``; where no GPU or
-        TensorRT is present, only the status with its reason, and nothing is built.
+        ``{"status": ..., "engines": {name: {"key", "engine", "cached", ...}}}``; where no GPU or
+        TensorRT is present, only the status with its reason, and nothing is built. Engines the
+        ``tensorrt`` builder writes are registered as ``plan`` variants (:func:`register_plan`).
     """
     status = status or tensorrt_status()
     out: dict[str, Any] = {"status": status.reason, "available": status.available, "engines": {}}
@@ -125,9 +181,11 @@ def build_engines(manifest: Manifest, names: list[str] | None = None, *, workspa
                 seq = max((s[1] for t, s in prof[key].items() if len(s) == 2 and t != "image_embeds"), default=8)
                 backend.infer(name, dummy_inputs(spec, b, seq))
             key = trt_cache_key(manifest.files[spec.file]["sha256"], prof, True, status.fingerprint)
-            out["engines"][name] = {"key": key, "engine": f"{CACHE_DIR}/{key}", "builder": status.builder}
+            out["engines"][name] = {"key": key, "engine": f"{CACHE_DIR}/{key}", "builder": status.builder,
+                                    "variant": None}  # onnxruntime's cache: not a plan Triton loads
         backend.close()
         return out
+    version = _tensorrt_version(status)
     for name in names:
         spec = manifest.model(name)
         prof = batch_profile(manifest, spec)
@@ -138,7 +196,9 @@ def build_engines(manifest: Manifest, names: list[str] | None = None, *, workspa
             plan.parent.mkdir(parents=True, exist_ok=True)
             log.info("building TensorRT engine for %s (profile batch 1..%d)", name, spec.max_batch_size)
             _build_with_tensorrt(manifest.resolve(spec.file), plan, prof, int(workspace_gb * (1 << 30)))
-        rel = manifest.add_file(plan.relative_to(manifest.root))
+        rel = register_plan(manifest, name, plan, key=key, profile=prof, tensorrt_version=version,
+                            builder=status.builder, fingerprint=status.fingerprint)
         out["engines"][name] = {"key": key, "engine": rel, "cached": cached, "builder": status.builder,
+                                "variant": PLAN_VARIANT, "tensorrt": version,
                                 "profile": {k: {n: list(s) for n, s in v.items()} for k, v in prof.items()}}
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import Backend
-from .engines import DEFAULT_ENGINE, engine_for_url, open_backend
+from .engines import engine_for_url, open_backend, open_cpu_default
 from .manifest import Manifest
 
 #: Where the artifact directory is looked for when none is given.
@@ -21,16 +21,20 @@ def default_artifacts() -> Path:
 
 def connect(artifacts: Manifest | str | os.PathLike[str] | None = None, server: str | None = None,
             *, engine: str | None = None, **kw: Any) -> Backend:
-    """Open a backend over an artifact directory.
+    """Open a backend over an artifact directory, or a client of a server.
 
     Args:
         artifacts: The artifact directory (or its loaded manifest); default
-            :func:`default_artifacts`. A Triton client needs it too: tensor names, tokenizers and
-            preprocessing come from the manifest, not from the server.
+            :func:`default_artifacts`. With ``server`` it is optional: without it the client is
+            thin and learns what it must know (dims, answer vocabulary, model names, Model B's
+            settings) from the server, which decodes, preprocesses and tokenises; given, the client
+            also checks that the server runs the graphs it describes.
         server: a server URL (``grpc://host:port``, ``http://host:port``): the engine is the one
             registered for its scheme (:func:`clipq.runtime.engines.engine_for_url`).
-        engine: an in-process engine by name (default :data:`~clipq.runtime.engines.DEFAULT_ENGINE`);
-            see :data:`clipq.runtime.engines.ENGINES`.
+        engine: an in-process engine by name (see :data:`clipq.runtime.engines.ENGINES`). ``None``:
+            each network's CPU default as measured and recorded in the manifest, where this host has
+            the CPU flags it was measured on, else onnxruntime's default variant
+            (:func:`~clipq.runtime.engines.open_cpu_default`).
         **kw: Passed on to the backend class (variant, threads, providers, protocol, timeout_s, ...).
 
     Returns:
@@ -41,7 +45,10 @@ def connect(artifacts: Manifest | str | os.PathLike[str] | None = None, server: 
         UnknownEngineError: an engine name or URL scheme that no engine is registered for.
         MissingDependencyError: the engine's package is not installed.
     """
-    manifest = artifacts if isinstance(artifacts, Manifest) else Manifest.load(artifacts or default_artifacts())
     if server is not None:
-        return open_backend(engine_for_url(server).name, manifest, server, **kw)
-    return open_backend(engine or DEFAULT_ENGINE, manifest, **kw)
+        local = artifacts if isinstance(artifacts, Manifest) or artifacts is None else Manifest.load(artifacts)
+        return open_backend(engine_for_url(server).name, local, server, **kw)
+    manifest = artifacts if isinstance(artifacts, Manifest) else Manifest.load(artifacts or default_artifacts())
+    if engine is None:
+        return open_cpu_default(manifest, **kw)
+    return open_backend(engine, manifest, **kw)

@@ -414,48 +414,85 @@ class PromptDescription:
 def describe(
     images: Sequence[Any],
     *,
-    clip: ImageEncoder,
-    regressor: Any,
-    fusion: KnnPromptFusion,
+    clip: Any,
+    regressor: Any | None = None,
+    fusion: KnnPromptFusion | None = None,
     head: Any | None = None,
     alpha: float | None = None,
     n: int = 3,
-) -> list[PromptDescription]:
+) -> Any:
     """Image -> prompt with the A/B ensemble, reported as embeddings and as known prompts.
 
-    Written against the task interfaces, so any backend serves it: ``clip.encode_images`` (CLIP
-    image embeddings for Model B's neighbour search), ``regressor.predict`` (Model A,
-    ``PromptRegressor``) and ``head.fuse`` (the exported ``ensemble_head``; None uses the numpy
-    :func:`ensemble`, which computes the same thing).
+    With ``fusion`` given, Model B runs here, written against the task interfaces so any blocking
+    backend serves the rest: ``clip.encode_images`` (CLIP image embeddings for Model B's neighbour
+    search), ``regressor.predict`` (Model A, ``PromptRegressor``) and ``head.fuse`` (the exported
+    ``ensemble_head``; None uses the numpy :func:`ensemble`, which computes the same thing).
+
+    With ``fusion=None``, Model B is the backend's own (:meth:`ClipEncoder.describe
+    <clipq.runtime.tasks.ClipEncoder.describe>`): against a clipq server the ``describe`` ensemble
+    runs Model A, the neighbour search over its KNN database and the ensemble head in the server,
+    so the client needs no local files; in process the artifacts' ``knn/`` is loaded. On an
+    asyncio backend the result is an awaitable.
 
     Args:
         images: paths, bytes, PIL images or uint8 arrays.
         clip: a CLIP image encoder (``ClipEncoder``) matching ``fusion.index``.
-        regressor: Model A.
-        fusion: Model B.
+        regressor: Model A (needed with ``fusion``).
+        fusion: Model B, or None for the backend's own.
         head: the ensemble head (``EnsembleHead``), or None.
-        alpha: weight of Model A (default: ``fusion.alpha``, as tuned).
+        alpha: weight of Model A (default: Model B's ``alpha``, as tuned).
         n: known prompts reported per image.
 
     Returns:
         One :class:`PromptDescription` per image.
 
     Raises:
-        DimensionMismatchError / ArtifactError: the encoder does not match Model B's index.
-        InvalidImageError: an image cannot be decoded.
+        DimensionMismatchError / ArtifactError: the encoder does not match Model B's index, or
+            the backend has no Model B.
+        InvalidImageError: an image cannot be decoded (naming its index).
     """
-    fusion.index.check_encoder(clip)
     items = list(images)
+    n = _check_k(n)
+    if fusion is None:
+        return clip.describe(items, alpha=alpha, n=n)
+    if regressor is None:
+        raise InvalidInputError("describe with a local Model B (fusion=...) needs Model A (regressor=...)")
+    fusion.index.check_encoder(clip)
     w = fusion.alpha if alpha is None else float(alpha)
     image_embeds = clip.encode_images(items)
     a = np.asarray(regressor.predict(items), np.float32)
     b = fusion.predict(image_embeds)
     fused = ensemble(a, b, w) if head is None else l2_normalize(head.fuse(a, b, w))
-    closest = fusion.closest_prompts(fused, n=n)
-    neighbours = fusion.nearest_prompts(image_embeds, n=n)
+    return describe_embeds(fusion, image_embeds, fused, w, n)
+
+
+def describe_embeds(fusion: KnnPromptFusion, image_embeds: np.ndarray, fused: np.ndarray,
+                    alpha: float | Sequence[float] | np.ndarray, n: int | Sequence[int] = 3) -> list[PromptDescription]:
+    """The descriptions of fused embeddings: the known prompts nearest to each and to its image.
+
+    The last step of :func:`describe`, shared by the in-process path and the server's KNN model.
+
+    Args:
+        fusion: Model B.
+        image_embeds: float [N, D] CLIP image embeddings (for the neighbours' prompts).
+        fused: float [N, P] fused prompt embeddings.
+        alpha: the weight of Model A used, one for all rows or one per row.
+        n: prompts per image, one for all rows or one per row.
+
+    Returns:
+        One :class:`PromptDescription` per row.
+    """
+    fused = l2_normalize(np.asarray(fused, np.float32))
+    rows = fused.shape[0]
+    ns = [_check_k(int(v)) for v in np.broadcast_to(np.asarray(n), (rows,))]
+    ws = [float(v) for v in np.broadcast_to(np.asarray(alpha, np.float64).reshape(-1), (rows,))] if rows else []
+    top = max(ns, default=1)
+    closest = fusion.closest_prompts(fused, n=top) if rows else []
+    neighbours = fusion.nearest_prompts(image_embeds, n=top) if rows else []
     return [
-        PromptDescription(embedding=fused[i], closest=closest[i], neighbours=neighbours[i], alpha=w, k=fusion.k)
-        for i in range(len(items))
+        PromptDescription(embedding=fused[i], closest=closest[i][:ns[i]], neighbours=neighbours[i][:ns[i]],
+                          alpha=ws[i], k=fusion.k)
+        for i in range(rows)
     ]
 
 

@@ -16,6 +16,8 @@ IMG2PROMPT_A = "img2prompt_a"
 ENSEMBLE_HEAD = "ensemble_head"
 PROMPT_TEXT = "prompt_text"
 NETWORKS = (CLIP_IMAGE, CLIP_TEXT, VQA, IMG2PROMPT_A, ENSEMBLE_HEAD, PROMPT_TEXT)
+#: the variant name of a network's TensorRT engine (export registers it, the gpu flavour serves it)
+PLAN_VARIANT = "plan"
 
 
 def clip_image_spec(image_size: int, embed_dim: int, max_batch_size: int = 32) -> ModelSpec:

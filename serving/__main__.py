@@ -14,6 +14,7 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     from clipq.runtime.errors import ClipqError
 
+    from .renderers import GPU_BACKENDS
     from .repository import FLAVOURS, RenderOptions, render_repository
 
     p = argparse.ArgumentParser(prog="python -m clipq.serving", description=__doc__.splitlines()[0])
@@ -23,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("out")
     r.add_argument("--flavour", choices=FLAVOURS, default="cpu-python")
     r.add_argument("--variant", help="graph variant (default: the manifest's default; fp32 on gpu)")
-    r.add_argument("--gpu-backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    r.add_argument("--gpu-backend", choices=GPU_BACKENDS, default="auto",
+                   help="gpu flavour: auto (tensorrt_plan where the manifest has a plan variant, else "
+                        "onnxruntime_onnx with the TensorRT accelerator), onnxruntime, or tensorrt")
     args = p.parse_args(argv)
     try:
         rendered = render_repository(args.artifacts, args.out, RenderOptions(

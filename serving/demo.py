@@ -96,9 +96,15 @@ def serve_and_query(
                     summary["queries"]["ask"].update(answer=m.answer_vocab[best], prob=round(float(probs[best]), 4))
                     echo(f"  ask: {question!r} -> {m.answer_vocab[best]!r} (p={probs[best]:.3f})")
                 if "describe" in repo.models:
-                    out = timed("describe", "describe", {"image": [img]})
-                    echo(f"  describe: prompt embedding {out['prompt_embeds'].shape[1]}-d (Model A) + CLIP "
-                         f"embedding {out['image_embeds'].shape[1]}-d for Model B's neighbours")
+                    import json
+
+                    alpha = float(((remote.server_info() or {}).get("knn") or {}).get("alpha", 0.5))
+                    out = timed("describe", "describe", {"image": [img], "alpha": np.full((1, 1), alpha, np.float32),
+                                                         "n": np.ones((1, 1), np.int32)})
+                    closest = json.loads(out["description"][0][0])["closest"]
+                    summary["queries"]["describe"]["closest"] = closest
+                    echo(f"  describe: {out['prompt_embeds'].shape[1]}-d fused prompt embedding (Model A + Model B's "
+                         f"KNN in the server, alpha {alpha:.2f}); nearest known prompt {closest[0][0]!r}")
                 for name, q in summary["queries"].items():
                     echo(f"  {name}: {q['ms']:.1f} ms")
         echo("tritonserver stopped")

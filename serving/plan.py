@@ -1,8 +1,11 @@
 """Which models a repository holds, with which tensors: decided from the manifest alone.
 
 The plan is flavour-free: networks present in the manifest, ``preprocess_image`` when a network
-takes pixels, one tokenizer model per tokenizer a served text network uses, and every ensemble whose
-parts are all there. How each kind is written is the renderers' business (:mod:`.renderers`).
+takes pixels, one tokenizer model per tokenizer a served text network uses, Model B's python model
+(``knn_prompts``) when the manifest has a KNN database, ``clipq_info`` (the repository's description
+for thin clients), and every ensemble whose parts are all there. The ensemble and model names the
+client calls are the runtime's (:mod:`clipq.runtime.backends.remote`). How each kind is written is
+the renderers' business (:mod:`.renderers`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clipq.runtime import specs
+from clipq.runtime.backends.remote import (
+    DESCRIBE,
+    INFO_INPUT,
+    INFO_MODEL,
+    INFO_OUTPUT,
+    KNN_MODEL,
+    PIPELINES,
+    TRUNCATED,
+)
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest, ModelSpec, TensorSpec
 
@@ -18,7 +30,9 @@ PREPROCESS_IMAGE = "preprocess_image"
 #: tokenizer kind (manifest.tokenizers key) -> Triton model name
 TOKENIZE = {"clip": "tokenize_clip", "lm": "tokenize_lm", "prompt": "tokenize_prompt"}
 #: the kinds of repository model
-KINDS = ("network", "preprocess_image", "tokenize", "ensemble")
+KINDS = ("network", "preprocess_image", "tokenize", "knn", "info", "ensemble")
+#: where Model B's database sits in an artifact directory
+KNN_DIR = "knn"
 
 
 @dataclass(frozen=True)
@@ -41,28 +55,40 @@ class EnsembleDef:
 
 _PIX = Step(PREPROCESS_IMAGE, {"image": "image"}, {"pixel_values": "pixel_values"})
 _IDS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+_CLIP_PIX = Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"})
+
+
+def _tok(kind: str, text: str) -> Step:
+    """A tokenize step: its ids and mask, and the per-text truncation flags the client reports."""
+    return Step(TOKENIZE[kind], {"text": text}, {**_IDS, TRUNCATED: TRUNCATED})
+
 
 ENSEMBLES: tuple[EnsembleDef, ...] = (
-    EnsembleDef("embed_image", "encoded image bytes -> L2-normalised CLIP image embedding",
-                ("image",), ("image_embeds",),
-                (_PIX, Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}))),
-    EnsembleDef("embed_text", "UTF-8 text -> L2-normalised CLIP text embedding",
-                ("text",), ("text_embeds",),
-                (Step(TOKENIZE["clip"], {"text": "text"}, _IDS),
-                 Step(specs.CLIP_TEXT, _IDS, {"text_embeds": "text_embeds"}))),
+    EnsembleDef(PIPELINES[specs.CLIP_IMAGE].name, "encoded image bytes -> L2-normalised CLIP image embedding",
+                ("image",), ("image_embeds",), (_PIX, _CLIP_PIX)),
+    EnsembleDef(PIPELINES[specs.CLIP_TEXT].name, "UTF-8 text -> L2-normalised CLIP text embedding",
+                ("text",), ("text_embeds", TRUNCATED),
+                (_tok("clip", "text"), Step(specs.CLIP_TEXT, _IDS, {"text_embeds": "text_embeds"}))),
     EnsembleDef("ask", "image bytes + question -> probabilities over manifest.answer_vocab",
-                ("image", "question"), ("probs",),
-                (_PIX, Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}),
-                 Step(TOKENIZE["lm"], {"text": "question"}, _IDS),
+                ("image", "question"), ("probs", TRUNCATED),
+                (_PIX, _CLIP_PIX, _tok("lm", "question"),
                  Step(specs.VQA, {"image_embeds": "image_embeds", **_IDS}, {"probs": "probs"}))),
-    EnsembleDef("describe", "image bytes -> prompt embedding of Model A + CLIP embedding for Model B's KNN",
-                ("image",), ("prompt_embeds", "image_embeds"),
-                (_PIX, Step(specs.IMG2PROMPT_A, {"pixel_values": "pixel_values"}, {"prompt_embeds": "prompt_embeds"}),
-                 Step(specs.CLIP_IMAGE, {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}))),
-    EnsembleDef("embed_prompt", "UTF-8 prompt -> all-MiniLM-L6-v2 sentence embedding",
-                ("text",), ("sentence_embeds",),
-                (Step(TOKENIZE["prompt"], {"text": "text"}, _IDS),
-                 Step(specs.PROMPT_TEXT, _IDS, {"sentence_embeds": "sentence_embeds"}))),
+    EnsembleDef(PIPELINES[specs.VQA].name, "CLIP image embedding + question text -> answer probabilities",
+                ("image_embeds", "question"), ("probs", TRUNCATED),
+                (_tok("lm", "question"), Step(specs.VQA, {"image_embeds": "image_embeds", **_IDS}, {"probs": "probs"}))),
+    EnsembleDef(PIPELINES[specs.IMG2PROMPT_A].name, "image bytes -> Model A's prompt embedding (img2prompt_a)",
+                ("image",), ("prompt_embeds",),
+                (_PIX, Step(specs.IMG2PROMPT_A, {"pixel_values": "pixel_values"}, {"prompt_embeds": "prompt_embeds"}))),
+    EnsembleDef(DESCRIBE, "image bytes + alpha + n -> fused prompt embedding (Model A + Model B's KNN, ensemble "
+                "head) and the nearest known prompts (JSON)",
+                ("image", "alpha", "n"), ("prompt_embeds", "a_embeds", "b_embeds", "image_embeds", "description"),
+                (_PIX, Step(specs.IMG2PROMPT_A, {"pixel_values": "pixel_values"}, {"prompt_embeds": "a_embeds"}),
+                 _CLIP_PIX,
+                 Step(KNN_MODEL, {"image_embeds": "image_embeds", "a_embeds": "a_embeds", "alpha": "alpha", "n": "n"},
+                      {"prompt_embeds": "prompt_embeds", "b_embeds": "b_embeds", "description": "description"}))),
+    EnsembleDef(PIPELINES[specs.PROMPT_TEXT].name, "UTF-8 prompt -> all-MiniLM-L6-v2 sentence embedding",
+                ("text",), ("sentence_embeds", TRUNCATED),
+                (_tok("prompt", "text"), Step(specs.PROMPT_TEXT, _IDS, {"sentence_embeds": "sentence_embeds"}))),
 )
 
 
@@ -74,7 +100,7 @@ class PlannedModel:
     """
 
     name: str
-    kind: str  # "network" | "preprocess_image" | "tokenize" | "ensemble"
+    kind: str  # one of KINDS
     doc: str
     inputs: list[TensorSpec]  # shapes include the batch axis
     outputs: list[TensorSpec]
@@ -92,12 +118,19 @@ def seq_len(m: Manifest, spec: ModelSpec) -> int:
     return int(info.get("max_length", 32))
 
 
-def plan_models(m: Manifest) -> dict[str, PlannedModel]:
+def has_knn(m: Manifest) -> bool:
+    """Whether the manifest lists Model B's database (``knn/``)."""
+    return any(k.startswith(f"{KNN_DIR}/") for k in m.files)
+
+
+def plan_models(m: Manifest, *, knn: bool | None = None) -> dict[str, PlannedModel]:
     """Decide which models the repository holds, from what the manifest provides.
 
     Networks present in the manifest are served; ``preprocess_image`` when a network takes
     ``pixel_values`` and the manifest has preprocessing; a tokenizer model per tokenizer a served
-    text network uses; and every ensemble whose composing models are all present.
+    text network uses; ``knn_prompts`` when the manifest has Model B's database (``knn``: say so
+    instead of looking, as re-rendering from a record does) and Model A and CLIP are served;
+    ``clipq_info``; and every ensemble whose composing models are all present.
 
     Raises:
         ArtifactError: the manifest holds no network at all.
@@ -127,8 +160,24 @@ def plan_models(m: Manifest) -> dict[str, PlannedModel]:
         out[name] = PlannedModel(
             name, "tokenize", f"UTF-8 text -> ids and mask ({kind} tokenizer, padded to length buckets)",
             [TensorSpec("text", "bytes", (-1, 1))],
-            [TensorSpec("input_ids", "int64", (-1, -1)), TensorSpec("attention_mask", "int64", (-1, -1))],
+            [TensorSpec("input_ids", "int64", (-1, -1)), TensorSpec("attention_mask", "int64", (-1, -1)),
+             TensorSpec(TRUNCATED, "bool", (-1, 1))],
             max(u.max_batch_size for u in users), users[0].preferred, tokenizer=kind)
+
+    if (has_knn(m) if knn is None else knn) and specs.IMG2PROMPT_A in out and specs.CLIP_IMAGE in out:
+        a, clip = out[specs.IMG2PROMPT_A], out[specs.CLIP_IMAGE]
+        p, d = a.outputs[0].shape[-1], clip.outputs[0].shape[-1]
+        out[KNN_MODEL] = PlannedModel(
+            KNN_MODEL, "knn", "CLIP embedding + Model A's prompt embedding -> Model B (KNN over the training "
+            "images' prompts), the ensemble head and the nearest known prompts",
+            [TensorSpec("image_embeds", "float32", (-1, d)), TensorSpec("a_embeds", "float32", (-1, p)),
+             TensorSpec("alpha", "float32", (-1, 1)), TensorSpec("n", "int32", (-1, 1))],
+            [TensorSpec("prompt_embeds", "float32", (-1, p)), TensorSpec("b_embeds", "float32", (-1, p)),
+             TensorSpec("description", "bytes", (-1, 1))],
+            min(a.max_batch_size, clip.max_batch_size), a.preferred)
+    out[INFO_MODEL] = PlannedModel(
+        INFO_MODEL, "info", "what a thin client must know: the manifest's public facts, the models served (JSON)",
+        [TensorSpec(INFO_INPUT, "bytes", (-1, 1))], [TensorSpec(INFO_OUTPUT, "bytes", (-1, 1))], 1)
 
     for e in ENSEMBLES:
         if not all(s.model in out for s in e.steps):

@@ -3,14 +3,17 @@
 A renderer has one method per model kind (:data:`clipq.serving.plan.KINDS`) that returns the
 model's configuration as plain data, and one ``write_<kind>`` method that puts the model's files in
 its directory. ``cpu-python`` (the tritonserver in ``nvidia-pytriton``: Python backend only) runs
-every network through the ``clipq`` Python-based backend; ``gpu`` (the NGC container) runs them on
-Triton's ``onnxruntime_onnx`` platform with the TensorRT accelerator, or as ``tensorrt_plan``.
-Both share the helpers (image decoding, tokenisation: ``clipq`` backend, on the CPU) and the
-ensembles. A new flavour is one :func:`register`-ed class.
+every network through the ``clipq`` Python-based backend; ``gpu`` (the NGC container) runs each
+network as ``tensorrt_plan`` where the manifest has a ``plan`` variant of it (a TensorRT engine
+the export built) and on Triton's ``onnxruntime_onnx`` platform with the TensorRT accelerator
+otherwise. Both share the helpers (image decoding, tokenisation), Model B's KNN model and the
+repository's description (``clipq`` backend, on the CPU) and the ensembles. A new flavour is one
+:func:`register`-ed class.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -19,16 +22,27 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
+from clipq.runtime.backends.remote import INFO_FORMAT, INFO_SCHEMA
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import TRITON_DTYPES, Manifest, TensorSpec, atomic_write_json
+from clipq.runtime.specs import ENSEMBLE_HEAD
 
 from .layout import BACKEND_NAME, TOKENIZERS_FROM_MODEL
 from .pbtxt import Enum, dumps
-from .plan import PlannedModel, seq_len
+from .plan import KNN_DIR, PlannedModel, seq_len
 
 _WARMUP_TEXT = "a photo of a red circle on the left"
 #: model kind -> input name -> file in the model's warmup/ directory
-WARMUP_FILES = {"preprocess_image": {"image": "image.bin"}, "tokenize": {"text": "text.bin"}}
+WARMUP_FILES = {"preprocess_image": {"image": "image.bin"}, "tokenize": {"text": "text.bin"},
+                "info": {"request": "request.bin"},
+                "knn": {"image_embeds": "image_embeds.bin", "a_embeds": "a_embeds.bin", "alpha": "alpha.bin",
+                        "n": "n.bin"}}
+#: the description ``clipq_info`` answers, in its version directory
+INFO_FILE = "info.json"
+#: the ensemble head graph in the KNN model's version directory
+HEAD_FILE = "ensemble_head.onnx"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,8 +74,10 @@ class RenderOptions:
         engine: Engine of :mod:`clipq.runtime.engines` the ``clipq`` backend runs networks on
             (``cpu-python``).
         warmup: Render ``model_warmup`` so models are ready only once initialised.
-        gpu_backend: ``"onnxruntime"`` (ONNX + TensorRT accelerator) or ``"tensorrt"`` (needs a
-            ``plan`` variant in the manifest).
+        gpu_backend: ``"auto"``: each network as ``tensorrt_plan`` where the manifest has a
+            ``plan`` variant of it, else ``onnxruntime_onnx`` with the TensorRT accelerator;
+            ``"onnxruntime"``: always the latter; ``"tensorrt"``: always the former (every network
+            needs a ``plan`` variant).
         gpu_precision: TensorRT precision for the accelerator (``FP32``, ``FP16``, ``INT8``).
         trt_cache_dir: Where the TensorRT accelerator caches its engines inside the server.
         max_pixels: Pixel limit of ``preprocess_image`` (None: the runtime's default).
@@ -80,7 +96,7 @@ class RenderOptions:
     allow_spinning: bool = False
     engine: str = "onnxruntime"
     warmup: bool = True
-    gpu_backend: str = "onnxruntime"
+    gpu_backend: str = "auto"
     gpu_precision: str = "FP16"
     trt_cache_dir: str = "/tmp/clipq-trt-cache"
     max_pixels: int | None = None
@@ -89,8 +105,8 @@ class RenderOptions:
     def __post_init__(self) -> None:
         if self.flavour not in RENDERERS:
             raise ValueError(f"flavour must be one of {tuple(RENDERERS)}, got {self.flavour!r}")
-        if self.gpu_backend not in GPU_PLATFORMS:
-            raise ValueError(f"gpu_backend must be one of {tuple(GPU_PLATFORMS)}, got {self.gpu_backend!r}")
+        if self.gpu_backend not in GPU_BACKENDS:
+            raise ValueError(f"gpu_backend must be one of {GPU_BACKENDS}, got {self.gpu_backend!r}")
         if self.instances < 1 or self.helper_instances < 1:
             raise ValueError("instance counts must be at least 1")
 
@@ -185,16 +201,18 @@ def _keep(vdir: Path) -> None:
 class Renderer:
     """One flavour. ``config(model)`` / ``write(model, dir)`` dispatch to the method of the model's kind.
 
-    The helpers (``preprocess_image``, ``tokenize``) and the ensembles are the same in every flavour;
-    a flavour says how networks are configured (:meth:`network`) and which graph file they get
-    (:meth:`graph`).
+    The helpers (``preprocess_image``, ``tokenize``), Model B's ``knn`` model, the ``info`` model and
+    the ensembles are the same in every flavour; a flavour says how networks are configured
+    (:meth:`network`, :meth:`network_head`) and which graph file they get (:meth:`graph`).
+    ``plan`` is every model the repository holds (what ``clipq_info`` lists).
     """
 
     flavour: ClassVar[str] = ""
 
-    def __init__(self, m: Manifest, opt: RenderOptions):
+    def __init__(self, m: Manifest, opt: RenderOptions, plan: Mapping[str, PlannedModel] | None = None):
         self.m = m
         self.opt = opt
+        self.plan = dict(plan or {})
 
     # -- dispatch
     def config(self, model: PlannedModel, served: Served | None = None) -> str:
@@ -215,8 +233,9 @@ class Renderer:
     # -- shared pieces
     def config_head(self, model: PlannedModel) -> dict[str, Any]:
         """The fields that choose what runs ``model`` (backend or platform, model file)."""
-        heads = {"ensemble": {"platform": "ensemble"}, "network": self.network_head()}
-        return heads.get(model.kind, {"backend": BACKEND_NAME})
+        if model.kind == "ensemble":
+            return {"platform": "ensemble"}
+        return self.network_head(model) if model.kind == "network" else {"backend": BACKEND_NAME}
 
     def _io(self, model: PlannedModel) -> dict[str, Any]:
         return {"name": model.name, **self.config_head(model), "max_batch_size": model.max_batch_size,
@@ -280,10 +299,20 @@ class Renderer:
         return self._helper(model, {"clipq_tokenizer": model.tokenizer, "clipq_manifest": TOKENIZERS_FROM_MODEL,
                                     "clipq_pad_multiple": self.opt.pad_multiple})
 
+    def knn(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
+        # the ensemble head is a few multiply-adds: one thread, next to the index, on the CPU
+        return self._helper(model, {"clipq_engine": self.opt.engine, "clipq_threads": 1,
+                                    "clipq_providers": "CPUExecutionProvider"})
+
+    def info(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
+        cfg = self._io(model)
+        cfg["instance_group"] = [{"count": 1, "kind": Enum("KIND_CPU")}]
+        return self._tail(model, cfg, {"clipq_role": model.kind})
+
     def network(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
-    def network_head(self) -> dict[str, Any]:
+    def network_head(self, model: PlannedModel) -> dict[str, Any]:
         raise NotImplementedError
 
     def graph(self, model: PlannedModel) -> tuple[str, str]:
@@ -323,14 +352,82 @@ class Renderer:
     def write_ensemble(self, model: PlannedModel, mdir: Path, vdir: Path) -> None:
         _keep(vdir)
 
+    def write_knn(self, model: PlannedModel, mdir: Path, vdir: Path) -> None:
+        """Model B's database (``knn/``, hash-checked) and the ensemble head graph, with their manifest."""
+        listed = sorted(k for k in self.m.files if k.startswith(f"{KNN_DIR}/"))
+        if not listed:
+            raise ArtifactError(f"{self.m.root}: no Model B ({KNN_DIR}/) in the manifest")
+        files = {}
+        for rel in listed:
+            link_or_copy(self.m.resolve(rel), vdir / rel)
+            files[rel] = rel
+        models = {}
+        if ENSEMBLE_HEAD in self.m.models:
+            spec = self.m.models[ENSEMBLE_HEAD]
+            variant = self.opt.variant or spec.default_variant
+            rel = spec.file_for(variant)
+            link_or_copy(self.m.resolve(rel), vdir / HEAD_FILE)
+            files[HEAD_FILE] = Path(rel).as_posix()
+            models[ENSEMBLE_HEAD] = replace(spec, file=HEAD_FILE, variants={}, default_variant="fp32",
+                                            meta={**spec.meta, "variant": variant, "source_file": rel})
+        mini_manifest(self.m, vdir, files, models=models, dims=dict(self.m.dims))
+        # a real query for the warm-up: unit vectors, alpha 0.5, one prompt
+        d, p = (int(t.shape[-1]) for t in model.inputs[:2])
+        self._warmup_files(mdir, "knn", {"image_embeds": np.eye(1, d, dtype="<f4").tobytes(),
+                                         "a_embeds": np.eye(1, p, dtype="<f4").tobytes(),
+                                         "alpha": np.array([0.5], "<f4").tobytes(), "n": np.array([1], "<i4").tobytes()})
+
+    def write_info(self, model: PlannedModel, mdir: Path, vdir: Path) -> None:
+        """The repository's description (:func:`server_info`) as ``info.json``, listed in its own manifest."""
+        (vdir / INFO_FILE).write_text(json.dumps(server_info(self.m, self.plan or {model.name: model}, self.opt),
+                                                 indent=1) + "\n")
+        mini = Manifest(root=vdir, created=self.m.created, package_versions=dict(self.m.package_versions))
+        mini.add_file(INFO_FILE)
+        atomic_write_json(vdir / "manifest.json", mini.to_dict())
+        self._warmup_files(mdir, "info", {"request": _serialized_bytes([b"manifest"])})
+
     @staticmethod
     def _warmup_file(mdir: Path, kind: str, item: bytes) -> None:
+        Renderer._warmup_files(mdir, kind, {name: _serialized_bytes([item]) for name in WARMUP_FILES[kind]})
+
+    @staticmethod
+    def _warmup_files(mdir: Path, kind: str, data: Mapping[str, bytes]) -> None:
+        """Write the raw warm-up data of each input (``data``: input name -> Triton's raw layout)."""
         (mdir / "warmup").mkdir(exist_ok=True)
-        for name in WARMUP_FILES[kind].values():
-            (mdir / "warmup" / name).write_bytes(_serialized_bytes([item]))
+        for name, fname in WARMUP_FILES[kind].items():
+            (mdir / "warmup" / fname).write_bytes(data[name])
+
+
+def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOptions) -> dict[str, Any]:
+    """What ``clipq_info`` answers: the manifest's public facts and the models served (no paths, no weights).
+
+    The networks' specs and graph hashes (so a client computes the same model id and checks the
+    graphs served), dims, answer vocabulary, tokenizer lengths, preprocessing, the tuned
+    image -> prompt settings; every model with its kind and batch limit; Model B's settings.
+    """
+    nets = {n: p.spec for n, p in plan.items() if p.kind == "network" and p.spec is not None}
+    files = {rel: dict(m.files[rel]) for s in nets.values() for rel in (s.file, *s.variants.values()) if rel in m.files}
+    knn = None
+    if any(p.kind == "knn" for p in plan.values()):
+        cfg = json.loads(m.resolve(f"{KNN_DIR}/knn.json").read_text(encoding="utf-8"))
+        knn = {k: cfg.get(k) for k in ("k", "weighting", "temperature", "alpha", "count", "prompt_dim")}
+    return {
+        "format": INFO_FORMAT, "schema_version": INFO_SCHEMA, "flavour": opt.flavour,
+        "manifest": {
+            "schema_version": m.schema_version, "created": m.created, "package_versions": dict(m.package_versions),
+            "preprocessing": dict(m.preprocessing), "tokenizers": {k: dict(v) for k, v in m.tokenizers.items()},
+            "dims": dict(m.dims), "answer_vocab": list(m.answer_vocab),
+            "models": {n: s.to_dict() for n, s in nets.items()}, "files": files,
+            "extra": {k: m.extra[k] for k in ("clip_model_id", "img2prompt") if k in m.extra},
+        },
+        "models": {name: {"kind": p.kind, "max_batch_size": p.max_batch_size} for name, p in plan.items()},
+        "knn": knn,
+    }
 
 
 RENDERERS: dict[str, type[Renderer]] = {}
+#: how the gpu flavour serves networks (see :class:`RenderOptions`)
+GPU_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
 def register(cls: type[Renderer]) -> type[Renderer]:
@@ -339,9 +436,9 @@ def register(cls: type[Renderer]) -> type[Renderer]:
     return cls
 
 
-def renderer(m: Manifest, opt: RenderOptions) -> Renderer:
-    """The renderer of ``opt.flavour`` over ``m``."""
-    return RENDERERS[opt.flavour](m, opt)
+def renderer(m: Manifest, opt: RenderOptions, plan: Mapping[str, PlannedModel] | None = None) -> Renderer:
+    """The renderer of ``opt.flavour`` over ``m`` (``plan``: every model the repository holds)."""
+    return RENDERERS[opt.flavour](m, opt, plan)
 
 
 @register
@@ -350,7 +447,7 @@ class CpuPythonRenderer(Renderer):
 
     flavour = "cpu-python"
 
-    def network_head(self) -> dict[str, Any]:
+    def network_head(self, model: PlannedModel) -> dict[str, Any]:
         return {"backend": BACKEND_NAME}
 
     def graph(self, model: PlannedModel) -> tuple[str, str]:
@@ -366,59 +463,8 @@ class CpuPythonRenderer(Renderer):
             "clipq_providers": "CPUExecutionProvider"})
 
 
-@dataclass(frozen=True)
-class GpuPlatform:
-    """How the ``gpu`` flavour serves a network on one Triton backend."""
-
-    platform: str
-    filename: str
-    variant: str | None  # None: the chosen variant (default fp32: TensorRT picks the precision)
-    accelerator: bool  # onnxruntime's TensorRT execution accelerator, with our profiles
-
-
-GPU_PLATFORMS = {
-    "onnxruntime": GpuPlatform("onnxruntime_onnx", "model.onnx", None, accelerator=True),
-    "tensorrt": GpuPlatform("tensorrt_plan", "model.plan", "plan", accelerator=False),
-}
-
-
-@register
-class GpuRenderer(Renderer):
-    """Networks on Triton's onnxruntime (TensorRT accelerator) or TensorRT backend, ``KIND_GPU``."""
-
-    flavour = "gpu"
-
-    @property
-    def platform(self) -> GpuPlatform:
-        return GPU_PLATFORMS[self.opt.gpu_backend]
-
-    def network_head(self) -> dict[str, Any]:
-        return {"platform": self.platform.platform, "default_model_filename": self.platform.filename}
-
-    def graph(self, model: PlannedModel) -> tuple[str, str]:
-        return self.platform.variant or self.opt.variant or "fp32", self.platform.filename
-
-    def _trt_profiles(self, model: PlannedModel) -> dict[str, str]:
-        """TensorRT optimisation profile (min/opt/max shapes): the one the in-process runtime builds for."""
-        from clipq.runtime.backends.ort import batch_profile, trt_shape_string
-
-        assert model.spec is not None
-        profile = batch_profile(self.m, model.spec)
-        return {f"trt_profile_{k}_shapes": trt_shape_string(profile[k]) for k in ("min", "opt", "max")}
-
-    def network(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
-        cfg = self._network(model, "KIND_GPU")
-        params: dict[str, Any] = self._served(served)
-        if self.platform.accelerator:
-            trt = {"precision_mode": self.opt.gpu_precision, "max_workspace_size_bytes": str(1 << 30),
-                   "trt_engine_cache_enable": "1", "trt_engine_cache_path": self.opt.trt_cache_dir,
-                   **self._trt_profiles(model)}
-            cfg["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
-                {"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in trt.items()]}]}}
-            if self.opt.intra_op_threads:
-                params["intra_op_thread_count"] = self.opt.intra_op_threads
-        return self._tail(model, cfg, params)
-
+# the gpu flavour registers itself; it needs the classes above
+from . import gpu  # noqa: E402,F401
 
 FLAVOURS = tuple(RENDERERS)
 

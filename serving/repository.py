@@ -17,6 +17,8 @@ Layout (see :mod:`.layout`; ``cpu-python`` flavour)::
     models/clip_image/1/model.onnx        hard link to (or copy of) the artifact's graph
     models/preprocess_image/...           bytes -> pixel_values (manifest.preprocessing)
     models/tokenize_clip/config.pbtxt     text -> ids/mask; clipq_manifest names ../../tokenizers
+    models/knn_prompts/1/knn/...          Model B's database (hard links) + the ensemble head graph
+    models/clipq_info/1/info.json         what a thin client must know (the manifest's public facts)
     models/embed_image/config.pbtxt       ensembles: platform "ensemble", no files
     models/embed_image/1/                 (empty version directory, required by Triton)
 
@@ -50,14 +52,23 @@ from .layout import (
     is_repository,
     repository_layout,
 )
-from .plan import ENSEMBLES, PREPROCESS_IMAGE, TOKENIZE, EnsembleDef, PlannedModel, Step, plan_models
+from .plan import (
+    ENSEMBLES,
+    KNN_MODEL,
+    PREPROCESS_IMAGE,
+    TOKENIZE,
+    EnsembleDef,
+    PlannedModel,
+    Step,
+    plan_models,
+)
 from .renderers import FLAVOURS, RenderOptions, Served, renderer, write_tokenizers
 
 __all__ = ["ENSEMBLES", "FLAVOURS", "PREPROCESS_IMAGE", "REPOSITORY_FILE", "TOKENIZE", "EnsembleDef",
            "PlannedModel", "RenderOptions", "RenderedRepository", "Step", "expected_configs", "is_repository",
            "plan_models", "read_repository_info", "render_repository"]
 
-REPOSITORY_SCHEMA = 2
+REPOSITORY_SCHEMA = 3
 
 
 @dataclass
@@ -93,7 +104,7 @@ class RenderedRepository:
 
 def model_config(model: PlannedModel, m: Manifest, opt: RenderOptions, served: Served | None = None) -> str:
     """The ``config.pbtxt`` text of one model (``served``: for networks, the graph it serves)."""
-    return renderer(m, opt).config(model, served)
+    return renderer(m, opt, {model.name: model}).config(model, served)
 
 
 def render_repository(
@@ -135,7 +146,7 @@ def render_repository(
         if unknown:
             raise ArtifactError(f"cannot render {sorted(unknown)}: not available from {m.root} (has: {sorted(plan)})")
         plan = {k: v for k, v in plan.items() if k in wanted}
-    r = renderer(m, opt)
+    r = renderer(m, opt, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -243,8 +254,8 @@ def expected_configs(repo: str | os.PathLike[str]) -> dict[str, str]:
     m = Manifest(root=repo, preprocessing=src["preprocessing"], tokenizers=src["tokenizers"], dims=src["dims"],
                  answer_vocab=[""] * int(src.get("n_answers", 0)),
                  models={k: ModelSpec.from_dict(v) for k, v in src["specs"].items()})
-    r = renderer(m, RenderOptions.from_dict(info["options"]))
-    plan = plan_models(m)
+    plan = plan_models(m, knn=KNN_MODEL in info["models"])
+    r = renderer(m, RenderOptions.from_dict(info["options"]), plan)
     models = repository_layout(repo).models
     out = {}
     for name, kind in info["models"].items():

@@ -20,9 +20,15 @@ def default_artifacts_arg() -> str:
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--artifacts``, ``--server`` and ``--json``, the same on every retrieval command."""
-    p.add_argument("--artifacts", default=default_artifacts_arg(),
-                   help="artifact directory (default: $CLIPQ_ARTIFACTS or %(default)s)")
+    """``--artifacts``, ``--server`` and ``--json``, the same on every retrieval command.
+
+    With ``--server`` and no ``--artifacts`` the client is thin: it needs no local files (what it must
+    know comes from the server). Without ``--server`` the artifacts default to ``$CLIPQ_ARTIFACTS`` or
+    the demo's (``connect`` resolves ``None`` so).
+    """
+    p.add_argument("--artifacts", default=None,
+                   help=f"artifact directory (default: $CLIPQ_ARTIFACTS or {default_artifacts_arg()}; "
+                        "none needed with --server)")
     p.add_argument("--server", default=None, metavar="URL", help="Triton server (grpc://host:port or http://host:port)")
     p.add_argument("--json", action="store_true", help="print JSON for machines instead of text")
 

@@ -6,7 +6,8 @@ The app hands :class:`DataTaskMetrics` to the export as ``ExportOptions.task_met
 Cosine parity says a reduced-precision graph is close; these say it is close where it matters:
 VQA accuracy, text -> image Recall@5 and image -> prompt mean cosine on the test split of the data
 the models were trained on, computed with the graphs of a given variant and compared with fp32.
-They go through ``clipq.runtime`` (preprocessing, tokenisation, OrtBackend), so they also check
+They go through ``clipq.runtime`` (preprocessing, tokenisation, the engine each variant belongs to:
+onnxruntime or OpenVINO, via :func:`clipq.runtime.engines.open_for_variants`), so they also check
 that the variant works end to end.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from clipq.export import ExportInputs
-from clipq.runtime.backends.ort import OrtBackend
+from clipq.runtime.engines import open_for_variants
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.metrics import accuracy, mean_cosine, recall_at_k
 from clipq.runtime.tasks import ClipEncoder, PromptEncoder, PromptRegressor, VqaModel
@@ -84,7 +85,7 @@ def task_metrics(manifest: Manifest, data: str | os.PathLike[str], variants: Map
     if split not in world.splits:
         return {}
     s = world.split(split)
-    backend = OrtBackend(manifest, variant=dict(variants), threads=threads, providers=["CPUExecutionProvider"])
+    backend = open_for_variants(manifest, dict(variants), threads=threads)
     out: dict[str, float] = {}
     try:
         models = manifest.models
@@ -110,7 +111,7 @@ def task_metrics(manifest: Manifest, data: str | os.PathLike[str], variants: Map
             if ids:
                 pred = PromptRegressor(backend).predict([s.path_of(i) for i in ids])
                 # the target is always fp32: only the graph under test changes
-                ref_backend = OrtBackend(manifest, variant="fp32", threads=threads, providers=["CPUExecutionProvider"])
+                ref_backend = open_for_variants(manifest, {n: "fp32" for n in manifest.models}, threads=threads)
                 truth = PromptEncoder(ref_backend).encode([s.prompts[i] for i in ids])
                 ref_backend.close()
                 out["img2prompt_cos"] = mean_cosine(pred, truth) * 100.0

@@ -23,16 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (
-    ArtifactError,
-    BackendUnavailable,
-    DTypeError,
-    InferenceError,
-    InvalidInputError,
-    MissingDependencyError,
-    ShapeError,
-)
+from ..errors import ArtifactError, BackendUnavailable, InferenceError, MissingDependencyError
 from ..manifest import Manifest, ModelSpec
+from .common import check_inputs, dummy_inputs
+
+__all__ = ["OrtBackend", "check_inputs", "choose_providers", "dummy_inputs", "session_options"]  # shared helpers re-exported
 
 log = logging.getLogger(__name__)
 
@@ -207,53 +202,6 @@ def tensorrt_provider_options(manifest: Manifest, spec: ModelSpec, cache_root: s
         "trt_profile_opt_shapes": trt_shape_string(profile["opt"]),
         "trt_profile_max_shapes": trt_shape_string(profile["max"]),
     }
-
-
-def _np_dtype(name: str) -> np.dtype:
-    return np.dtype(object) if name == "bytes" else np.dtype(name)
-
-
-def check_inputs(spec: ModelSpec, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Check named arrays against a model spec (names, dtypes, ranks, fixed dims, one batch size).
-
-    Returns:
-        The inputs as numpy arrays, in the spec's order.
-
-    Raises:
-        InvalidInputError: a missing or unexpected input name.
-        DTypeError: an array of another dtype than the spec's.
-        ShapeError: wrong rank, a fixed dimension that differs, or batch sizes that disagree.
-    """
-    names = [t.name for t in spec.inputs]
-    extra = sorted(set(inputs) - set(names))
-    if extra:
-        raise InvalidInputError(f"model {spec.name!r} has no input(s) {extra}; it takes {names}")
-    feeds: dict[str, np.ndarray] = {}
-    batch: int | None = None
-    for t in spec.inputs:
-        if t.name not in inputs:
-            raise InvalidInputError(f"model {spec.name!r} needs input {t.name!r} (takes {names})")
-        a = np.asarray(inputs[t.name])
-        want = _np_dtype(t.dtype)
-        if a.dtype != want:
-            raise DTypeError(f"{spec.name}.{t.name} must be {t.dtype}, got {a.dtype}", source=t.name)
-        if a.ndim != len(t.shape):
-            raise ShapeError(
-                f"{spec.name}.{t.name} must have rank {len(t.shape)} {list(t.shape)}, got shape {list(a.shape)}",
-                source=t.name,
-            )
-        for axis, (d, got) in enumerate(zip(t.shape, a.shape)):
-            if d >= 0 and d != got:
-                raise ShapeError(
-                    f"{spec.name}.{t.name} axis {axis} must be {d} (shape {list(t.shape)}), got {list(a.shape)}",
-                    source=t.name,
-                )
-        if batch is None:
-            batch = int(a.shape[0])
-        elif a.shape[0] != batch:
-            raise ShapeError(f"{spec.name}: inputs disagree on the batch size ({batch} vs {a.shape[0]} in {t.name})")
-        feeds[t.name] = a
-    return feeds
 
 
 class OrtBackend:
@@ -438,15 +386,3 @@ class OrtBackend:
 
     def __repr__(self) -> str:
         return f"OrtBackend({str(self.manifest.root)!r}, providers={self.providers}, threads={self.threads})"
-
-
-def dummy_inputs(spec: ModelSpec, batch: int = 1, seq_len: int = 8) -> dict[str, np.ndarray]:
-    """Zero-valued inputs of the right names, dtypes and shapes (batch ``batch``, dynamic seq ``seq_len``)."""
-    out = {}
-    for t in spec.inputs:
-        shape = [batch if i == 0 else (seq_len if d < 0 else d) for i, d in enumerate(t.shape)]
-        a = np.zeros(shape, dtype=_np_dtype(t.dtype))
-        if t.name == "attention_mask":
-            a[:] = 1
-        out[t.name] = a
-    return out

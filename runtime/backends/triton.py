@@ -21,16 +21,17 @@ so that every task class and CLI command works unchanged with ``--server URL``:
   sequence batching, not decoupled). A timeout is never retried: the request may have run, and
   repeating it under overload makes the overload worse.
 
-Models that are not networks in the manifest (the ensembles ``embed_image``, ``embed_text``,
-``ask``, ``describe``; the helpers ``preprocess_image``, ``tokenize_*``) are described by the
-server's own configuration.
+Models that are not networks in the manifest (the ensembles, the helpers) are described by the
+server's own configuration. Without a local manifest the client is thin: it asks the server's
+``clipq_info`` model for everything else it must know, and the task classes send bytes and strings
+to the ensembles (:mod:`.remote`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -38,60 +39,41 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (
-    ArtifactError,
-    BackendUnavailable,
-    ClipqError,
-    DTypeError,
-    InferenceError,
-    InvalidImageError,
-    InvalidInputError,
-    InvalidTextError,
-    ShapeError,
+from ..errors import ArtifactError, BackendUnavailable, ClipqError, InferenceError
+from ..manifest import Manifest, ModelSpec, TensorSpec
+from . import remote
+from .triton_protocol import (
+    FROM_TRITON,
+    PROTOCOLS,
+    WIRE,
+    Protocol,
+    as_array,
+    open_protocol,
+    parse_url,
+    remote_error,
 )
-from ..manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec
-from .triton_protocol import PROTOCOLS, Protocol, open_protocol, parse_url
 from .triton_protocol import message as _message
 from .triton_protocol import status as _status
 
 __all__ = ["PROTOCOLS", "AsyncTritonBackend", "TritonBackend", "parse_url"]
 
-#: Triton config dtype -> manifest dtype name
-_FROM_TRITON = {v: k for k, v in TRITON_DTYPES.items()}
-#: manifest dtype -> tritonclient wire dtype
-_WIRE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
-         "bool": "BOOL", "bytes": "BYTES"}
-#: clipq input errors the server-side models report by class name (see serving/backend/model.py)
-_REMOTE_ERRORS: dict[str, type[InvalidInputError]] = {
-    c.__name__: c for c in (InvalidImageError, InvalidTextError, ShapeError, DTypeError, InvalidInputError)
-}
-_REMOTE_ERROR_RE = re.compile(
-    r"(?P<cls>" + "|".join(_REMOTE_ERRORS) + r"): (?:\[item (?P<index>\d+)(?:, (?P<source>.*?))?\] )?(?P<reason>.*)",
-    re.S,
-)
-
-
-def _as_array(x: Any, t: TensorSpec) -> np.ndarray:
-    """Caller data -> numpy in the spec's dtype for BYTES inputs (lists of str/bytes are fine)."""
-    if t.dtype != "bytes":
-        return np.asarray(x)
-    a = np.asarray(x, dtype=object) if not (isinstance(x, np.ndarray) and x.dtype == object) else x
-    if a.ndim == 1 and len(t.shape) == 2 and t.shape[1] == 1:
-        a = a.reshape(-1, 1)  # [N] texts or images -> [N, 1] as the config declares
-    return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v), otypes=[object])(a) \
-        if a.size else a
+#: what the client asks ``clipq_info`` for
+_INFO_REQUEST = {remote.INFO_INPUT: ["manifest"]}
 
 
 class _TritonCommon:
     """What the blocking and the asyncio backends share: specs, checks, chunks, errors, retries."""
 
-    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None, timeout_s: float,
-                 retries: int, backoff_s: float, verify: bool, aio: bool) -> None:
+    def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None, protocol: str | None,
+                 timeout_s: float, retries: int, backoff_s: float, verify: bool, aio: bool) -> None:
         self.url = url
         #: the adapter of the URL's protocol: everything that differs between gRPC and HTTP
         self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio)
         self.protocol, self.address, self.ssl = self.wire.name, self.wire.address, self.wire.ssl
-        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self._manifest: Manifest | None = (manifest if isinstance(manifest, Manifest) or manifest is None
+                                           else Manifest.load(manifest))
+        #: the server's own description (``clipq_info``): None until asked, False where it has none
+        self._info: dict[str, Any] | bool | None = None
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
@@ -99,6 +81,46 @@ class _TritonCommon:
         self._configs: dict[str, dict[str, Any]] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._verified: set[str] = set()
+
+    # -- what the server says about itself -----------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        """The artifacts' manifest: the local one given, else the one the server described."""
+        if self._manifest is None:
+            raise ArtifactError(f"no manifest yet for the server at {self.url}: `await backend.open()` (or use "
+                                "`async with`) before using an AsyncTritonBackend without local artifacts")
+        return self._manifest
+
+    @property
+    def thin(self) -> bool:
+        """Whether this client works from the server's description alone (no local artifact directory)."""
+        return isinstance(self._manifest, remote.ServerManifest) or self._manifest is None
+
+    def _adopt_info(self, raw: Any) -> dict[str, Any]:
+        info = remote.parse_info(raw, self.url)
+        self._info = info
+        if self._manifest is None:
+            self._manifest = remote.manifest_from_info(info, self.url, f"{self.protocol}:{self.address}")
+        return info
+
+    def _no_info(self, exc: BaseException) -> None:
+        """The server has no ``clipq_info`` (a repository clipq did not render, or a partial one)."""
+        if self._manifest is None:
+            raise ArtifactError(
+                f"the server at {self.url} does not describe itself ({remote.INFO_MODEL}: {exc}); it was not rendered "
+                "by this clipq, or without that model: pass the artifact directory it was rendered from") from exc
+        self._info = False
+
+    def _make_path(self, info: dict[str, Any] | None, max_pixels: int | None, window: int) -> Any:
+        """The task path (:func:`clipq.runtime.backend.task_path`): the server's ensembles where it describes
+        itself, tensors from the local artifacts for whatever it does not serve."""
+        from ..backend import TensorPath
+
+        local = None if self.thin else TensorPath(self, max_pixels=max_pixels, window=window)
+        if not info:
+            assert local is not None  # a thin client always has the server's description
+            return local
+        return remote.ServerPath(self, info, max_pixels=max_pixels, window=window, fallback=local)
 
     # -- errors --------------------------------------------------------------------------------
     def _unavailable(self, exc: BaseException, what: str = "is not reachable") -> BackendUnavailable:
@@ -143,13 +165,8 @@ class _TritonCommon:
         if self._is_connection_error(exc) and "queue" not in _message(exc).lower():
             return self._unavailable(exc)
         msg = _message(exc)
-        m = _REMOTE_ERROR_RE.search(msg)
-        if m:
-            cls = _REMOTE_ERRORS[m.group("cls")]
-            index = int(m.group("index")) + start if m.group("index") is not None else None
-            source = (m.group("source") or "").strip("'\"") or None
-            err = cls(m.group("reason").strip(), index=index, source=source)
-            err.args = (f"{model}: {err}",)
+        err = remote_error(msg, model, start)
+        if err is not None:
             return err
         return InferenceError(f"{model} on {self.url}: {msg.strip()}")
 
@@ -161,7 +178,7 @@ class _TritonCommon:
             out = []
             for t in cfg.get(key, []):
                 dims = tuple(int(d) for d in t.get("dims", []))
-                out.append(TensorSpec(t["name"], _FROM_TRITON.get(t["data_type"], t["data_type"]),
+                out.append(TensorSpec(t["name"], FROM_TRITON.get(t["data_type"], t["data_type"]),
                                       ((-1,) + dims) if mbs > 0 else dims))
             return out
 
@@ -171,7 +188,7 @@ class _TritonCommon:
 
     def _accept_config(self, model: str, cfg: dict[str, Any]) -> None:
         self._configs[model] = cfg
-        if model not in self.manifest.models:
+        if self._manifest is None or model not in self._manifest.models:
             self._specs[model] = self._spec_from_config(cfg)
         elif self.verify:
             self._check_identity(model, cfg)
@@ -192,14 +209,13 @@ class _TritonCommon:
         self._verified.add(model)
 
     def _local_spec(self, model: str) -> ModelSpec | None:
-        if model in self.manifest.models:
-            return self.manifest.models[model]
+        if self._manifest is not None and model in self._manifest.models:
+            return self._manifest.models[model]
         return self._specs.get(model)
 
     def _max_batch(self, model: str, spec: ModelSpec) -> int:
         cfg = self._configs.get(model)
-        mbs = int(cfg.get("max_batch_size", 0)) if cfg else int(spec.max_batch_size)
-        return mbs
+        return int(cfg.get("max_batch_size", 0)) if cfg else int(spec.max_batch_size)
 
     def _check(self, model: str, spec: ModelSpec, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         from .ort import check_inputs
@@ -207,7 +223,7 @@ class _TritonCommon:
         arrays = {}
         for t in spec.inputs:
             if t.name in inputs:
-                arrays[t.name] = _as_array(inputs[t.name], t)
+                arrays[t.name] = as_array(inputs[t.name], t)
         extra = {k: v for k, v in inputs.items() if k not in arrays}
         return check_inputs(spec, {**arrays, **extra})
 
@@ -221,7 +237,7 @@ class _TritonCommon:
             infer_inputs = []
             for t in spec.inputs:
                 a = feeds[t.name][start:start + step] if mbs > 0 else feeds[t.name]
-                infer_inputs.append(self.wire.infer_input(t.name, a, _WIRE[t.dtype]))
+                infer_inputs.append(self.wire.infer_input(t.name, a, WIRE[t.dtype]))
             out.append((start, infer_inputs))
         return out
 
@@ -249,8 +265,8 @@ class TritonBackend(_TritonCommon):
 
     Args:
         url: ``grpc://host:port`` or ``http://host:port`` (``https://`` for TLS).
-        manifest: The artifact manifest (or directory) the server's repository was rendered from:
-            tensor names, tokenizers and preprocessing come from it.
+        manifest: The artifact manifest (or directory) the server's repository was rendered from,
+            or None: a thin client, which asks the server (``clipq_info``) for what it must know.
         protocol: ``"grpc"`` or ``"http"`` for a URL without scheme.
         timeout_s: Deadline of each call (connection and response), in seconds.
         retries: Extra attempts for requests that are safe to repeat (see the module docstring).
@@ -261,16 +277,40 @@ class TritonBackend(_TritonCommon):
     Raises:
         MissingDependencyError: tritonclient is not installed.
         ClipqError: an unusable URL.
+        BackendUnavailable, ArtifactError: (thin client) the server cannot be reached, or does not
+            describe itself.
     """
 
-    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None = None, *,
-                 timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05, verify: bool = True) -> None:
+    def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
+                 protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
+                 verify: bool = True) -> None:
         super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._shared: Any = None  # the one client, where the protocol's client is thread-safe
         self._closed = False
+        if self._manifest is None:
+            try:
+                self.server_info()
+            except BaseException:
+                self.close()
+                raise
+
+    def server_info(self) -> dict[str, Any] | None:
+        """The server's description (``clipq_info``, asked once), or None where it has none."""
+        if self._info is None:
+            try:
+                self._config(remote.INFO_MODEL)
+            except InferenceError as e:
+                self._no_info(e)
+                return None
+            self._adopt_info(self.infer(remote.INFO_MODEL, _INFO_REQUEST)[remote.INFO_OUTPUT])
+        return self._info or None
+
+    def task_path(self, *, max_pixels: int | None, window: int = 1) -> Any:
+        """How the task classes reach this server: bytes and strings to its ensembles (see :mod:`.remote`)."""
+        return self._make_path(self.server_info(), max_pixels, window)
 
     # -- connections ---------------------------------------------------------------------------
     def _client(self) -> Any:
@@ -412,16 +452,50 @@ class AsyncTritonBackend(_TritonCommon):
 
     Chunks of a large batch are sent concurrently (at most ``max_in_flight`` at a time), so the
     server's dynamic batcher and instances see them together. Arguments as :class:`TritonBackend`,
-    plus ``max_in_flight``.
+    plus ``max_in_flight``. The task classes take it too (their methods then return awaitables);
+    ``await backend.open()`` first, or use ``async with``: the client asks the server what it serves
+    (and, without ``manifest``, everything else it must know) there.
     """
 
-    def __init__(self, url: str, manifest: Manifest | str, protocol: str | None = None, *,
-                 timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05, verify: bool = True,
-                 max_in_flight: int = 8) -> None:
+    def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
+                 protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
+                 verify: bool = True, max_in_flight: int = 8) -> None:
         super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True)
         self.max_in_flight = max(1, int(max_in_flight))
         self._c: Any = None
         self._closed = False
+
+    async def open(self) -> AsyncTritonBackend:
+        """Ask the server for its description (``clipq_info``) once; returns this backend.
+
+        Raises:
+            BackendUnavailable: the server cannot be reached.
+            ArtifactError: (no local manifest) the server does not describe itself.
+        """
+        await self.server_info()
+        return self
+
+    async def server_info(self) -> dict[str, Any] | None:
+        """As :meth:`TritonBackend.server_info`."""
+        if self._info is None:
+            try:
+                await self._config(remote.INFO_MODEL)
+            except InferenceError as e:
+                self._no_info(e)
+                return None
+            self._adopt_info((await self.infer(remote.INFO_MODEL, _INFO_REQUEST))[remote.INFO_OUTPUT])
+        return self._info or None
+
+    def task_path(self, *, max_pixels: int | None, window: int = 1) -> Any:
+        """As :meth:`TritonBackend.task_path`, from what :meth:`open` learnt.
+
+        Raises:
+            ArtifactError: :meth:`open` has not run.
+        """
+        if self._info is None:
+            raise ArtifactError(f"`await backend.open()` (or use `async with`) before building task classes on an "
+                                f"AsyncTritonBackend: the client asks the server at {self.url} what it serves")
+        return self._make_path(self._info or None, max_pixels, window)
 
     def _client(self) -> Any:
         if self._closed:
@@ -509,7 +583,11 @@ class AsyncTritonBackend(_TritonCommon):
                 pass
 
     async def __aenter__(self) -> AsyncTritonBackend:
-        return self
+        try:
+            return await self.open()
+        except BaseException:
+            await self.close()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -8,15 +8,62 @@ both protocols (a tritonclient exception's status and message).
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..errors import ClipqError, MissingDependencyError
+from ..errors import (
+    ClipqError,
+    DTypeError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidTextError,
+    MissingDependencyError,
+    ShapeError,
+)
+from ..manifest import TRITON_DTYPES, TensorSpec
 
 #: URL scheme -> protocol
 SCHEMES = {"grpc": "grpc", "http": "http", "https": "http"}
+#: Triton config dtype -> manifest dtype name
+FROM_TRITON = {v: k for k, v in TRITON_DTYPES.items()}
+#: manifest dtype -> tritonclient wire dtype
+WIRE = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
+        "bool": "BOOL", "bytes": "BYTES"}
+#: clipq input errors the server-side models report by class name (see serving/backend/model.py)
+REMOTE_ERRORS: dict[str, type[InvalidInputError]] = {
+    c.__name__: c for c in (InvalidImageError, InvalidTextError, ShapeError, DTypeError, InvalidInputError)
+}
+_REMOTE_ERROR_RE = re.compile(
+    r"(?P<cls>" + "|".join(REMOTE_ERRORS) + r"): (?:\[item (?P<index>\d+)(?:, (?P<source>.*?))?\] )?(?P<reason>.*)",
+    re.S,
+)
+
+
+def as_array(x: Any, t: TensorSpec) -> np.ndarray:
+    """Caller data -> numpy in the spec's dtype for BYTES inputs (lists of str/bytes are fine)."""
+    if t.dtype != "bytes":
+        return np.asarray(x)
+    a = np.asarray(x, dtype=object) if not (isinstance(x, np.ndarray) and x.dtype == object) else x
+    if a.ndim == 1 and len(t.shape) == 2 and t.shape[1] == 1:
+        a = a.reshape(-1, 1)  # [N] texts or images -> [N, 1] as the config declares
+    return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v), otypes=[object])(a) \
+        if a.size else a
+
+
+def remote_error(msg: str, model: str, start: int = 0) -> InvalidInputError | None:
+    """The clipq input error a server-side model reported in ``msg`` (its index moved by ``start``), if any."""
+    m = _REMOTE_ERROR_RE.search(msg)
+    if not m:
+        return None
+    cls = REMOTE_ERRORS[m.group("cls")]
+    index = int(m.group("index")) + start if m.group("index") is not None else None
+    source = (m.group("source") or "").strip("'\"") or None
+    err = cls(m.group("reason").strip(), index=index, source=source)
+    err.args = (f"{model}: {err}",)
+    return err
 
 
 class Protocol:

@@ -9,7 +9,10 @@ picks what an instance does:
   ``onnxruntime``: :class:`clipq.runtime.backends.ort.OrtBackend` with ``clipq_threads`` /
   ``clipq_spin`` / ``clipq_providers``); a dynamic batch runs as one engine call;
 - ``preprocess_image``: encoded image bytes -> ``pixel_values`` (decode, resize, crop, normalise);
-- ``tokenize``: UTF-8 text -> ``input_ids`` / ``attention_mask``.
+- ``tokenize``: UTF-8 text -> ``input_ids`` / ``attention_mask`` (+ per-text ``truncated``);
+- ``knn``: Model B over the repository's copy of the KNN database, the ensemble head and the
+  nearest known prompts (the last steps of ``describe``, the same code as in process);
+- ``info``: the repository's description for thin clients (``info.json``, hash-checked).
 
 What a model loads is described by a small clipq manifest: the model's own ``1/manifest.json`` (a
 network's spec and graph hash, the preprocessing settings), or the one named by ``clipq_manifest``
@@ -63,21 +66,26 @@ def _per_request(requests: list[Any], run: Any) -> list[Any]:
     return responses
 
 
+def _open_engine(m: Manifest, params: dict[str, str], models: list[str]) -> Any:
+    """The engine ``clipq_engine`` names over ``m``, its sessions for ``models`` created (and verified) now."""
+    from clipq.runtime.engines import open_backend
+
+    kw: dict[str, Any] = {"models": models}
+    if params.get("clipq_threads"):
+        kw["threads"] = int(params["clipq_threads"]) or None
+    if params.get("clipq_spin"):
+        kw["spin"] = _flag(params["clipq_spin"])
+    if params.get("clipq_providers"):
+        kw["providers"] = [p for p in params["clipq_providers"].split(",") if p]
+    return open_backend(params.get("clipq_engine") or "onnxruntime", m, **kw)
+
+
 class _NetworkRole:
     """One exported network on an engine of the registry; a dynamic batch runs as one engine call."""
 
     def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
-        from clipq.runtime.engines import open_backend
-
         self.name = config["name"]
-        kw: dict[str, Any] = {"models": [self.name]}  # the session is created (and its graph verified) now
-        if params.get("clipq_threads"):
-            kw["threads"] = int(params["clipq_threads"]) or None
-        if params.get("clipq_spin"):
-            kw["spin"] = _flag(params["clipq_spin"])
-        if params.get("clipq_providers"):
-            kw["providers"] = [p for p in params["clipq_providers"].split(",") if p]
-        self.backend = open_backend(params.get("clipq_engine") or "onnxruntime", m, **kw)
+        self.backend = _open_engine(m, params, [self.name])
         spec = m.model(self.name)
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs]
@@ -159,7 +167,9 @@ class _TokenizeRole:
         if pad > 0:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=self.tok.pad_id)
             mask = np.pad(mask, ((0, 0), (0, pad)), constant_values=0)
-        return [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]
+        truncated = np.asarray(enc.truncated, dtype=bool).reshape(-1, 1)
+        return [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask),
+                pb_utils.Tensor("truncated", truncated)]
 
     def __call__(self, requests: list[Any]) -> list[Any]:
         return _per_request(requests, self._run)
@@ -168,7 +178,69 @@ class _TokenizeRole:
         pass
 
 
-_ROLES = {"network": _NetworkRole, "preprocess_image": _PreprocessRole, "tokenize": _TokenizeRole}
+class _KnnRole:
+    """Model B, the ensemble head and the nearest prompts: ``describe`` after the networks, per request.
+
+    In: ``image_embeds`` [n, D], Model A's ``a_embeds`` [n, P], ``alpha`` [n, 1], ``n`` [n, 1]
+    (prompts per image). Out: the fused ``prompt_embeds`` [n, P], Model B's ``b_embeds`` [n, P] and
+    per image a JSON ``description`` (closest prompts, neighbours' prompts, alpha, K).
+    """
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+        from clipq.runtime.fusion import KnnPromptFusion
+        from clipq.runtime.specs import ENSEMBLE_HEAD
+        from clipq.runtime.tasks import EnsembleHead
+
+        self.fusion = KnnPromptFusion.load(m.resolve_dir("knn"))
+        self.engine = _open_engine(m, params, [ENSEMBLE_HEAD]) if ENSEMBLE_HEAD in m.models else None
+        self.head = EnsembleHead(self.engine) if self.engine is not None else None
+
+    def _run(self, request: Any) -> list[Any]:
+        from clipq.runtime.fusion import describe_embeds, ensemble
+        from clipq.runtime.vectors import l2_normalize
+
+        def get(name: str, dtype: Any) -> np.ndarray:
+            return np.asarray(pb_utils.get_input_tensor_by_name(request, name).as_numpy(), dtype)
+
+        # normalised as the task classes normalise them in process: Model B's inverse-distance
+        # weights amplify a last-bit difference in a near-duplicate's distance
+        image_embeds, a = l2_normalize(get("image_embeds", np.float32)), l2_normalize(get("a_embeds", np.float32))
+        alpha, n = get("alpha", np.float32).reshape(-1), get("n", np.int64).reshape(-1)
+        b = self.fusion.predict(image_embeds)
+        fused = ensemble(a, b, alpha) if self.head is None else self.head.fuse(a, b, alpha)
+        descs = describe_embeds(self.fusion, image_embeds, fused, alpha, [int(v) for v in n])
+        text = [json.dumps({"closest": d.closest, "neighbours": d.neighbours, "alpha": d.alpha, "k": d.k}).encode()
+                for d in descs]
+        return [pb_utils.Tensor("prompt_embeds", np.ascontiguousarray(fused, np.float32)),
+                pb_utils.Tensor("b_embeds", np.ascontiguousarray(b, np.float32)),
+                pb_utils.Tensor("description", np.asarray(text, dtype=object).reshape(-1, 1))]
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        return _per_request(requests, self._run)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+class _InfoRole:
+    """The repository's description (``info.json``, rendered from the manifest) for every row asked."""
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+        self.info = m.resolve("info.json").read_bytes()
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        return _per_request(requests, lambda r: [pb_utils.Tensor(
+            self.output_name, np.asarray([self.info] * len(_bytes_items(r, self.input_name)), object).reshape(-1, 1))])
+
+    def close(self) -> None:
+        pass
+
+
+_ROLES = {"network": _NetworkRole, "preprocess_image": _PreprocessRole, "tokenize": _TokenizeRole,
+          "knn": _KnnRole, "info": _InfoRole}
 
 
 class TritonPythonModel:

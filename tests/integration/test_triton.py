@@ -124,6 +124,25 @@ def _inputs(manifest: Manifest, name: str, batch: int, seed: int = 0) -> dict[st
     return out
 
 
+def _feeds(spec, batch: int, image: bytes) -> dict[str, object]:
+    """Inputs for a helper, Model B's model, clipq_info or an ensemble, by tensor name and type."""
+    rng = np.random.default_rng(0)
+    feeds: dict[str, object] = {}
+    for t in spec.inputs:
+        if t.name == "image":
+            feeds[t.name] = [image] * batch
+        elif t.dtype == "bytes":
+            feeds[t.name] = ["manifest" if t.name == "request" else "what colour is the circle?"] * batch
+        elif t.name == "alpha":
+            feeds[t.name] = np.full((batch, 1), 0.5, np.float32)
+        elif t.name == "n":
+            feeds[t.name] = np.full((batch, 1), 2, np.int32)
+        else:  # embeddings: unit rows
+            v = rng.standard_normal((batch, t.shape[-1])).astype(np.float32)
+            feeds[t.name] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return feeds
+
+
 def _triton(server, protocol: str, manifest: Manifest, **kw):
     from clipq.runtime.backends.triton import TritonBackend
 
@@ -138,16 +157,13 @@ def test_every_model_and_ensemble_is_ready_and_answers(server, manifest):
     for name, kind in server.rendered.models.items():
         assert b.model_ready(name), name
         spec = b.spec(name)
-        if kind == "network":
-            feeds = _inputs(manifest, name, 2)
-        else:
-            feeds = {}
-            for t in spec.inputs:
-                feeds[t.name] = [good, good] if t.name == "image" else ["what colour is the circle?", "a red circle"]
+        feeds = _inputs(manifest, name, 2) if kind == "network" else _feeds(spec, 2, good)
+        if kind == "info":
+            feeds = _feeds(spec, 1, good)  # max batch 1
         out = b.infer(name, feeds)
         assert set(out) == {t.name for t in spec.outputs}, name
         for t in spec.outputs:
-            assert out[t.name].shape[0] == 2, (name, t.name)
+            assert out[t.name].shape[0] == len(next(iter(feeds.values()))), (name, t.name)
             if t.dtype == "float32":
                 assert np.isfinite(out[t.name]).all(), (name, t.name)
     b.close()
@@ -327,11 +343,14 @@ def test_bad_inputs_raise_the_same_errors(backend, manifest):
 
 
 def test_task_classes_work_unchanged(backend, reference, manifest):
+    from clipq.runtime.backends.ort import OrtBackend
     from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     images = [_png(), _png((20, 200, 40), (30, 60)), _png((10, 10, 220), (64, 64))]
     texts = ["a red circle", "two green squares on the left", "blue"]
     enc, ref = ClipEncoder(backend), ClipEncoder(reference)
+    # against a clipq server the task classes send bytes and strings to its ensembles
+    assert enc.remote == (not isinstance(backend, OrtBackend)) and not ref.remote
     np.testing.assert_allclose(enc.encode_images(images), ref.encode_images(images), atol=ATOL)
     np.testing.assert_allclose(enc.encode_texts(texts), ref.encode_texts(texts), atol=ATOL)
     np.testing.assert_allclose(PromptRegressor(backend).predict(images), PromptRegressor(reference).predict(images),
@@ -349,27 +368,53 @@ def test_task_classes_work_unchanged(backend, reference, manifest):
     with pytest.raises(InvalidImageError) as e:
         enc.encode_images([images[0], b"not an image"])
     assert e.value.index == 1
+    with pytest.raises(InvalidTextError) as t:
+        enc.encode_texts(["fine", "  "])
+    assert t.value.index == 1
 
 
 # -- the ensembles compute what the task classes compute ---------------------------------------------
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_ensembles_match_the_client_side_pipeline(server, reference, manifest, protocol):
-    from clipq.runtime.tasks import ClipEncoder, PromptRegressor, VqaModel
+    import json
+
+    from clipq.runtime.fusion import describe
+    from clipq.runtime.tasks import ClipEncoder, PromptEncoder, PromptRegressor, VqaModel
 
     b = _triton(server, protocol, manifest)
     images = [_png(), _png((20, 200, 40), (30, 60))]
-    texts = ["a red circle", "two green squares on the left"]
+    texts = ["a red circle", "two green squares on the left " * 20]  # the second is cut at max_length
     enc = ClipEncoder(reference)
     img = enc.encode_images(images)
     np.testing.assert_allclose(b.infer("embed_image", {"image": images})["image_embeds"], img, atol=ATOL)
-    np.testing.assert_allclose(b.infer("embed_text", {"text": texts})["text_embeds"], enc.encode_texts(texts),
-                               atol=ATOL)
+    out = b.infer("embed_text", {"text": texts})
+    want_txt, want_cut = enc.encode_texts(texts, return_truncated=True)
+    np.testing.assert_allclose(out["text_embeds"], want_txt, atol=ATOL)
+    assert out["truncated"].reshape(-1).tolist() == want_cut == [False, True]
+    np.testing.assert_allclose(b.infer("embed_prompt", {"text": texts})["sentence_embeds"],
+                               PromptEncoder(reference).encode(texts), atol=ATOL)
     probs = b.infer("ask", {"image": images, "question": ["what colour is it?"] * 2})["probs"]
     want, _ = VqaModel(reference).probs(img, ["what colour is it?"] * 2)
     np.testing.assert_allclose(probs, want, atol=ATOL)
-    d = b.infer("describe", {"image": images})
-    np.testing.assert_allclose(d["prompt_embeds"], PromptRegressor(reference).predict(images), atol=ATOL)
+    np.testing.assert_allclose(b.infer("ask_embeds", {"image_embeds": img, "question": ["what colour is it?"] * 2})[
+        "probs"], want, atol=ATOL)
+    a = PromptRegressor(reference).predict(images)
+    np.testing.assert_allclose(b.infer("predict_prompt", {"image": images})["prompt_embeds"], a, atol=ATOL)
+    # describe: Model A, CLIP, Model B's neighbours and the ensemble head all in the server
+    d = b.infer("describe", {"image": images, "alpha": np.full((2, 1), 0.3, np.float32),
+                             "n": np.full((2, 1), 2, np.int32)})
+    local = describe(images, clip=enc, alpha=0.3, n=2)  # in process: the artifacts' knn/ and head
+    np.testing.assert_allclose(d["a_embeds"], a, atol=ATOL)
     np.testing.assert_allclose(d["image_embeds"], img, atol=ATOL)
+    np.testing.assert_allclose(d["prompt_embeds"], np.stack([x.embedding for x in local]), atol=ATOL)
+    for row, want_d in zip(d["description"].reshape(-1), local):
+        got = json.loads(row)
+        assert [t for t, _ in got["closest"]] == [t for t, _ in want_d.closest] and len(got["closest"]) == 2
+        assert [t for t, _ in got["neighbours"]] == [t for t, _ in want_d.neighbours]
+        assert got["alpha"] == pytest.approx(0.3) and got["k"] == want_d.k
+    with pytest.raises(InvalidInputError, match="alpha"):
+        b.infer("describe", {"image": images[:1], "alpha": np.full((1, 1), 1.5, np.float32),
+                             "n": np.ones((1, 1), np.int32)})
     b.close()
 
 

@@ -3,6 +3,7 @@
 Every rendered ``config.pbtxt`` is parsed into Triton's own ``ModelConfig`` message, the ensembles
 are checked as dataflow graphs, the one ``clipq`` backend and the one copy of each tokenizer are
 checked, and the checked-in ``triton_models/`` is compared with what the renderer writes today.
+The remote client's tests that need no server are in ``tests/integration/test_remote.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ import pytest
 
 from clipq.runtime.errors import (
     ArtifactError,
-    BackendUnavailable,
     ClipqError,
-    InferenceError,
-    InvalidImageError,
-    InvalidTextError,
 )
 from clipq.runtime.manifest import Manifest
 from clipq.serving import RenderOptions, is_repository, read_repository_info, render_repository
@@ -104,8 +101,60 @@ def test_pbtxt_rejects_invalid_field():
 def test_plan_has_every_model_and_ensemble(artifacts):
     plan = plan_models(Manifest.load(artifacts))
     for name in ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "preprocess_image",
-                 "tokenize_clip", "tokenize_lm", "embed_image", "embed_text", "ask", "describe"):
+                 "tokenize_clip", "tokenize_lm", "embed_image", "embed_text", "ask", "describe", "ask_embeds",
+                 "predict_prompt", "embed_prompt", "knn_prompts", "clipq_info"):
         assert name in plan, name
+    assert plan["knn_prompts"].kind == "knn" and plan["clipq_info"].kind == "info"
+    # without Model B's database there is no KNN model and no describe ensemble; the rest stays
+    assert not {"knn_prompts", "describe"} & set(plan_models(Manifest.load(artifacts), knn=False))
+
+
+def test_server_description_is_the_manifest_without_files(cpu_repo, artifacts):
+    """clipq_info's document gives a thin client the same facts (dims, vocabulary, model id, specs)."""
+    from clipq.runtime.backends.remote import ServerManifest, manifest_from_info, parse_info
+    from clipq.runtime.tasks import ClipEncoder, VqaModel
+
+    m = Manifest.load(artifacts)
+    vdir = cpu_repo.model_repository / "clipq_info" / "1"
+    Manifest.load(vdir).resolve("info.json")  # listed with its hash in its own manifest
+    info = parse_info(np.array([[(vdir / "info.json").read_bytes()]], dtype=object), "grpc://h:1")
+    assert info["models"] == {n: {"kind": k, "max_batch_size": plan_models(m)[n].max_batch_size}
+                              for n, k in cpu_repo.models.items()}
+    assert info["knn"]["alpha"] == json.loads((artifacts / "knn" / "knn.json").read_text())["alpha"]
+    thin = manifest_from_info(info, "grpc://h:1", "grpc:h:1")
+    assert isinstance(thin, ServerManifest) and thin.dims == m.dims and thin.answer_vocab == m.answer_vocab
+    assert thin.models == {n: m.models[n] for n in thin.models} and set(thin.models) == set(m.models)
+    assert thin.tokenizers == m.tokenizers and thin.preprocessing == m.preprocessing
+    assert str(artifacts) not in (vdir / "info.json").read_text(), "no path into the artifacts"
+
+    class Local:  # ClipEncoder reads facts only at construction: no server needed
+        def __init__(self, manifest):
+            self.manifest = manifest
+
+    assert ClipEncoder(Local(thin)).model_id == ClipEncoder(Local(m)).model_id
+    assert VqaModel(Local(thin)).vocab == m.answer_vocab
+    with pytest.raises(ArtifactError, match="not on this machine"):
+        thin.resolve("tokenizer/clip/tokenizer.json")
+    with pytest.raises(ArtifactError, match="schema"):
+        parse_info(np.array([[json.dumps({**info, "schema_version": 99}).encode()]], dtype=object), "u")
+
+
+def test_knn_model_holds_model_b_and_the_head(cpu_repo, artifacts):
+    from clipq.runtime.fusion import KnnPromptFusion
+
+    vdir = cpu_repo.model_repository / "knn_prompts" / "1"
+    mini = Manifest.load(vdir)
+    mini.verify_all()
+    want = sorted(k for k in Manifest.load(artifacts).files if k.startswith("knn/"))
+    assert sorted(k for k in mini.files if k.startswith("knn/")) == want
+    assert mini.models["ensemble_head"].file == "ensemble_head.onnx"
+    assert KnnPromptFusion.load(mini.resolve_dir("knn")).ids == KnnPromptFusion.load(artifacts / "knn").ids
+    cfg = parse((cpu_repo.model_repository / "knn_prompts" / "config.pbtxt").read_text())
+    assert cfg.backend == "clipq" and cfg.parameters["clipq_role"].string_value == "knn"
+    # the warm-up is a real query (unit vectors, one prompt), not zeros that Model B would refuse
+    files = {k: v.input_data_file for k, v in cfg.model_warmup[0].inputs.items()}
+    n = np.frombuffer((cpu_repo.model_repository / "knn_prompts" / "warmup" / files["n"]).read_bytes(), "<i4")
+    assert set(files) == {"image_embeds", "a_embeds", "alpha", "n"} and n.tolist() == [1]
 
 
 @pytest.mark.parametrize("flavour", ["cpu-python", "gpu"])
@@ -239,6 +288,66 @@ def test_gpu_flavour_with_tensorrt_plans_needs_a_plan_variant(artifacts, tmp_pat
     with pytest.raises(ArtifactError, match="plan"):
         render_repository(artifacts, tmp_path / "r", RenderOptions(flavour="gpu", gpu_backend="tensorrt"),
                           models=["clip_image"])
+
+
+def test_gpu_flavour_renders_tensorrt_plan_from_a_plan_variant_and_onnxruntime_otherwise(tiny_artifacts_copy):
+    """An engine registered the way export registers it becomes a tensorrt_plan model; every config parses."""
+    from clipq.export.tensorrt import CACHE_DIR, register_plan
+    from clipq.runtime.backends.ort import batch_profile, trt_cache_key
+    from clipq.runtime.manifest import sha256_file
+
+    root = Path(tiny_artifacts_copy)
+    m = Manifest.load(root)
+    fp = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt": "10.3.0"}
+    prof = batch_profile(m, m.models["clip_image"])
+    key = trt_cache_key(m.files[m.models["clip_image"].file]["sha256"], prof, True, fp)
+    plan = root / CACHE_DIR / key / "clip_image.plan"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"not a real engine: rendering never reads it")
+    rel = register_plan(m, "clip_image", plan, key=key, profile=prof, tensorrt_version="10.3.0", fingerprint=fp)
+    m.save()
+    m = Manifest.load(root)  # it survives the manifest round trip
+    spec = m.models["clip_image"]
+    assert spec.variants["plan"] == rel == f"{CACHE_DIR}/{key}/clip_image.plan" and m.files[rel]["sha256"]
+    assert spec.meta["plan"]["key"] == key and spec.meta["plan"]["tensorrt"] == "10.3.0"
+    assert spec.meta["plan"]["profile"]["max"]["pixel_values"][0] == spec.max_batch_size
+    with pytest.raises(ArtifactError, match="not inside"):
+        register_plan(m, "clip_image", Path("/tmp/elsewhere.plan"), key=key, profile=prof, tensorrt_version="x")
+
+    repo = render_repository(m, root.parent / "gpu", RenderOptions(flavour="gpu"))
+    configs = _configs(repo.path)
+    assert set(configs) == set(repo.models)  # every config.pbtxt parsed as Triton's ModelConfig
+    for name, kind in repo.models.items():
+        cfg = configs[name]
+        if kind != "network":
+            continue
+        vdir = repo.model_repository / name / "1"
+        if name == "clip_image":
+            assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+            assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
+            assert cfg.parameters["clipq_variant"].string_value == "plan"
+            assert cfg.parameters["clipq_sha256"].string_value == sha256_file(plan)
+            assert (vdir / "model.plan").read_bytes() == plan.read_bytes() and not (vdir / "model.onnx").exists()
+        else:
+            assert cfg.platform == "onnxruntime_onnx" and (vdir / "model.onnx").is_file()
+            assert cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+        assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    assert expected_configs(repo.path) == {n: (repo.model_repository / n / "config.pbtxt").read_text()
+                                           for n in repo.models}
+    # forced to onnxruntime, the plan is ignored
+    ort_only = render_repository(m, root.parent / "gpu_ort", RenderOptions(flavour="gpu", gpu_backend="onnxruntime"),
+                                 models=["clip_image"])
+    assert _configs(ort_only.path)["clip_image"].platform == "onnxruntime_onnx"
+
+
+def test_tensorrt_without_a_gpu_builds_and_registers_nothing(tiny_artifacts_copy):
+    from clipq.export.tensorrt import TensorRTStatus, build_engines
+
+    m = Manifest.load(tiny_artifacts_copy)
+    out = build_engines(m, status=TensorRTStatus(False, "", "no NVIDIA GPU visible"))
+    assert out == {"status": "no NVIDIA GPU visible", "available": False, "engines": {}}
+    assert not any("plan" in s.variants for s in m.models.values())
+    assert not (Path(tiny_artifacts_copy) / "trt_cache").exists()
 
 
 def test_renderers_are_registered_by_flavour_with_a_method_per_kind():
@@ -399,110 +508,6 @@ def test_backend_directory_holds_copies_of_the_python_backend_and_the_clipq_back
     assert not (b / "clipq").is_symlink() and (b / "clipq" / "model.py").read_bytes() == BACKEND_SOURCE.read_bytes()
     with pytest.raises(ClipqError, match="clipq Python-based backend is missing"):
         prepare_backends(inst, tmp_path / "no_backend", tmp_path / "run3")
-
-
-# -- remote client, without a server ----------------------------------------------------------------
-def test_parse_url():
-    from clipq.runtime.backends.triton import parse_url
-
-    assert parse_url("grpc://127.0.0.1:8001") == ("grpc", "127.0.0.1:8001", False)
-    assert parse_url("http://localhost") == ("http", "localhost:8000", False)
-    assert parse_url("https://h:443") == ("http", "h:443", True)
-    assert parse_url("h:9", protocol="grpc") == ("grpc", "h:9", False)
-    for bad in ("h:9", "ftp://h:1"):
-        with pytest.raises(ClipqError):
-            parse_url(bad)
-    with pytest.raises(ClipqError, match="contradicts"):
-        parse_url("http://h:1", protocol="grpc")
-
-
-def test_one_protocol_adapter_per_scheme():
-    from clipq.runtime.backends.triton import PROTOCOLS, TritonBackend
-    from clipq.runtime.backends.triton_protocol import GrpcProtocol, HttpProtocol, open_protocol
-
-    assert PROTOCOLS == {"grpc": GrpcProtocol, "http": HttpProtocol}
-    g, h = open_protocol("grpc://h:1", None, 7.0), open_protocol("https://h:2", None, 7.0)
-    assert isinstance(g, GrpcProtocol) and g.thread_safe and g.call_options() == {"client_timeout": 7.0}
-    assert g.json_options() == {"as_json": True}
-    assert isinstance(h, HttpProtocol) and h.ssl and not h.thread_safe and h.call_options() == {} == h.json_options()
-    x = np.zeros((2, 3), np.float32)
-    assert h.infer_input("x", x, "FP32")._get_binary_data() is not None  # binary, not a JSON list
-    assert g.infer_input("x", x, "FP32").name() == "x" and g.requested_output("y").name() == "y"
-    for url, cls in (("grpc://127.0.0.1:1", GrpcProtocol), ("http://127.0.0.1:1", HttpProtocol)):
-        b = TritonBackend(url, Manifest(root=Path(".")))
-        assert type(b.wire) is cls and b.protocol == cls.name
-        b.close()
-
-
-class _FakeServerError(Exception):
-    """Shaped like tritonclient's InferenceServerException (status() and message())."""
-
-    def __init__(self, status, msg):
-        super().__init__(msg)
-        self._s, self._m = status, msg
-
-    def status(self):
-        return self._s
-
-    def message(self):
-        return self._m
-
-
-@pytest.fixture
-def client(artifacts):
-    from clipq.runtime.backends.triton import TritonBackend
-
-    b = TritonBackend("grpc://127.0.0.1:1", artifacts, retries=0)
-    yield b
-    b.close()
-
-
-def test_remote_input_errors_keep_their_type_and_global_index(client):
-    e = client._error(_FakeServerError(
-        "StatusCode.INVALID_ARGUMENT",
-        "in ensemble 'embed_image', InvalidImageError: [item 3, '<2 bytes>'] not an image (or an unsupported format)",
-    ), "embed_image", start=32)
-    assert isinstance(e, InvalidImageError) and e.index == 35
-    assert "item 35" in str(e) and "not an image" in str(e)
-    e = client._error(_FakeServerError("400", "InvalidTextError: [item 0] text is empty"), "embed_text")
-    assert isinstance(e, InvalidTextError) and e.index == 0
-
-
-def test_other_remote_errors_carry_the_server_reason(client):
-    e = client._error(_FakeServerError("StatusCode.INTERNAL", "onnxruntime exploded"), "clip_image")
-    assert isinstance(e, InferenceError) and "onnxruntime exploded" in str(e)
-    e = client._error(ConnectionRefusedError(111, "Connection refused"), "clip_image")
-    assert isinstance(e, BackendUnavailable) and "grpc://127.0.0.1:1" in str(e)
-    e = client._error(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), "clip_image")
-    assert isinstance(e, BackendUnavailable) and "within" in str(e)
-
-
-def test_only_safe_failures_are_retried(client):
-    assert client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "clip_image")
-    assert client._retryable(ConnectionRefusedError(111, "refused"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.INVALID_ARGUMENT", "bad"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.INTERNAL", "boom"), "clip_image")
-    client._configs["stateful"] = {"name": "stateful", "sequence_batching": {"max_sequence_idle_microseconds": 1}}
-    assert not client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "stateful")
-
-
-def test_unreachable_server_raises_backend_unavailable_quickly(artifacts):
-    from clipq.runtime.backends.triton import TritonBackend
-
-    for url in ("grpc://127.0.0.1:9", "http://127.0.0.1:9"):
-        with TritonBackend(url, artifacts, retries=1, timeout_s=5) as b:
-            with pytest.raises(BackendUnavailable, match="127.0.0.1:9"):
-                b.health()
-            with pytest.raises(BackendUnavailable, match="clipq serve"):
-                b.infer("clip_image", {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)})
-
-
-def test_identity_check_refuses_another_graph(client):
-    client._accept_config("clip_text", {"name": "clip_text", "parameters": {}})  # foreign repo: no check
-    with pytest.raises(ArtifactError, match="different 'clip_image' graph"):
-        client._accept_config("clip_image", {"name": "clip_image",
-                                             "parameters": {"clipq_sha256": {"string_value": "0" * 64}}})
 
 
 def test_repository_info_records_how_it_was_rendered(cpu_repo):

@@ -1,23 +1,16 @@
-"""``clipq bench --target models``: exported networks against PyTorch and plain onnxruntime.
+"""``clipq bench --target models``: clipq's exported networks against the engines a user would pick.
 
 For ``clip_image``, ``clip_text``, ``vqa`` and ``img2prompt_a`` (``base`` preset: the real
-architecture sizes with random weights) it times, interleaved in one run and with one thread count
-for all:
+architecture sizes with random weights) it times every engine of :mod:`.peers` — PyTorch eager,
+bf16 autocast and torch.compile; optimum's ORTModel; plain onnxruntime fp32 and optimum's dynamic
+int8; OpenVINO on the plain ONNX and with NNCF int8; clipq's fp32 / optimised / int8 graphs and
+clipq's measured CPU default — with one thread count for all, **each engine in its own process**
+(two engines in one process disturb each other by 1.25-1.8x), in alternating rounds.
 
-- ``pytorch_eager``: how a transformers user runs it (``CLIPModel.from_pretrained`` with its
-  default attention, ``get_image_features`` / ``get_text_features`` under ``inference_mode``;
-  clipq's own modules for VQA and the regressor, which have no transformers equivalent);
-- ``optimum_ort``: optimum's ``ORTModelForFeatureExtraction``, where optimum exports the network
-  alone (the CLIP vision tower; it has no stand-alone CLIP text tower, and nothing for clipq's
-  VQA or regressor graphs);
-- ``ort_default``: plain onnxruntime, default session options, on the default export
-  (``torch.onnx.export`` of the towers as transformers loads them; clipq's fp32 graph for VQA and
-  the regressor, which have no other export);
-- ``clipq_fp32``, ``clipq_opt`` (onnxruntime's transformer optimizer, measured whether the export
-  adopted it or not) and ``clipq_int8`` (the int8 graph the export chose).
-
-Writes ``<out>/models.json``, ``models.md`` (tables) and ``models.png`` (throughput plot).
-Module import is stdlib only (the CLI imports it to register options).
+Reported per (network, engine, batch): items/s, p50/p95/p99, cosine against clipq's fp32 graph, the
+ratio to plain onnxruntime fp32 and to the best peer, and the achieved TOPS against the CPU's peak
+for the precision the engine computes in (:mod:`.macs`). Writes ``<out>/models.json``, ``models.md``
+and ``models.png``. Module import is stdlib only (the CLI imports it to register options).
 """
 
 from __future__ import annotations
@@ -34,9 +27,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 NETWORKS = ("clip_image", "clip_text", "vqa", "img2prompt_a")
-ENGINES = ("pytorch_eager", "optimum_ort", "ort_default", "clipq_fp32", "clipq_opt", "clipq_int8")
-#: the issue's targets for clipq's CPU default (int8) against plain onnxruntime fp32 and PyTorch
-TARGETS = {"b1_vs_ort": 2.0, "b8_vs_ort": 2.2, "vs_torch": 4.5}
+PEERS = ("pytorch_eager", "torch_bf16", "torch_compile", "optimum_ort", "ort_default", "ort_optimum_int8", "ov_plain",
+         "ov_nncf_int8")
+CLIPQ = ("clipq_fp32", "clipq_opt", "clipq_int8", "clipq_default")
+ENGINES = PEERS + CLIPQ
+#: left out of --quick unless named with --engines: compiling costs more than the whole smoke test
+SLOW = ("torch_compile",)
+#: the issue's targets for clipq's CPU default
+TARGETS = {"default_vs_best_peer": 1.0, "aim_vs_best_peer": 1.2}
 
 
 def add_arguments(parser: Any) -> None:
@@ -49,172 +47,22 @@ def add_arguments(parser: Any) -> None:
                         help="exported artifacts to bench (default: <out>/artifacts-<preset>, built when missing)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="seconds per (network, batch) cell, all engines together (default 60; quick 1)")
-    parser.add_argument("--rounds", type=int, default=None, help="maximum timed rounds per cell (default 30; quick 3)")
-
-
-# -- engines --------------------------------------------------------------------------------------
-def _set_threads(threads: int) -> None:
-    # OpenMP workers that busy-wait would steal the cores of the engine timed next; only effective
-    # when torch is first imported here (the CLI imports it lazily)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # only settable before the first parallel work; harmless if it was
-        pass
-
-
-def _plain_session(path: Path, threads: int) -> Any:
-    """What a user gets with onnxruntime's defaults (only the thread count pinned, for fairness)."""
-    import onnxruntime as ort
-
-    from clipq.runtime.backends.ort import session_options
-
-    so = session_options(threads, spin=False)  # no spinning, as for every engine here: see make_session
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
-class _Engines:
-    """Builds each engine's callable for one network; unavailable ones are recorded with a reason."""
-
-    def __init__(self, root: Path, work: Path, threads: int):
-        from clipq.runtime.manifest import Manifest
-
-        self.root, self.work, self.threads = root, work, threads
-        self.m = Manifest.load(root)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self._modules: dict[str, Any] | None = None
-        self._hf_clip: Any = None
-        self.skipped: dict[str, dict[str, str]] = {}
-
-    def modules(self) -> dict[str, Any]:
-        if self._modules is None:
-            from clipq.models.io import load_for_export
-
-            self._modules = dict(load_for_export(self.root))
-        return self._modules
-
-    def hf_clip(self) -> Any:
-        """CLIPModel exactly as ``from_pretrained`` gives it (default attention implementation)."""
-        if self._hf_clip is None:
-            from transformers import CLIPModel
-
-            self._hf_clip = CLIPModel.from_pretrained(self.m.resolve_dir(self.m.checkpoints["clip"])).eval()
-        return self._hf_clip
-
-    def torch_fn(self, name: str) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        if name in ("clip_image", "clip_text"):
-            clip = self.hf_clip()
-
-            def run(feeds: dict[str, Any]) -> Any:
-                with torch.inference_mode():
-                    if name == "clip_image":
-                        out = clip.get_image_features(pixel_values=torch.from_numpy(feeds["pixel_values"]))
-                    else:
-                        out = clip.get_text_features(input_ids=torch.from_numpy(feeds["input_ids"]),
-                                                     attention_mask=torch.from_numpy(feeds["attention_mask"]))
-                    return F.normalize(out, dim=-1).numpy()
-
-            return run
-        module = self.modules()[name]
-        spec = self.m.model(name)
-
-        def run_module(feeds: dict[str, Any]) -> Any:
-            with torch.inference_mode():
-                return module(*[torch.from_numpy(feeds[t.name]) for t in spec.inputs]).numpy()
-
-        return run_module
-
-    def default_export(self, name: str) -> Path:
-        """The peer graph: the towers as transformers loads them, exported with torch.onnx defaults."""
-        spec = self.m.model(name)
-        if name not in ("clip_image", "clip_text"):
-            return self.root / spec.file  # clipq's own networks: no other export exists
-        path = self.work / f"{name}.default.onnx"
-        if not path.is_file():
-            from clipq.export.graphs import export_onnx
-            from clipq.export.samples import SampleFactory
-            from clipq.models.export_wrappers import ClipImageTower, ClipTextTower
-
-            tower = (ClipImageTower if name == "clip_image" else ClipTextTower)(self.hf_clip()).eval()
-            export_onnx(tower, spec, path, SampleFactory(self.m).inputs(spec, 2))
-        return path
-
-    def optimized(self, name: str) -> Path:
-        spec = self.m.model(name)
-        if "opt" in spec.variants:
-            return self.root / spec.variants["opt"]
-        from clipq.export.optimize import MODEL_TYPES, transformer_optimize
-
-        path = self.work / f"{name}.opt.onnx"
-        if not path.is_file():
-            transformer_optimize(self.root / spec.file, path, MODEL_TYPES[name])
-        return path
-
-    def optimum_fn(self, name: str) -> Any:
-        if name != "clip_image":
-            raise LookupError("optimum exports no stand-alone graph for this network")
-        from optimum.onnxruntime import ORTModelForFeatureExtraction
-        from transformers import CLIPVisionModel
-
-        d = self.work / "optimum_clip_vision"
-        if not (d / "model.onnx").is_file():
-            src = self.work / "hf_clip_vision"
-            CLIPVisionModel.from_pretrained(self.m.resolve_dir(self.m.checkpoints["clip"])).save_pretrained(src)
-            ORTModelForFeatureExtraction.from_pretrained(src, export=True).save_pretrained(d)
-        from clipq.runtime.backends.ort import session_options
-
-        so = session_options(self.threads, spin=False)
-        model = ORTModelForFeatureExtraction.from_pretrained(d, session_options=so, provider="CPUExecutionProvider")
-
-        def run(feeds: dict[str, Any]) -> Any:
-            # optimum's feature-extraction output is the hidden states (no projection): timed, not compared
-            return model(pixel_values=feeds["pixel_values"]).last_hidden_state
-
-        return run
-
-    def build(self, name: str, engines: list[str]) -> dict[str, Any]:
-        from clipq.export.timing import make_session, session_runner
-
-        spec = self.m.model(name)
-        out: dict[str, Any] = {}
-        for e in engines:
-            try:
-                if e == "pytorch_eager":
-                    out[e] = self.torch_fn(name)
-                elif e == "optimum_ort":
-                    out[e] = self.optimum_fn(name)
-                elif e == "ort_default":
-                    out[e] = session_runner(_plain_session(self.default_export(name), self.threads))
-                elif e == "clipq_fp32":
-                    out[e] = session_runner(make_session(self.root / spec.file, self.threads))
-                elif e == "clipq_opt":
-                    out[e] = session_runner(make_session(self.optimized(name), self.threads))
-                elif e == "clipq_int8":
-                    if "int8" not in spec.variants:
-                        raise LookupError("the export wrote no int8 graph")
-                    out[e] = session_runner(make_session(self.root / spec.variants["int8"], self.threads))
-            except (LookupError, ImportError) as err:
-                self.skipped.setdefault(name, {})[e] = str(err)
-        return out
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per cell (default 3; quick 1)")
 
 
 # -- run ------------------------------------------------------------------------------------------
 def _prepare(root: Path, preset: str, threads: int, networks: list[str], quick: bool = False) -> dict[str, Any]:
-    """Random-weight artifacts of ``preset``, exported with int8 and optimizer candidates.
+    """Random-weight artifacts of ``preset``, exported with int8, optimizer candidates and OpenVINO.
 
-    ``quick`` exports with the fewest checks that still exercise every step (one int8 recipe,
-    parity at batch 1 and 4, no optimizer candidate), to keep the smoke test short.
+    The export ends with the engine selection (``spec.meta["cpu_default"]``), which ``clipq_default``
+    runs. ``quick`` exports with the fewest checks that still exercise every step (one int8 recipe,
+    parity at batch 1 and 4, no optimizer candidate, a small NNCF calibration set, one timing round).
     """
     from clipq.runtime.manifest import Manifest
 
     m = Manifest.load(root) if (root / "manifest.json").is_file() else None
-    if m is not None and all(n in m.models and "int8" in m.models[n].variants for n in networks):
+    if m is not None and all(n in m.models and "int8" in m.models[n].variants and "cpu_default" in m.models[n].meta
+                             for n in networks):
         return {"reused": True}
     from clipq.export import ExportOptions, export_artifacts
     from clipq.export.quantize import DYNAMIC, DYNAMIC_PER_CHANNEL
@@ -224,31 +72,68 @@ def _prepare(root: Path, preset: str, threads: int, networks: list[str], quick: 
     if m is None:
         build_random_artifacts(root, preset)
     if quick:
-        opts = ExportOptions(int8=True, networks=networks, threads=threads, parity_batches=(1, 4),
-                             timing_rounds=2, int8_recipes=(DYNAMIC,))
+        opts = ExportOptions(int8=True, networks=networks, threads=threads, parity_batches=(1, 4), timing_rounds=2,
+                             int8_recipes=(DYNAMIC,), openvino=True, openvino_subset_size=16,
+                             selection_batches=(1, 4), selection_rounds=1)
     else:
-        opts = ExportOptions(int8=True, optimize=True, networks=networks, threads=threads,
-                             int8_recipes=(DYNAMIC, DYNAMIC_PER_CHANNEL))
+        opts = ExportOptions(int8=True, optimize=True, networks=networks, threads=threads, openvino=True,
+                             int8_recipes=(DYNAMIC, DYNAMIC_PER_CHANNEL), selection_batches=(1, 8, 32))
     report = export_artifacts(root, opts)
-    return {"reused": False, "seconds": time.perf_counter() - t0, "parity": report.markdown()}
+    return {"reused": False, "seconds": time.perf_counter() - t0, "parity": report.markdown(),
+            "selection": {n: f"{r['engine']}/{r['variant']}" for n, r in report.selection.items()}}
 
 
-def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        info["avx512_vnni"] = "avx512_vnni" in text
-    except OSError:
-        pass
+def _machine(threads: int) -> dict[str, Any]:
+    from clipq.runtime.backends.common import cpu_facts
     from clipq.runtime.manifest import package_versions
 
+    from .macs import cores_text
+
+    facts = cpu_facts(threads)
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), **facts, "topology": cores_text(facts)}
+    info["avx512_vnni"] = bool(facts["flags"].get("avx512_vnni"))
     info["versions"] = package_versions()
+    for dist in ("openvino", "nncf"):
+        try:
+            from importlib import metadata
+
+            info["versions"][dist] = metadata.version(dist)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
     return info
+
+
+def _start(name: str, engines: list[str], root: Path, work: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """One worker process per engine, built concurrently (the one file several share is made first)."""
+    from clipq.export.timing import ProcessEngine, WorkerError
+    from clipq.runtime.manifest import Manifest
+
+    from .peers import default_export
+
+    default_export(Manifest.load(root), name, work)
+    started: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    for e in engines:
+        started[e] = ProcessEngine("clipq.app.bench.peers:make", {"root": str(root), "work": str(work), "network": name,
+                                   "engine": e, "threads": threads}, env=env, name=f"{name} {e}", wait=False)
+    workers: dict[str, Any] = {}
+    for e, w in started.items():
+        try:
+            workers[e] = w.ready()
+        except WorkerError as err:
+            reason = str(err).split(": ", 1)[-1]
+            for prefix in ("LookupError: ", "ImportError: ", "ModuleNotFoundError: "):
+                reason = reason.replace(prefix, "")
+            skipped[e] = reason
+            log.info("%s: %s not run: %s", name, e, reason)
+    return workers, skipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,54 +142,91 @@ def run(args: argparse.Namespace) -> int:
 
     from clipq.export.parity import compare
     from clipq.export.samples import SampleFactory
-    from clipq.export.timing import interleaved, summarize
+    from clipq.export.selection import timing_sample
+    from clipq.export.timing import alternating, summarize
+    from clipq.runtime.manifest import Manifest
+
+    from .macs import graph_macs, peak
 
     quick = bool(getattr(args, "quick", False))
     preset = getattr(args, "preset", None) or ("tiny" if quick else "base")
     threads = int(getattr(args, "threads", None) or 2)
     batches = [int(b) for b in (getattr(args, "batches", None) or ("1,4" if quick else "1,8,32")).split(",")]
     networks = (getattr(args, "networks", None) or ",".join(NETWORKS)).split(",")
-    engines = (getattr(args, "engines", None) or ",".join(ENGINES)).split(",")
+    named = getattr(args, "engines", None)
+    engines = named.split(",") if named else [e for e in ENGINES if not (quick and e in SLOW)]
     budget = float(getattr(args, "budget_s", None) or (1.0 if quick else 60.0))
-    rounds = int(getattr(args, "rounds", None) or (3 if quick else 30))
+    rounds = int(getattr(args, "rounds", None) or (1 if quick else 3))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(getattr(args, "bench_artifacts", None) or out / f"artifacts-{preset}")
+    work = out / f"work-{preset}"
+    work.mkdir(parents=True, exist_ok=True)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _set_threads(threads)
     prep = _prepare(root, preset, threads, networks, quick)
-    eng = _Engines(root, out / f"work-{preset}", threads)
+    m = Manifest.load(root)
+    machine = _machine(threads)
+    images, texts = timing_sample()
     rows: list[dict[str, Any]] = []
+    skipped: dict[str, dict[str, str]] = {}
+    if quick and not named:
+        for e in SLOW:
+            skipped.setdefault("*", {})[e] = "not in --quick (compilation time); name it with --engines"
+    macs: dict[str, dict[str, int]] = {}
     t_start = time.perf_counter()
     for name in networks:
-        spec = eng.m.model(name)
-        fns = eng.build(name, engines)
-        factory = SampleFactory(eng.m, seed=1)
+        spec = m.model(name)
+        factory = SampleFactory(m, seed=1, images=images, texts=texts)
+        feeds, outs = {}, {}
         for b in batches:
-            feeds = factory.inputs(spec, b, offset=3, long_texts=False)
-            outs = {k: f(feeds) for k, f in fns.items()}  # also the warm-up call
-            ref = outs.get("clipq_fp32")
-            secs = interleaved({k: (lambda f=f, x=feeds: f(x)) for k, f in fns.items()}, rounds=rounds, warmup=0,
-                               budget_s=budget)
-            for k, s in secs.items():
-                row = {"network": name, "engine": k, "batch": b, **summarize(s, b)}
-                if ref is not None and k != "optimum_ort":
-                    row["cos_vs_fp32"] = compare(ref, outs[k])["min_cos"]
+            feeds[b] = work / f"feeds.{name}.b{b}.npz"
+            np.savez(feeds[b], **factory.inputs(spec, b, offset=3, long_texts=False))
+            with np.load(feeds[b]) as z:
+                macs.setdefault(name, {})[str(b)] = graph_macs(m.root / spec.file, {k: z[k] for k in z.files})
+        workers, why = _start(name, engines, root, work, threads)
+        if why:
+            skipped[name] = why
+        try:
+            for e, w in workers.items():  # outputs for the cosine column (also each worker's first call)
+                outs[e] = {b: w.run(feeds[b], work / f"out.{name}.{e}.b{b}.npy") for b in batches}
+            per_cell = budget / max(1, rounds * len(workers))
+            secs = alternating(workers, feeds, rounds=rounds, calls=10 if not quick else 2, budget_s=per_cell,
+                               pause_s=0.2)
+            infos = {e: w.info for e, w in workers.items()}
+        finally:
+            for w in workers.values():
+                w.close()
+        ref = outs.get("clipq_fp32")
+        for e, per in secs.items():
+            for b in batches:
+                s = np.concatenate(per[b])
+                row = {"network": name, "engine": e, "batch": b, **summarize(s, b), **{
+                    k: v for k, v in infos[e].items() if k in ("precision", "choice")}}
+                if ref is not None and infos[e].get("compare", True):
+                    row["cos_vs_fp32"] = compare(ref[b], outs[e][b])["min_cos"]
+                pk = peak(machine, row.get("precision", "fp32"), threads)
+                row["tops"] = 2 * macs[name][str(b)] / b * row["items_per_s"] / 1e12
+                row["peak_tops"] = pk["peak_tops"]
+                row["pct_of_peak"] = 100.0 * row["tops"] / pk["peak_tops"] if pk["peak_tops"] else None
                 rows.append(row)
-            log.info("%s batch %d: %s", name, b, {k: f"{np.median(v) * 1e3:.1f} ms" for k, v in secs.items()})
-        del fns
+        log.info("%s: %s", name, {r["engine"]: f"b{r['batch']} {r['p50_ms']:.1f} ms" for r in rows if r["network"] == name})
+    peaks = {p: peak(machine, p, threads) for p in ("int8", "bf16", "fp32")}
     result = {
         "target": "models",
         "config": {"preset": preset, "threads": threads, "batches": batches, "networks": networks,
-                   "engines": engines, "budget_s": budget, "rounds": rounds, "quick": quick},
-        "machine": _machine(),
+                   "engines": engines, "budget_s": budget, "rounds": rounds, "quick": quick,
+                   "isolation": "each engine in its own process, alternating rounds"},
+        "machine": machine,
         "artifacts": str(root),
         "prepare": prep,
-        "skipped": eng.skipped,
+        "skipped": skipped,
         "seconds": time.perf_counter() - t_start,
+        "macs_per_call": macs,
+        "peaks": peaks,
         "results": rows,
         "summary": summarize_targets(rows),
+        "best_peer": best_peers(rows),
     }
     (out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "models.md").write_text(markdown(result))
@@ -318,58 +240,88 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, A
     return {(r["network"], r["engine"], r["batch"]): r for r in rows}
 
 
+def best_peers(rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """network -> batch -> the peer (not clipq) with the most items/s."""
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["engine"] in CLIPQ:
+            continue
+        cur = out.setdefault(r["network"], {}).get(str(r["batch"]))
+        best = next((x for x in rows if x["network"] == r["network"] and x["batch"] == r["batch"]
+                     and x["engine"] == cur), None)
+        if best is None or r["items_per_s"] > best["items_per_s"]:
+            out[r["network"]][str(r["batch"])] = r["engine"]
+    return out
+
+
 def summarize_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """clipq's int8 default against plain onnxruntime fp32 and PyTorch, and fp32 against plain ORT."""
+    """clipq's default and int8 against plain onnxruntime fp32, the best peer and PyTorch."""
     idx = _index(rows)
+    best = best_peers(rows)
     out: dict[str, Any] = {}
     for net in sorted({r["network"] for r in rows}):
         s: dict[str, Any] = {}
         for b in sorted({r["batch"] for r in rows if r["network"] == net}):
-            int8, peer = idx.get((net, "clipq_int8", b)), idx.get((net, "ort_default", b))
-            fp32, torch_ = idx.get((net, "clipq_fp32", b)), idx.get((net, "pytorch_eager", b))
-            if int8 and peer:
-                s[f"int8_vs_ort_b{b}"] = int8["items_per_s"] / peer["items_per_s"]
-            if int8 and torch_:
-                s[f"int8_vs_torch_b{b}"] = int8["items_per_s"] / torch_["items_per_s"]
-            if fp32 and peer:
-                s[f"fp32_vs_ort_b{b}"] = fp32["items_per_s"] / peer["items_per_s"]
-            if int8 and "cos_vs_fp32" in int8:
-                s[f"int8_cos_b{b}"] = int8["cos_vs_fp32"]
+            peer, torch_ = idx.get((net, "ort_default", b)), idx.get((net, "pytorch_eager", b))
+            top = idx.get((net, best.get(net, {}).get(str(b), ""), b))
+            for key, e in (("default", "clipq_default"), ("int8", "clipq_int8"), ("fp32", "clipq_fp32")):
+                r = idx.get((net, e, b))
+                if r and peer:
+                    s[f"{key}_vs_ort_b{b}"] = r["items_per_s"] / peer["items_per_s"]
+                if r and top and key == "default":
+                    s[f"default_vs_best_peer_b{b}"] = r["items_per_s"] / top["items_per_s"]
+                if r and torch_ and key != "fp32":
+                    s[f"{key}_vs_torch_b{b}"] = r["items_per_s"] / torch_["items_per_s"]
+                if r and "cos_vs_fp32" in r and key != "fp32":
+                    s[f"{key}_cos_b{b}"] = r["cos_vs_fp32"]
         out[net] = s
     return out
 
 
+def _f(x: Any, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """Markdown tables: one row per (network, engine, batch), then the target ratios."""
-    cfg, rows = result["config"], result["results"]
+    """Markdown tables: one row per (network, engine, batch), the targets, the machine's peaks."""
+    cfg, rows, mach = result["config"], result["results"], result["machine"]
     idx = _index(rows)
+    best = result.get("best_peer") or best_peers(rows)
+    flags = ", ".join(f for f, on in (mach.get("flags") or {}).items() if on)
     lines = [
-        f"### clipq bench --target models ({cfg['preset']} preset, {cfg['threads']} threads, one interleaved run)",
+        f"### clipq bench --target models ({cfg['preset']} preset, {cfg['threads']} threads, "
+        f"{cfg.get('isolation', 'one process')})",
         "",
-        f"Machine: {result['machine'].get('cpu', '?')}, {result['machine'].get('cpus')} CPUs. "
-        "Latency in ms; items/s from the median; x ORT = items/s over plain onnxruntime fp32 (`ort_default`); "
-        "x torch = over PyTorch eager; cos = min row cosine against clipq's fp32 graph.",
+        f"Machine: {mach.get('cpu', '?')} [{flags}]; {mach.get('topology', '')}. Load average at the end "
+        f"{', '.join(f'{x:.2f}' for x in mach.get('load_average', ())) or '?'}. Latency in ms; items/s from the median; "
+        "x ORT = items/s over plain onnxruntime fp32 (`ort_default`); x best = over the fastest peer (not clipq) of "
+        "that cell; cos = min row cosine against clipq's fp32 graph; TOPS = 2 x MACs x items/s, % of the peak of the "
+        "precision the engine computes in.",
         "",
-        "| network | engine | batch | p50 ms | p95 ms | p99 ms | items/s | x ORT | x torch | cos |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| network | engine | batch | p50 ms | p95 ms | p99 ms | items/s | x ORT | x best | cos | prec | TOPS | % peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         peer = idx.get((r["network"], "ort_default", r["batch"]))
-        tor = idx.get((r["network"], "pytorch_eager", r["batch"]))
-        x_ort = f"{r['items_per_s'] / peer['items_per_s']:.2f}" if peer else "-"
-        x_t = f"{r['items_per_s'] / tor['items_per_s']:.2f}" if tor else "-"
-        cos = f"{r['cos_vs_fp32']:.5f}" if "cos_vs_fp32" in r else "-"
-        lines.append(f"| {r['network']} | {r['engine']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['items_per_s']:.1f} | {x_ort} | {x_t} | {cos} |")
+        top = idx.get((r["network"], best.get(r["network"], {}).get(str(r["batch"]), ""), r["batch"]))
+        name = r["engine"] + (f" ({r['choice']})" if r.get("choice") else "")
+        lines.append(
+            f"| {r['network']} | {name} | {r['batch']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['items_per_s']:.1f} | {_f(peer and r['items_per_s'] / peer['items_per_s'], '.2f')} | "
+            f"{_f(top and r['items_per_s'] / top['items_per_s'], '.2f')} | {_f(r.get('cos_vs_fp32'), '.5f')} | "
+            f"{r.get('precision', '-')} | {_f(r.get('tops'), '.3f')} | {_f(r.get('pct_of_peak'), '.1f')} |")
     for net, why in result.get("skipped", {}).items():
         for e, reason in why.items():
             lines.append(f"\n`{e}` not run for {net}: {reason}")
-    lines += ["", "Targets (clipq int8 default): >= 2x plain ORT fp32 at batch 1, >= 2.2x at batch 8, "
-              ">= 4.5x PyTorch eager; clipq fp32 >= plain ORT at every batch.", "",
-              "| network | ratio | value |", "|---|---|---:|"]
+    lines += ["", "Targets: clipq's CPU default (`clipq_default`) >= 1.0x the fastest peer at every batch (aim 1.2x); "
+              "clipq fp32 >= plain ORT.", "", "| network | ratio | value |", "|---|---|---:|"]
     for net, s in result.get("summary", {}).items():
         for k, v in s.items():
             lines.append(f"| {net} | {k} | {v:.4f} |" if "cos" in k else f"| {net} | {k} | {v:.2f} |")
+    lines += ["", "Peaks used for % of peak (cores x clock x MACs/cycle/core x 2):", ""]
+    for p, pk in (result.get("peaks") or {}).items():
+        lines.append(f"- {p}: {pk['peak_tops']:.3f} TOPS ({pk['cores']} cores x {pk['ghz']:.2f} GHz x "
+                     f"{pk['macs_per_cycle_per_core']} MACs/cycle via {pk['isa']}): {pk['assumes']}")
     return "\n".join(lines) + "\n"
 
 

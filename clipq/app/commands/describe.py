@@ -34,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
     backend = rt.connect(args.artifacts, server=args.server)
     try:
         m = backend.manifest
-        if not any(k.startswith("knn/") for k in m.files):
-            raise ArtifactError(f"{m.root}: no Model B (knn/) in the artifacts; run `clipq train img2prompt` first")
         clip = rt.ClipEncoder(backend)
-        fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
+        fusion = None  # a server runs its own Model B (the knn_prompts model): no local files
+        if args.server is None:
+            if not any(k.startswith("knn/") for k in m.files):
+                raise ArtifactError(f"{m.root}: no Model B (knn/) in the artifacts; run `clipq train img2prompt` first")
+            fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
         alpha = args.alpha if args.alpha is not None else float((m.extra.get("img2prompt") or {}).get("alpha", 0.5))
         out = describe(args.images, clip=clip, regressor=rt.PromptRegressor(backend), fusion=fusion,
                        head=rt.EnsembleHead(backend), alpha=alpha, n=args.k)

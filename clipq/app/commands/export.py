@@ -26,6 +26,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--require-int8", action="store_true",
                    help="fail (ParityError) when a network gets no int8 graph, instead of warning")
     p.add_argument("--tensorrt", action="store_true", help="build TensorRT fp16 engines (needs a GPU and TensorRT)")
+    p.add_argument("--openvino", action="store_true",
+                   help="also the OpenVINO IR and NNCF int8 variants; every passing (engine, variant) is timed "
+                        "here and the fastest recorded as each network's CPU default (needs clipq[openvino])")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="data directory: real parity inputs, static-int8 calibration, task-metric parity")
     p.add_argument("--networks", default=None, help="comma-separated subset (default: all the artifacts hold)")
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.artifacts = args.artifacts_opt
     opts = ExportOptions(
         optimize=args.optimize, fp16=args.fp16, int8=args.int8 or args.require_int8, require_int8=args.require_int8,
-        tensorrt=args.tensorrt, **export_options_for_data(args.data, threads=args.threads),
+        tensorrt=args.tensorrt, openvino=args.openvino, **export_options_for_data(args.data, threads=args.threads),
         networks=args.networks.split(",") if args.networks else None, threads=args.threads, opset=args.opset,
         parity_batches=_ints(args.parity_batches),
     )
