@@ -437,7 +437,7 @@ def describe(
     Args:
         images: paths, bytes, PIL images or uint8 arrays.
         clip: a CLIP image encoder (``ClipEncoder``) matching ``fusion.index``.
-        regressor: Model A (needed with ``fusion``).
+        regressor: Model A, or None for Model B alone (then ``alpha`` must be 0).
         fusion: Model B, or None for the backend's own.
         head: the ensemble head (``EnsembleHead``), or None.
         alpha: weight of Model A (default: Model B's ``alpha``, as tuned).
@@ -455,13 +455,13 @@ def describe(
     n = _check_k(n)
     if fusion is None:
         return clip.describe(items, alpha=alpha, n=n)
-    if regressor is None:
-        raise InvalidInputError("describe with a local Model B (fusion=...) needs Model A (regressor=...)")
     fusion.index.check_encoder(clip)
     w = fusion.alpha if alpha is None else float(alpha)
+    if regressor is None and w != 0.0:
+        raise InvalidInputError(f"alpha {w} weights Model A, but there is none (regressor=None): use alpha 0")
     image_embeds = clip.encode_images(items)
-    a = np.asarray(regressor.predict(items), np.float32)
     b = fusion.predict(image_embeds)
+    a = b if regressor is None else np.asarray(regressor.predict(items), np.float32)  # Model B alone: alpha 0
     fused = ensemble(a, b, w) if head is None else l2_normalize(head.fuse(a, b, w))
     return describe_embeds(fusion, image_embeds, fused, w, n)
 

@@ -220,3 +220,22 @@ def test_import_errors_are_clear(tmp_path, capsys):
     # through the CLI: exit code 2 and the reason, never a traceback
     assert main(["import", str(w), "--out", str(tmp_path / "b")]) == 2
     assert "no weights" in capsys.readouterr().err
+
+
+def test_import_with_model_b_alone_describes(tiny_artifacts, tmp_path, capsys):
+    """A prompt database without Model A: describe runs Model B alone (alpha 0) and names known prompts."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rows = ["imgId,prompt"]
+    for i, im in enumerate(_photos(5, seed=2)):
+        im.convert("RGB").resize((40, 40)).save(imgs / f"q{i}.png")
+        rows.append(f"q{i},prompt number {i}")
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    rep = import_checkpoint(tiny_artifacts / "checkpoints" / "clip", tmp_path / "art", int8=False,
+                            prompts=tmp_path / "p.csv", prompt_images=imgs, k=2, parity_batches=(1, 2))
+    assert "img2prompt_a" not in rep.networks and "prompt_text" in rep.networks
+    assert main(["describe", str(imgs / "q3.png"), "--artifacts", str(rep.artifacts), "--json", "-k", "2"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["alpha"] == 0.0 and row["neighbours"][0]["prompt"] == "prompt number 3"  # its own prompt first
+    assert main(["describe", str(imgs / "q3.png"), "--artifacts", str(rep.artifacts), "--alpha", "0.5"]) == 2
+    assert "Model A" in capsys.readouterr().err

@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ArtifactError(f"{m.root}: no Model B (knn/) in the artifacts; run `clipq train img2prompt` first")
             fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
         alpha = args.alpha if args.alpha is not None else float((m.extra.get("img2prompt") or {}).get("alpha", 0.5))
-        out = describe(args.images, clip=clip, regressor=rt.PromptRegressor(backend), fusion=fusion,
+        regressor = rt.PromptRegressor(backend) if "img2prompt_a" in m.models else None  # Model B alone
+        if regressor is None and args.alpha is None:
+            alpha = 0.0
+        out = describe(args.images, clip=clip, regressor=regressor, fusion=fusion,
                        head=rt.EnsembleHead(backend), alpha=alpha, n=args.k)
     finally:
         backend.close()
