@@ -150,7 +150,7 @@ def test_connect_rejects_bad_server_url(toy):
         connect(toy, server="localhost:8001")
 
 
-def test_tensorrt_profile_and_cache_key(toy, dims):
+def test_tensorrt_profile_and_cache_key(toy, dims, tmp_path):
     SIZE = dims[0]
     m = Manifest.load(toy)
     prof = batch_profile(m, m.model("clip_text"))
@@ -165,7 +165,7 @@ def test_tensorrt_profile_and_cache_key(toy, dims):
     assert k != trt_cache_key("abc", prof, True, {**fp, "tensorrt": "10.10"})
     assert k != trt_cache_key("abc", batch_profile(m, m.model("clip_image")), True, fp)
     assert k != trt_cache_key("abd", prof, True, fp)
-    opts = tensorrt_provider_options(m, m.model("clip_text"), toy / "trt_cache")
+    opts = tensorrt_provider_options(m, m.model("clip_text"), tmp_path / "trt_cache")  # not in the shared fixture
     assert opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"]
     assert opts["trt_profile_max_shapes"] == f"input_ids:{tb}x{tl},attention_mask:{tb}x{tl}"
 
