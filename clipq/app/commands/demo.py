@@ -20,4 +20,14 @@ def run(args: argparse.Namespace) -> int:
 
     run_demo(args.out, seed=args.seed, size=args.size, progress=not args.quiet,
              stages=args.stages.split(",") if args.stages else None)
+    print(app_command(args.out))
     return 0
+
+
+def app_command(out: str) -> str:
+    """The line that opens the web app on what the demo wrote (docs/app.md)."""
+    from pathlib import Path
+
+    art, index = Path(out) / "artifacts", Path(out) / "test.index"
+    extra = f" --index {index}" if (index / "index.json").is_file() else ""
+    return f"open the page and the API on these artifacts: clipq app --artifacts {art}{extra}  (http://127.0.0.1:8000)"
