@@ -406,8 +406,11 @@ def test_checked_in_repository_is_rendered_not_hand_written():
         assert (CHECKED_IN / "models" / name / "config.pbtxt").read_text() == text, \
             f"{name}/config.pbtxt was edited by hand"
         parse(text)
-    # one backend file (a copy of serving/backend/model.py), no per-model copies, each tokenizer once
+    # one backend file, no per-model copies, each tokenizer once; in git the backend is a link to
+    # serving/backend/model.py, so the source is the one copy (a render writes a real copy)
     _single_backend_and_tokenizers(CHECKED_IN)
+    backend = CHECKED_IN / "backends" / "clipq" / "model.py"
+    assert backend.is_symlink() and backend.resolve() == BACKEND_SOURCE.resolve()
     for name in info["models"]:
         assert (CHECKED_IN / "models" / name / "1").is_dir(), f"{name}: Triton needs the version directory"
 
