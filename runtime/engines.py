@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ClipqError
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "RETUNE_COMMAND", "UnknownEngineError", "cpu_routes", "engine",
+__all__ = ["CPU_DEFAULT", "DEFAULT_ENGINE", "ENGINES", "Engine", "RETUNE_COMMAND", "UnknownEngineError", "cpu_routes", "engine",
            "engine_for_url", "engine_for_variant", "open_backend", "open_cpu_default", "open_for_variants", "register"]
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class Engine:
 
 ENGINES: dict[str, Engine] = {}
 DEFAULT_ENGINE = "onnxruntime"
+#: not an engine: what a served network's config names (``clipq_engine``) to run the recorded CPU
+#: default of :func:`open_cpu_default` (checked against the serving host's CPU flags at load time)
+CPU_DEFAULT = "cpu-default"
 
 
 def register(e: Engine) -> Engine:
@@ -216,14 +219,25 @@ def cpu_routes(manifest: Any, host: Mapping[str, Any] | None = None) -> dict[str
     return routes
 
 
-def open_cpu_default(manifest: Any, **kw: Any) -> Any:
+def open_cpu_default(manifest: Any, *, cpu_only: bool = False, **kw: Any) -> Any:
     """The backend ``connect(artifacts)`` opens when no engine is named.
 
     The recorded per-network CPU default (see :func:`cpu_routes`) where it holds; onnxruntime's own
     choice (its manifest ``default_variant``) for the rest. An explicit ``variant`` or ``providers``,
     or a GPU in onnxruntime, means onnxruntime as before: the recorded choice is a CPU measurement.
+
+    Args:
+        manifest: The loaded manifest.
+        cpu_only: The caller runs on the CPU whatever onnxruntime offers (a Triton ``KIND_CPU``
+            instance): the recorded choice applies even where onnxruntime has a GPU provider, and
+            onnxruntime runs on ``CPUExecutionProvider`` alone.
+        **kw: Passed on to the backends (each takes the keywords it knows).
     """
-    if "variant" in kw or "providers" in kw or _gpu_in_onnxruntime():
+    if "variant" in kw:
+        return open_backend(DEFAULT_ENGINE, manifest, **kw)
+    if cpu_only:
+        kw = {**kw, "providers": ["CPUExecutionProvider"]}  # reaches onnxruntime only
+    elif "providers" in kw or _gpu_in_onnxruntime():
         return open_backend(DEFAULT_ENGINE, manifest, **kw)
     routes = cpu_routes(manifest)
     if not routes:

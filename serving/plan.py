@@ -30,7 +30,9 @@ PREPROCESS_IMAGE = "preprocess_image"
 #: tokenizer kind (manifest.tokenizers key) -> Triton model name
 TOKENIZE = {"clip": "tokenize_clip", "lm": "tokenize_lm", "prompt": "tokenize_prompt"}
 #: the kinds of repository model
-KINDS = ("network", "preprocess_image", "tokenize", "knn", "info", "ensemble")
+KINDS = ("network", "preprocess_image", "tokenize", "knn", "info", "ensemble", "fused")
+#: how the bytes-in / text-in models of :data:`FUSABLE` are served (``RenderOptions.pipelines``)
+PIPELINE_CHOICES = ("fused", "ensemble")
 #: where Model B's database sits in an artifact directory
 KNN_DIR = "knn"
 
@@ -92,6 +94,10 @@ ENSEMBLES: tuple[EnsembleDef, ...] = (
 )
 
 
+#: the two-step ensembles (a helper, then one network) that ``fused`` serves as one model each
+FUSABLE = (PIPELINES[specs.CLIP_IMAGE].name, PIPELINES[specs.CLIP_TEXT].name)
+
+
 @dataclass
 class PlannedModel:
     """What one repository model needs to be written: its I/O, batching and kind.
@@ -109,6 +115,8 @@ class PlannedModel:
     spec: ModelSpec | None = None
     tokenizer: str | None = None
     ensemble: EnsembleDef | None = None
+    fused_helper: str | None = None  # kind "fused": the helper kind run before the network
+
 
 
 def seq_len(m: Manifest, spec: ModelSpec) -> int:
@@ -123,14 +131,16 @@ def has_knn(m: Manifest) -> bool:
     return any(k.startswith(f"{KNN_DIR}/") for k in m.files)
 
 
-def plan_models(m: Manifest, *, knn: bool | None = None) -> dict[str, PlannedModel]:
+def plan_models(m: Manifest, *, knn: bool | None = None, fused: bool = False) -> dict[str, PlannedModel]:
     """Decide which models the repository holds, from what the manifest provides.
 
     Networks present in the manifest are served; ``preprocess_image`` when a network takes
     ``pixel_values`` and the manifest has preprocessing; a tokenizer model per tokenizer a served
     text network uses; ``knn_prompts`` when the manifest has Model B's database (``knn``: say so
     instead of looking, as re-rendering from a record does) and Model A and CLIP are served;
-    ``clipq_info``; and every ensemble whose composing models are all present.
+    ``clipq_info``; and every ensemble whose composing models are all present. With ``fused``, the
+    ensembles of :data:`FUSABLE` become one ``fused`` model each under the same name and tensors
+    (helper and network in one instance); the helper and network models stay served.
 
     Raises:
         ArtifactError: the manifest holds no network at all.
@@ -186,6 +196,11 @@ def plan_models(m: Manifest, *, knn: bool | None = None) -> dict[str, PlannedMod
         outs = [_ensemble_tensor(out, e, t, "outputs") for t in e.outputs]
         mbs = min(out[s.model].max_batch_size for s in e.steps)
         out[e.name] = PlannedModel(e.name, "ensemble", e.doc, ins, outs, mbs, ensemble=e)
+        if fused and e.name in FUSABLE:
+            helper, net = (out[s.model] for s in e.steps)
+            out[e.name] = PlannedModel(e.name, "fused", f"{e.doc} (one model: {helper.name} and {net.name} in one "
+                                       "instance)", ins, outs, mbs, net.preferred, spec=net.spec,
+                                       tokenizer=helper.tokenizer, ensemble=e, fused_helper=helper.kind)
     return out
 
 

@@ -25,18 +25,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from clipq.runtime.backends.remote import INFO_FORMAT, INFO_SCHEMA
+from clipq.runtime.engines import CPU_DEFAULT, DEFAULT_ENGINE
 from clipq.runtime.errors import ArtifactError
-from clipq.runtime.manifest import TRITON_DTYPES, Manifest, TensorSpec, atomic_write_json
+from clipq.runtime.manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec, atomic_write_json
 from clipq.runtime.specs import ENSEMBLE_HEAD
 
 from .layout import BACKEND_NAME, TOKENIZERS_FROM_MODEL
 from .pbtxt import Enum, dumps
-from .plan import KNN_DIR, PlannedModel, seq_len
+from .plan import KNN_DIR, PIPELINE_CHOICES, PlannedModel, seq_len
 
 _WARMUP_TEXT = "a photo of a red circle on the left"
 #: model kind -> input name -> file in the model's warmup/ directory
 WARMUP_FILES = {"preprocess_image": {"image": "image.bin"}, "tokenize": {"text": "text.bin"},
-                "info": {"request": "request.bin"},
+                "info": {"request": "request.bin"}, "fused": {"image": "image.bin", "text": "text.bin"},
                 "knn": {"image_embeds": "image_embeds.bin", "a_embeds": "a_embeds.bin", "alpha": "alpha.bin",
                         "n": "n.bin"}}
 #: the description ``clipq_info`` answers, in its version directory
@@ -71,13 +72,27 @@ class RenderOptions:
             Triton's own threads, the Python stubs and other instances, and a spinning worker
             that is descheduled stalls the whole parallel section (measured: several times slower
             under load, barely faster when the machine is idle).
-        engine: Engine of :mod:`clipq.runtime.engines` the ``clipq`` backend runs networks on
-            (``cpu-python``).
+        engine: Engine of :mod:`clipq.runtime.engines` the ``clipq`` backend runs every network on
+            (``cpu-python``). ``None`` (with ``variant`` ``None`` too): per network, the CPU default
+            the manifest records (``spec.meta["cpu_default"]``: engine, variant and its graph, e.g.
+            an OpenVINO IR), honoured at load time where the serving host's CPU flags match what
+            it was measured on, onnxruntime's default variant otherwise (as
+            :func:`clipq.runtime.engines.open_cpu_default` in process); networks without a record
+            run onnxruntime's default variant.
+        pipelines: How the bytes-in / text-in models ``embed_image`` and ``embed_text`` are served:
+            ``"fused"``: one ``clipq`` model each that decodes (or tokenises) and runs the network
+            in the same instance (one Python-stub hop per request); ``"ensemble"``: Triton
+            ensembles of the helper model and the network model (two hops). ``None``: fused
+            where the flavour runs the networks on the ``clipq`` backend (``cpu-python``),
+            ensembles on ``gpu`` (the network on the GPU's own backend).
         warmup: Render ``model_warmup`` so models are ready only once initialised.
         gpu_backend: ``"auto"``: each network as ``tensorrt_plan`` where the manifest has a
             ``plan`` variant of it, else ``onnxruntime_onnx`` with the TensorRT accelerator;
             ``"onnxruntime"``: always the latter; ``"tensorrt"``: always the former (every network
-            needs a ``plan`` variant).
+            needs a ``plan`` variant); ``"openvino"``: a CPU server: every network on Triton's
+            native ``openvino`` backend (``KIND_CPU``) from its OpenVINO IR (the recorded CPU
+            default's IR, else ``ov_int8``, else ``ov_fp32``; the fp32 ONNX graph where the
+            export wrote no IR).
         gpu_precision: TensorRT precision for the accelerator (``FP32``, ``FP16``, ``INT8``).
         trt_cache_dir: Where the TensorRT accelerator caches its engines inside the server.
         max_pixels: Pixel limit of ``preprocess_image`` (None: the runtime's default).
@@ -94,7 +109,8 @@ class RenderOptions:
     helper_instances: int = 1
     intra_op_threads: int = 0
     allow_spinning: bool = False
-    engine: str = "onnxruntime"
+    engine: str | None = None
+    pipelines: str | None = None
     warmup: bool = True
     gpu_backend: str = "auto"
     gpu_precision: str = "FP16"
@@ -109,6 +125,16 @@ class RenderOptions:
             raise ValueError(f"gpu_backend must be one of {GPU_BACKENDS}, got {self.gpu_backend!r}")
         if self.instances < 1 or self.helper_instances < 1:
             raise ValueError("instance counts must be at least 1")
+        if self.pipelines is not None and self.pipelines not in PIPELINE_CHOICES:
+            raise ValueError(f"pipelines must be one of {PIPELINE_CHOICES}, got {self.pipelines!r}")
+        if self.pipelines == "fused" and self.flavour != "cpu-python":
+            raise ValueError(f"pipelines='fused' runs the network on the clipq backend: only the cpu-python flavour "
+                             f"does that ({self.flavour!r} serves its networks on Triton's own backends)")
+
+    @property
+    def fused(self) -> bool:
+        """Whether ``embed_image`` / ``embed_text`` are fused models (see ``pipelines``)."""
+        return (self.pipelines or ("fused" if self.flavour == "cpu-python" else "ensemble")) == "fused"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +142,9 @@ class RenderOptions:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RenderOptions:
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        # records written before the option existed rendered ensembles
+        d.setdefault("pipelines", "ensemble")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -154,6 +183,11 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def ir_weights(rel: str) -> str:
+    """The ``.bin`` that goes with an OpenVINO IR's ``.xml`` ("" for any other graph file)."""
+    return rel[: -len(".xml")] + ".bin" if rel.endswith(".xml") else ""
 
 
 def _serialized_bytes(items: Iterable[bytes]) -> bytes:
@@ -301,7 +335,7 @@ class Renderer:
 
     def knn(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
         # the ensemble head is a few multiply-adds: one thread, next to the index, on the CPU
-        return self._helper(model, {"clipq_engine": self.opt.engine, "clipq_threads": 1,
+        return self._helper(model, {"clipq_engine": self.opt.engine or DEFAULT_ENGINE, "clipq_threads": 1,
                                     "clipq_providers": "CPUExecutionProvider"})
 
     def info(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
@@ -311,6 +345,9 @@ class Renderer:
 
     def network(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
         raise NotImplementedError
+
+    def fused(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
+        raise ArtifactError(f"{model.name}: the {self.flavour} flavour serves no fused models (pipelines='ensemble')")
 
     def network_head(self, model: PlannedModel) -> dict[str, Any]:
         raise NotImplementedError
@@ -329,17 +366,49 @@ class Renderer:
     def _served(self, served: Served | None) -> dict[str, Any]:
         return {"clipq_sha256": served.sha256 if served else "", "clipq_variant": served.variant if served else ""}
 
-    # -- one method per kind: the files
-    def write_network(self, model: PlannedModel, mdir: Path, vdir: Path) -> Served:
+    def served_graphs(self, model: PlannedModel) -> tuple[ModelSpec, dict[str, str], Served]:
+        """What a network's version directory holds: its spec there, file there -> artifact path, the graph served.
+
+        One graph (:meth:`graph`), named the fp32 graph of the small manifest; a flavour that
+        ships more (the ``cpu-python`` recorded CPU default and its fallback) overrides this.
+        """
         assert model.spec is not None
         variant, fname = self.graph(model)
-        rel = model.spec.file_for(variant)
-        src = self.m.resolve(rel)  # verifies the sha256 before the file goes anywhere
-        link_or_copy(src, vdir / fname)
+        rel = Path(model.spec.file_for(variant)).as_posix()
         spec = replace(model.spec, file=fname, variants={}, default_variant="fp32",
-                       meta={**model.spec.meta, "variant": variant, "source_file": rel})
-        mini_manifest(self.m, vdir, {fname: Path(rel).as_posix()}, models={model.name: spec}, dims=dict(self.m.dims))
-        return Served(variant, self.m.files[Path(rel).as_posix()]["sha256"])
+                       meta={**model.spec.meta, "variant": variant, "source_file": rel, "served_file": fname})
+        return spec, {fname: rel}, Served(variant, self._sha(rel))
+
+    def _sha(self, rel: str) -> str:
+        return str(self.m.files[Path(rel).as_posix()]["sha256"])
+
+    def _write_graphs(self, model: PlannedModel, vdir: Path, **sections: Any) -> Served:
+        """Link the graphs of :meth:`served_graphs` (an IR with its ``.bin``) and write the small manifest."""
+        assert model.spec is not None
+        spec, graphs, served = self.served_graphs(model)
+        files: dict[str, str] = {}
+        for fname, rel in graphs.items():
+            link_or_copy(self.m.resolve(rel), vdir / fname)  # resolve verifies the sha256 first
+            files[fname] = rel
+            if ir_weights(rel):
+                link_or_copy(self.m.resolve(ir_weights(rel)), vdir / ir_weights(fname))
+                files[ir_weights(fname)] = ir_weights(rel)
+        mini_manifest(self.m, vdir, files, models={model.spec.name: spec}, dims=dict(self.m.dims), **sections)
+        return served
+
+    # -- one method per kind: the files
+    def write_network(self, model: PlannedModel, mdir: Path, vdir: Path) -> Served:
+        return self._write_graphs(model, vdir)
+
+    def write_fused(self, model: PlannedModel, mdir: Path, vdir: Path) -> Served:
+        """The network's graphs and, for an image model, the preprocessing settings; a warm-up request."""
+        helper = model.fused_helper
+        if helper == "preprocess_image":
+            self._warmup_files(mdir, "fused", {"image": _serialized_bytes([_warmup_png(int(self.m.preprocessing["size"]))])},
+                               only=("image",))
+            return self._write_graphs(model, vdir, preprocessing=dict(self.m.preprocessing))
+        self._warmup_files(mdir, "fused", {"text": _serialized_bytes([_WARMUP_TEXT.encode()])}, only=("text",))
+        return self._write_graphs(model, vdir)
 
     def write_preprocess_image(self, model: PlannedModel, mdir: Path, vdir: Path) -> None:
         self._warmup_file(mdir, "preprocess_image", _warmup_png(int(self.m.preprocessing["size"])))
@@ -391,11 +460,12 @@ class Renderer:
         Renderer._warmup_files(mdir, kind, {name: _serialized_bytes([item]) for name in WARMUP_FILES[kind]})
 
     @staticmethod
-    def _warmup_files(mdir: Path, kind: str, data: Mapping[str, bytes]) -> None:
+    def _warmup_files(mdir: Path, kind: str, data: Mapping[str, bytes], only: Iterable[str] | None = None) -> None:
         """Write the raw warm-up data of each input (``data``: input name -> Triton's raw layout)."""
         (mdir / "warmup").mkdir(exist_ok=True)
         for name, fname in WARMUP_FILES[kind].items():
-            (mdir / "warmup" / fname).write_bytes(data[name])
+            if only is None or name in only:
+                (mdir / "warmup" / fname).write_bytes(data[name])
 
 
 def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOptions) -> dict[str, Any]:
@@ -427,7 +497,7 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
 
 RENDERERS: dict[str, type[Renderer]] = {}
 #: how the gpu flavour serves networks (see :class:`RenderOptions`)
-GPU_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+GPU_BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
 
 
 def register(cls: type[Renderer]) -> type[Renderer]:
@@ -443,24 +513,110 @@ def renderer(m: Manifest, opt: RenderOptions, plan: Mapping[str, PlannedModel] |
 
 @register
 class CpuPythonRenderer(Renderer):
-    """Networks on the ``clipq`` backend: an engine of the registry inside the Python backend stub."""
+    """Networks on the ``clipq`` backend: an engine of the registry inside the Python backend stub.
+
+    With neither ``engine`` nor ``variant`` forced, a network whose manifest records a CPU default
+    ships that graph (e.g. ``model.xml`` + ``model.bin``, an OpenVINO IR) next to onnxruntime's
+    default graph (``model.onnx``), both in its small manifest with the record, and its config
+    names the engine :data:`~clipq.runtime.engines.CPU_DEFAULT`: the backend then opens
+    :func:`~clipq.runtime.engines.open_cpu_default` over that manifest, so the serving host's CPU
+    flags decide at load time exactly as in process (a mismatch runs ``model.onnx`` with a notice
+    in the server's log).
+    """
 
     flavour = "cpu-python"
 
     def network_head(self, model: PlannedModel) -> dict[str, Any]:
         return {"backend": BACKEND_NAME}
 
+    def cpu_default(self, spec: ModelSpec) -> tuple[str, str] | None:
+        """The recorded (engine, variant) served for ``spec``, or None (forced options, no record, no graph)."""
+        if self.opt.engine is not None or self.opt.variant is not None:
+            return None
+        rec = spec.meta.get("cpu_default") or {}
+        eng, var = rec.get("engine"), rec.get("variant")
+        if not eng or not var or (var != "fp32" and var not in spec.variants):
+            return None
+        return str(eng), str(var)
+
+    @staticmethod
+    def _file_name(spec: ModelSpec, variant: str, first: bool) -> str:
+        if spec.file_for(variant).endswith(".xml"):
+            return "model.xml"
+        return "model.onnx" if first else f"model.{variant}.onnx"
+
     def graph(self, model: PlannedModel) -> tuple[str, str]:
         assert model.spec is not None
-        return self.opt.variant or model.spec.default_variant, "model.onnx"
+        choice = self.cpu_default(model.spec)
+        if choice is None:
+            return self.opt.variant or model.spec.default_variant, "model.onnx"
+        return choice[1], self._chosen_name(model.spec, choice[1])
+
+    def _chosen_name(self, spec: ModelSpec, var: str) -> str:
+        fallback = spec.default_variant
+        if var == fallback:
+            return "model.onnx"
+        return self._file_name(spec, var, first=var == "fp32")
+
+    def served_graphs(self, model: PlannedModel) -> tuple[ModelSpec, dict[str, str], Served]:
+        spec = model.spec
+        assert spec is not None
+        choice = self.cpu_default(spec)
+        if choice is None:
+            return super().served_graphs(model)
+        eng, var = choice
+        fallback = spec.default_variant
+        rec = dict(spec.meta["cpu_default"])
+        rel_of = {v: Path(spec.file_for(v)).as_posix() for v in {var, fallback}}
+        if "fp32" in (var, fallback):
+            # the small manifest mirrors the source: model.onnx is the fp32 graph, the other keeps its name
+            other = fallback if var == "fp32" else var
+            names = {"fp32": "model.onnx"}
+            if other != "fp32":
+                names[other] = self._file_name(spec, other, first=False)
+            small = replace(spec, file="model.onnx", variants={v: n for v, n in names.items() if v != "fp32"},
+                            default_variant=fallback)
+            key = var
+        else:
+            # onnxruntime's default is the fp32 slot of the small manifest (as without a record)
+            names = {fallback: "model.onnx"}
+            if var != fallback:
+                names[var] = self._chosen_name(spec, var)
+            small = replace(spec, file="model.onnx", variants={v: n for v, n in names.items() if v != fallback},
+                            default_variant="fp32")
+            key = "fp32" if var == fallback else var
+        meta = {**spec.meta, "variant": var, "source_file": rel_of[var], "served_file": names[var],
+                "cpu_default": {**rec, "variant": key},
+                "fallback": {"engine": DEFAULT_ENGINE, "variant": fallback, "file": names[fallback]}}
+        if key != var and isinstance(spec.meta.get("openvino"), Mapping) and var in spec.meta["openvino"]:
+            meta["openvino"] = {**spec.meta["openvino"], key: spec.meta["openvino"][var]}
+        small = replace(small, meta=meta)
+        graphs = {names[v]: rel_of[v] for v in names}
+        return small, graphs, Served(var, self._sha(rel_of[var]))
+
+    def _engine_params(self, model: PlannedModel, served: Served | None) -> dict[str, Any]:
+        assert model.spec is not None
+        engine = self.opt.engine or (CPU_DEFAULT if self.cpu_default(model.spec) else DEFAULT_ENGINE)
+        return {"clipq_engine": engine, "clipq_threads": self.opt.intra_op_threads, "clipq_spin": int(self.opt.allow_spinning),
+                # the instances are KIND_CPU: no GPU provider, whatever the installed onnxruntime offers
+                "clipq_providers": "CPUExecutionProvider"}
 
     def network(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
         cfg = self._network(model, "KIND_CPU")
-        return self._tail(model, cfg, {
-            **self._served(served), "clipq_role": "network", "clipq_engine": self.opt.engine,
-            "clipq_threads": self.opt.intra_op_threads, "clipq_spin": int(self.opt.allow_spinning),
-            # the instances are KIND_CPU: no GPU provider, whatever the installed onnxruntime offers
-            "clipq_providers": "CPUExecutionProvider"})
+        return self._tail(model, cfg, {**self._served(served), "clipq_role": "network",
+                                       **self._engine_params(model, served)})
+
+    def fused(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
+        """Helper and network in one instance: batched like the network, warmed up with a real request."""
+        assert model.spec is not None
+        cfg = self._network(model, "KIND_CPU")
+        params: dict[str, Any] = {**self._served(served), "clipq_role": "fused", "clipq_helper": model.fused_helper,
+                                  "clipq_network": model.spec.name, **self._engine_params(model, served)}
+        if model.fused_helper == "tokenize":
+            params.update({"clipq_tokenizer": model.tokenizer, "clipq_tokenizers": TOKENIZERS_FROM_MODEL})
+        elif self.opt.max_pixels is not None:
+            params["clipq_max_pixels"] = self.opt.max_pixels
+        return self._tail(model, cfg, params)
 
 
 # the gpu flavour registers itself; it needs the classes above

@@ -139,7 +139,7 @@ def render_repository(
     if out.exists() and any(out.iterdir()) and not (out / REPOSITORY_FILE).is_file():
         raise ArtifactError(f"{out} is not empty and was not rendered by clipq (no {REPOSITORY_FILE}); "
                             "choose another directory")
-    plan = plan_models(m)
+    plan = plan_models(m, fused=opt.fused)
     if models is not None:
         wanted = set(models)
         unknown = wanted - set(plan)
@@ -155,7 +155,8 @@ def render_repository(
         if any(r.uses_backend(model) for model in plan.values()):
             (tmp / BACKENDS_DIR / BACKEND_NAME).mkdir(parents=True)
             shutil.copyfile(BACKEND_SOURCE, tmp / BACKENDS_DIR / BACKEND_NAME / "model.py")
-        write_tokenizers(m, [v.tokenizer for v in plan.values() if v.kind == "tokenize" and v.tokenizer],
+        write_tokenizers(m, list(dict.fromkeys(v.tokenizer for v in plan.values()
+                                               if v.kind in ("tokenize", "fused") and v.tokenizer)),
                          tmp / TOKENIZERS_DIR)
         info = {
             "schema_version": REPOSITORY_SCHEMA,
@@ -254,15 +255,18 @@ def expected_configs(repo: str | os.PathLike[str]) -> dict[str, str]:
     m = Manifest(root=repo, preprocessing=src["preprocessing"], tokenizers=src["tokenizers"], dims=src["dims"],
                  answer_vocab=[""] * int(src.get("n_answers", 0)),
                  models={k: ModelSpec.from_dict(v) for k, v in src["specs"].items()})
-    plan = plan_models(m, knn=KNN_MODEL in info["models"])
-    r = renderer(m, RenderOptions.from_dict(info["options"]), plan)
+    opt = RenderOptions.from_dict(info["options"])
+    plan = plan_models(m, knn=KNN_MODEL in info["models"], fused=opt.fused)
+    r = renderer(m, opt, plan)
     models = repository_layout(repo).models
     out = {}
     for name, kind in info["models"].items():
         served = None
-        if kind == "network":
+        if kind in ("network", "fused"):
             mini = json.loads((models / name / "1" / "manifest.json").read_text())
-            spec = mini["models"][name]
-            served = Served(spec["meta"].get("variant", ""), mini["files"][spec["file"]]["sha256"])
+            net = plan[name].spec.name if plan[name].spec is not None else name
+            spec = mini["models"][net]
+            served = Served(spec["meta"].get("variant", ""),
+                            mini["files"][spec["meta"].get("served_file", spec["file"])]["sha256"])
         out[name] = r.config(plan[name], served)
     return out

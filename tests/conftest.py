@@ -61,3 +61,35 @@ def tiny_artifacts_copy(tiny_artifacts, tmp_path):
     dst = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_ov_artifacts(tmp_path_factory, tiny_artifacts):
+    """A copy of ``tiny_artifacts`` whose CLIP towers record an OpenVINO CPU default measured on this host.
+
+    ``clip_image`` and ``clip_text`` get an ``ov_fp32`` IR (``openvino.convert_model`` of their fp32
+    graph, checked in f32) and ``meta["cpu_default"] = openvino/ov_fp32`` with this machine's CPU
+    facts, as ``clipq tune-engines`` records a winner (without timing anything: seconds). Read-only.
+    """
+    import shutil
+
+    pytest.importorskip("openvino")
+    from clipq.export.openvino import OV_DIR, to_ir
+    from clipq.runtime.backends.common import cpu_facts
+    from clipq.runtime.manifest import Manifest
+
+    root = tmp_path_factory.mktemp("tiny_ov") / "artifacts"
+    shutil.copytree(tiny_artifacts, root)
+    m = Manifest.load(root)
+    for name in ("clip_image", "clip_text"):
+        spec = m.models[name]
+        xml = f"{OV_DIR}/{name}.xml"
+        to_ir(m.resolve(spec.file), root / xml)
+        m.add_file(xml)
+        m.add_file(f"{OV_DIR}/{name}.bin")
+        spec.variants["ov_fp32"] = xml
+        spec.meta["openvino"] = {"ov_fp32": {"precision": "f32"}}
+        spec.meta["cpu_default"] = {"engine": "openvino", "variant": "ov_fp32", "precision": "f32",
+                                    "measured_on": cpu_facts()}
+    m.save()
+    return root

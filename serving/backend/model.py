@@ -7,7 +7,12 @@ picks what an instance does:
 
 - ``network``: one exported network, run through the engine registry (``clipq_engine``, default
   ``onnxruntime``: :class:`clipq.runtime.backends.ort.OrtBackend` with ``clipq_threads`` /
-  ``clipq_spin`` / ``clipq_providers``); a dynamic batch runs as one engine call;
+  ``clipq_spin`` / ``clipq_providers``; ``cpu-default``: the CPU default its manifest records,
+  opened by :func:`clipq.runtime.engines.open_cpu_default` on this host, as in process); a dynamic
+  batch runs as one engine call;
+- ``fused``: ``preprocess_image`` or ``tokenize`` and then the network, in one instance (one
+  Python-stub hop per request instead of an ensemble's two); a dynamic batch of requests is
+  decoded or tokenised request by request (a bad one fails alone) and runs as one engine call;
 - ``preprocess_image``: encoded image bytes -> ``pixel_values`` (decode, resize, crop, normalise);
 - ``tokenize``: UTF-8 text -> ``input_ids`` / ``attention_mask`` (+ per-text ``truncated``);
 - ``knn``: Model B over the repository's copy of the KNN database, the ensemble head and the
@@ -28,6 +33,8 @@ its own error response and never fails the others. Errors carry the clipq error 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,26 +73,76 @@ def _per_request(requests: list[Any], run: Any) -> list[Any]:
     return responses
 
 
+def _log(message: str) -> None:
+    """A line in the server's log (the stub's Logger where it has one)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:  # pragma: no cover - stubs before 23.x
+        print(message, file=sys.stderr, flush=True)
+
+
+class _ServerLog(logging.Handler):
+    """clipq's warnings (e.g. a CPU default measured on other CPU flags) into the server's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = getattr(pb_utils, "Logger", None)
+        msg = self.format(record)
+        if logger is not None:
+            (logger.log_warn if record.levelno >= logging.WARNING else logger.log_info)(msg)
+        else:  # pragma: no cover
+            print(msg, file=sys.stderr, flush=True)
+
+
 def _open_engine(m: Manifest, params: dict[str, str], models: list[str]) -> Any:
     """The engine ``clipq_engine`` names over ``m``, its sessions for ``models`` created (and verified) now."""
-    from clipq.runtime.engines import open_backend
+    from clipq.runtime.engines import CPU_DEFAULT, open_backend, open_cpu_default
 
     kw: dict[str, Any] = {"models": models}
     if params.get("clipq_threads"):
         kw["threads"] = int(params["clipq_threads"]) or None
     if params.get("clipq_spin"):
         kw["spin"] = _flag(params["clipq_spin"])
+    name = params.get("clipq_engine") or "onnxruntime"
+    if name == CPU_DEFAULT:
+        # the recorded choice where this host's CPU flags match it, onnxruntime's default (with a
+        # notice in the log) where not: the same decision as connect(artifacts) in process
+        return open_cpu_default(m, cpu_only=True, **kw)
     if params.get("clipq_providers"):
         kw["providers"] = [p for p in params["clipq_providers"].split(",") if p]
-    return open_backend(params.get("clipq_engine") or "onnxruntime", m, **kw)
+    return open_backend(name, m, **kw)
+
+
+def _describe(backend: Any, model: str) -> str:
+    """``engine/variant`` a backend runs ``model`` on (for the log)."""
+    inner = backend.backend_for(model) if hasattr(backend, "backend_for") else backend
+    describe = getattr(inner, "describe", None)
+    if describe is not None:
+        d = describe(model)
+        return f"{d.get('engine')}/{d.get('variant')} ({d.get('precision')})"
+    variant = inner.variant_for(model) if hasattr(inner, "variant_for") else "?"
+    return f"{type(inner).__name__}/{variant}"
+
+
+def _split(outs: dict[str, np.ndarray], names: list[str], sizes: list[int]) -> list[list[Any]]:
+    """Per request, its rows of every output as tensors (row slices: views, no copy)."""
+    tensors, start = [], 0
+    for n in sizes:
+        # a row slice of a C-contiguous array is contiguous: this is a view, not a copy; the
+        # one copy left is the stub's into shared memory. (Tensor.from_dlpack on numpy
+        # arrays crashes the 2.51 stub: "PyCapsule_GetPointer called with incorrect name".)
+        tensors.append([pb_utils.Tensor(k, outs[k][start:start + n]) for k in names])
+        start += n
+    return tensors
 
 
 class _NetworkRole:
     """One exported network on an engine of the registry; a dynamic batch runs as one engine call."""
 
-    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         self.name = config["name"]
         self.backend = _open_engine(m, params, [self.name])
+        _log(f"{self.name}: runs {_describe(self.backend, self.name)}")
         spec = m.model(self.name)
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs]
@@ -103,14 +160,87 @@ class _NetworkRole:
             outs = self.backend.infer(self.name, batch)
         except Exception as e:  # noqa: BLE001 - every request of the batch gets the reason
             return [_error(e) for _ in requests]
-        responses, start = [], 0
-        for n in sizes:
-            # a row slice of a C-contiguous array is contiguous: this is a view, not a copy; the
-            # one copy left is the stub's into shared memory. (Tensor.from_dlpack on numpy
-            # arrays crashes the 2.51 stub: "PyCapsule_GetPointer called with incorrect name".)
-            tensors = [pb_utils.Tensor(k, outs[k][start:start + n]) for k in self.output_names]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += n
+        return [pb_utils.InferenceResponse(output_tensors=t) for t in _split(outs, self.output_names, sizes)]
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class _FusedRole:
+    """A helper and a network in one instance: ``embed_image`` / ``embed_text`` in one Python-stub hop.
+
+    ``clipq_helper`` ``preprocess_image``: ``image`` bytes -> ``pixel_values`` -> the network;
+    ``tokenize``: ``text`` -> ids and mask (padded to the longest text of the whole batch: no
+    batcher downstream needs length buckets) -> the network, plus per-text ``truncated``. Each
+    request is decoded or tokenised alone (its error answers it alone); the rest run as one
+    engine call, and each response gets row views of the outputs.
+    """
+
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
+        self.name = config["name"]
+        self.network = params["clipq_network"]
+        self.helper = params["clipq_helper"]
+        self.input_name = config["input"][0]["name"]
+        spec = m.model(self.network)
+        self.output_names = [t.name for t in spec.outputs]
+        if self.helper == "preprocess_image":
+            from clipq.runtime.preprocess import ImagePreprocessor
+
+            overrides: dict[str, Any] = {}
+            if "clipq_max_pixels" in params:
+                overrides["max_pixels"] = int(params["clipq_max_pixels"]) or None
+            self.pre = ImagePreprocessor.from_manifest(m, **overrides)
+            self.prepare = self._pixels
+        elif self.helper == "tokenize":
+            from clipq.runtime.text import TextTokenizer
+
+            shared = Manifest.load((model_dir / params["clipq_tokenizers"]).resolve())
+            self.tok = TextTokenizer.from_manifest(shared, params["clipq_tokenizer"])
+            self.prepare = self._ids
+        else:
+            raise InvalidInputError(f"{self.name}: clipq_helper is {self.helper!r}; expected preprocess_image or tokenize")
+        self.backend = _open_engine(m, params, [self.network])
+        _log(f"{self.name}: {self.helper} + {self.network} in one model, {self.network} runs "
+             f"{_describe(self.backend, self.network)}")
+
+    def _pixels(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
+        return {"pixel_values": self.pre(_bytes_items(request, self.input_name))}, []
+
+    def _ids(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
+        enc = self.tok(_bytes_items(request, self.input_name))
+        truncated = np.asarray(enc.truncated, dtype=bool).reshape(-1, 1)
+        return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}, [
+            pb_utils.Tensor("truncated", truncated)]
+
+    def _join(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        if len(feeds) == 1:
+            return feeds[0]
+        if self.helper == "tokenize":
+            width = max(f["input_ids"].shape[1] for f in feeds)
+            pad = {"input_ids": self.tok.pad_id, "attention_mask": 0}
+            return {k: np.concatenate([np.pad(f[k], ((0, 0), (0, width - f[k].shape[1])), constant_values=v)
+                                       for f in feeds]) for k, v in pad.items()}
+        return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+
+    def __call__(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        ready: list[tuple[int, dict[str, np.ndarray], list[Any]]] = []
+        for i, r in enumerate(requests):
+            try:
+                feeds, extra = self.prepare(r)
+                ready.append((i, feeds, extra))
+            except Exception as e:  # noqa: BLE001 - answered on this request only
+                responses[i] = _error(e)
+        if ready:
+            sizes = [len(next(iter(f.values()))) for _, f, _ in ready]
+            try:
+                outs = self.backend.infer(self.network, self._join([f for _, f, _ in ready]))
+            except Exception as e:  # noqa: BLE001 - every request of the batch gets the reason
+                for i, _, _ in ready:
+                    responses[i] = _error(e)
+                return responses
+            for (i, _, extra), tensors in zip(ready, _split(outs, self.output_names, sizes)):
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors + extra)
         return responses
 
     def close(self) -> None:
@@ -120,7 +250,7 @@ class _NetworkRole:
 class _PreprocessRole:
     """Encoded image bytes -> float32 ``pixel_values`` [n, 3, S, S], one error per bad request."""
 
-    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         from clipq.runtime.preprocess import ImagePreprocessor
 
         overrides: dict[str, Any] = {}
@@ -148,7 +278,7 @@ class _TokenizeRole:
     context. Masked positions do not change the embeddings.
     """
 
-    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         from clipq.runtime.text import TextTokenizer
 
         self.tok = TextTokenizer.from_manifest(m, params["clipq_tokenizer"])
@@ -186,7 +316,7 @@ class _KnnRole:
     per image a JSON ``description`` (closest prompts, neighbours' prompts, alpha, K).
     """
 
-    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         from clipq.runtime.fusion import KnnPromptFusion
         from clipq.runtime.specs import ENSEMBLE_HEAD
         from clipq.runtime.tasks import EnsembleHead
@@ -226,7 +356,7 @@ class _KnnRole:
 class _InfoRole:
     """The repository's description (``info.json``, rendered from the manifest) for every row asked."""
 
-    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any]):
+    def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         self.info = m.resolve("info.json").read_bytes()
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
@@ -239,8 +369,8 @@ class _InfoRole:
         pass
 
 
-_ROLES = {"network": _NetworkRole, "preprocess_image": _PreprocessRole, "tokenize": _TokenizeRole,
-          "knn": _KnnRole, "info": _InfoRole}
+_ROLES = {"network": _NetworkRole, "fused": _FusedRole, "preprocess_image": _PreprocessRole,
+          "tokenize": _TokenizeRole, "knn": _KnnRole, "info": _InfoRole}
 
 
 class TritonPythonModel:
@@ -257,9 +387,12 @@ class TritonPythonModel:
         # shared ones (the tokenizers) where clipq_manifest says
         model_dir = Path(args["model_repository"])
         where = model_dir / (params.get("clipq_manifest") or args["model_version"])
+        clipq_log = logging.getLogger("clipq")
+        if not any(isinstance(h, _ServerLog) for h in clipq_log.handlers):
+            clipq_log.addHandler(_ServerLog())
         try:
             manifest = Manifest.load(where.resolve())
-            self.role = _ROLES[role](manifest, params, config)
+            self.role = _ROLES[role](manifest, params, config, model_dir)
         except ClipqError as e:  # a clear one-line reason in the server's load-failure table
             raise pb_utils.TritonModelException(f"{config.get('name')}: {type(e).__name__}: {e}") from e
 

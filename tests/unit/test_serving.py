@@ -71,8 +71,9 @@ def _single_backend_and_tokenizers(repo: Path) -> None:
     for name, cfg in _configs(repo).items():
         if cfg.backend:
             assert cfg.backend == "clipq", name
-        if "clipq_tokenizer" in cfg.parameters:
-            where = (models / name / cfg.parameters["clipq_manifest"].string_value).resolve()
+        if "clipq_tokenizer" in cfg.parameters:  # a tokenize model's manifest, a fused model's tokenizers
+            key = "clipq_tokenizers" if "clipq_tokenizers" in cfg.parameters else "clipq_manifest"
+            where = (models / name / cfg.parameters[key].string_value).resolve()
             assert where == (repo / "tokenizers").resolve(), name
             assert cfg.parameters["clipq_tokenizer"].string_value in shared.tokenizers
 
@@ -230,7 +231,7 @@ def test_ensembles_are_consistent_dataflow_graphs(flavour, cpu_repo, gpu_repo):
     repo = cpu_repo if flavour == "cpu-python" else gpu_repo
     configs = _configs(repo.path)
     for e in ENSEMBLES:
-        if e.name not in configs:
+        if repo.models.get(e.name) != "ensemble":  # absent, or a fused model (tested below)
             continue
         cfg = configs[e.name]
         assert cfg.platform == "ensemble"
@@ -517,3 +518,120 @@ def test_repository_info_records_how_it_was_rendered(cpu_repo):
     info = json.loads((cpu_repo.path / REPOSITORY_FILE).read_text())
     assert info["flavour"] == "cpu-python" and info["options"]["dynamic_batching"] is True
     assert set(info["models"]) == set(cpu_repo.models)
+
+
+# -- the recorded CPU default, the native openvino backend, fused models -----------------------------
+@pytest.fixture(scope="module")
+def ov_repo(tiny_ov_artifacts, tmp_path_factory):
+    return render_repository(tiny_ov_artifacts, tmp_path_factory.mktemp("repo_ov") / "r")
+
+
+def test_cpu_python_serves_the_recorded_cpu_default_with_its_fallback(ov_repo, tiny_ov_artifacts, caplog):
+    import logging
+
+    from clipq.runtime.backends.common import cpu_facts
+    from clipq.runtime.backends.openvino import OpenVinoBackend
+    from clipq.runtime.backends.ort import OrtBackend
+    from clipq.runtime.engines import CPU_DEFAULT, cpu_routes, open_cpu_default
+
+    src = Manifest.load(tiny_ov_artifacts)
+    configs = _configs(ov_repo.path)
+    for name in ("clip_image", "clip_text"):
+        cfg, spec = configs[name], src.models[name]
+        assert cfg.parameters["clipq_engine"].string_value == CPU_DEFAULT
+        assert cfg.parameters["clipq_variant"].string_value == "ov_fp32"
+        assert cfg.parameters["clipq_sha256"].string_value == src.files[spec.variants["ov_fp32"]]["sha256"]
+        vdir = ov_repo.model_repository / name / "1"
+        # self-contained: the IR and onnxruntime's default graph, each listed (and hash-checked) in the small manifest
+        mini = Manifest.load(vdir)
+        mini.verify_all()
+        assert {"model.xml", "model.bin", "model.onnx"} <= set(mini.files)
+        assert mini.files["model.bin"]["sha256"] == src.files[spec.variants["ov_fp32"][:-4] + ".bin"]["sha256"]
+        assert mini.files["model.onnx"]["sha256"] == src.files[spec.file_for(spec.default_variant)]["sha256"]
+        # this host: the recorded choice, as in process; another CPU: onnxruntime's default, with the notice
+        assert cpu_routes(mini) == {name: ("openvino", "ov_fp32")} == {k: v for k, v in cpu_routes(src).items()
+                                                                          if k == name}
+        b = open_cpu_default(mini, cpu_only=True, models=[name])
+        assert isinstance(b, OpenVinoBackend) and b.describe(name)["variant"] == "ov_fp32"
+        b.close()
+        other = {**cpu_facts(), "cpu": "Another CPU", "flags": {k: not v for k, v in cpu_facts()["flags"].items()}}
+        with caplog.at_level(logging.WARNING, logger="clipq"):
+            assert cpu_routes(mini, host=other) == {}
+        assert "clipq tune-engines" in caplog.text and "Another CPU" in caplog.text
+        fb = OrtBackend(mini, models=[name], providers=["CPUExecutionProvider"])
+        assert fb.session(name) is not None and mini.models[name].file_for(fb.variant_for(name)) == "model.onnx"
+        fb.close()
+    # the record re-renders the same configs (the version directory tells which graph is served)
+    assert all((ov_repo.model_repository / n / "config.pbtxt").read_text() == t
+               for n, t in expected_configs(ov_repo.path).items())
+
+
+def test_forcing_an_engine_or_variant_ignores_the_record(tiny_ov_artifacts, tmp_path):
+    for opts in (RenderOptions(engine="onnxruntime"), RenderOptions(variant="fp32")):
+        r = render_repository(tiny_ov_artifacts, tmp_path / str(opts.engine), opts, models=["clip_image"])
+        cfg = parse((r.model_repository / "clip_image" / "config.pbtxt").read_text())
+        assert cfg.parameters["clipq_engine"].string_value == "onnxruntime"
+        assert not (r.model_repository / "clip_image" / "1" / "model.xml").exists()
+
+
+def test_gpu_flavour_renders_cpu_servers_for_the_native_openvino_backend(tiny_ov_artifacts, tmp_path):
+    src = Manifest.load(tiny_ov_artifacts)
+    r = render_repository(tiny_ov_artifacts, tmp_path / "ov", RenderOptions(flavour="gpu", gpu_backend="openvino",
+                                                                           intra_op_threads=2))
+    configs = _configs(r.path)  # every config parses with Triton's ModelConfig
+    assert set(configs) == set(r.models)
+    for name, kind in r.models.items():
+        cfg = configs[name]
+        if kind != "network":
+            assert cfg.backend in ("clipq", "") and cfg.platform in ("", "ensemble"), name
+            continue
+        spec = src.models[name]
+        assert cfg.backend == "openvino" and not cfg.platform, name
+        assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+        assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+        assert cfg.parameters["INFERENCE_NUM_THREADS"].string_value == "2"
+        assert "HINT_BF16" not in cfg.parameters  # the export checked these in f32 only
+        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        vdir = r.model_repository / name / "1"
+        if "ov_fp32" in spec.variants:  # the IR, with its weights, listed in the small manifest
+            assert cfg.default_model_filename == "model.xml"
+            assert cfg.parameters["clipq_sha256"].string_value == src.files[spec.variants["ov_fp32"]]["sha256"]
+            assert {"model.xml", "model.bin"} <= set(Manifest.load(vdir).files)
+        else:  # no IR: the fp32 ONNX graph, which the openvino backend reads too
+            assert cfg.default_model_filename == "model.onnx" and (vdir / "model.onnx").is_file()
+    assert configs["embed_image"].platform == "ensemble"  # the networks are not on the clipq backend
+    assert all((r.model_repository / n / "config.pbtxt").read_text() == t for n, t in expected_configs(r.path).items())
+
+
+def test_fused_models_keep_the_ensembles_names_and_tensors(artifacts, cpu_repo, tmp_path):
+    ens = render_repository(artifacts, tmp_path / "ens", RenderOptions(pipelines="ensemble"))
+    fused, ensembles = _configs(cpu_repo.path), _configs(ens.path)
+    assert set(fused) == set(ensembles)
+    m = Manifest.load(artifacts)
+    for name, (helper, net) in {"embed_image": ("preprocess_image", "clip_image"),
+                                "embed_text": ("tokenize", "clip_text")}.items():
+        f, e = fused[name], ensembles[name]
+        assert cpu_repo.models[name] == "fused" and ens.models[name] == "ensemble"
+        assert e.platform == "ensemble" and f.backend == "clipq"
+        assert [(i.name, i.data_type, list(i.dims)) for i in f.input] == [(i.name, i.data_type, list(i.dims))
+                                                                          for i in e.input]
+        assert [(o.name, o.data_type, list(o.dims)) for o in f.output] == [(o.name, o.data_type, list(o.dims))
+                                                                           for o in e.output]
+        assert f.max_batch_size == e.max_batch_size
+        assert f.parameters["clipq_role"].string_value == "fused"
+        assert f.parameters["clipq_helper"].string_value == helper
+        assert f.parameters["clipq_network"].string_value == net
+        assert f.dynamic_batching.max_queue_delay_microseconds > 0 and list(f.dynamic_batching.preferred_batch_size)
+        warm = f.model_warmup[0].inputs[f.input[0].name]
+        assert (cpu_repo.model_repository / name / "warmup" / warm.input_data_file).is_file()
+        mini = Manifest.load(cpu_repo.model_repository / name / "1")
+        mini.resolve(mini.models[net].file)
+        assert f.parameters["clipq_sha256"].string_value == m.files[m.models[net].file_for(
+            f.parameters["clipq_variant"].string_value)]["sha256"]
+    assert Manifest.load(cpu_repo.model_repository / "embed_image" / "1").preprocessing == m.preprocessing
+    where = (cpu_repo.model_repository / "embed_text" / fused["embed_text"].parameters["clipq_tokenizers"].string_value)
+    assert "clip" in Manifest.load(where.resolve()).tokenizers
+    with pytest.raises(ValueError, match="cpu-python"):
+        RenderOptions(flavour="gpu", pipelines="fused")
+    # a record from before the option rendered ensembles, and re-renders as such
+    assert RenderOptions.from_dict({"flavour": "cpu-python"}).fused is False

@@ -37,6 +37,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--parity-batches", default=None, help="comma-separated batch sizes (default 1,8,max)")
     p.add_argument("--triton", default=None, metavar="DIR", help="also render a Triton model repository here")
     p.add_argument("--flavour", default="cpu-python", choices=["cpu-python", "gpu"], help="Triton repository flavour")
+    p.add_argument("--gpu-backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "openvino"],
+                   help="gpu flavour: how its networks run (openvino: a CPU server on Triton's openvino backend)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             from clipq.serving.repository import RenderOptions, render_repository
         except ImportError as e:
             raise ClipqError(f"--triton needs clipq.serving, which is not available here: {e}") from e
-        rendered = render_repository(args.artifacts, args.triton, RenderOptions(flavour=args.flavour))
+        render_opts = RenderOptions(flavour=args.flavour, gpu_backend=args.gpu_backend)
+        rendered = render_repository(args.artifacts, args.triton, render_opts)
     if args.json:
         import dataclasses
 

@@ -36,7 +36,18 @@ def add_parser(subparsers: Any) -> None:
                         "found has the onnxruntime backend, else cpu-python)")
     p.add_argument("--repository", metavar="DIR",
                    help="render the repository here and keep it (default: a temporary directory)")
-    p.add_argument("--variant", help="graph variant to serve (fp32, int8, ...; default: the manifest's default)")
+    p.add_argument("--variant", help="graph variant to serve for every network (fp32, int8, ov_int8, ...; default: "
+                                     "each network's recorded CPU default, else the manifest's default)")
+    p.add_argument("--engine", default=None,
+                   help="cpu-python: engine every network runs on (onnxruntime, openvino; default: each network's "
+                        "recorded CPU default where the serving host's CPU flags match, else onnxruntime)")
+    p.add_argument("--pipelines", choices=("fused", "ensemble"), default=None,
+                   help="embed_image/embed_text as one fused model (one Python hop; the cpu-python default) or as "
+                        "ensembles of the helper and the network (the gpu default)")
+    p.add_argument("--gpu-backend", choices=("auto", "onnxruntime", "tensorrt", "openvino"), default="auto",
+                   help="gpu flavour (NGC tritonserver): auto (tensorrt_plan where a plan variant exists, else "
+                        "onnxruntime_onnx with TensorRT), onnxruntime, tensorrt, or openvino (a CPU server: every "
+                        "network on Triton's native openvino backend from its OpenVINO IR)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching delay (default %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="instances per network (default %(default)s)")
@@ -69,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
     temp_repo: Path | None = None
     if (target / "manifest.json").is_file():
         flavour = args.flavour
+        native = "openvino" if args.gpu_backend == "openvino" else "onnxruntime"
         if flavour == "auto":
-            flavour = "gpu" if installation.has_backend("onnxruntime") else "cpu-python"
-        if flavour == "gpu" and not installation.has_backend("onnxruntime"):
-            raise ServerError(f"{installation.binary} has no onnxruntime backend: the gpu flavour needs the NGC "
+            flavour = "gpu" if installation.has_backend(native) else "cpu-python"
+        if flavour == "gpu" and not installation.has_backend(native):
+            raise ServerError(f"{installation.binary} has no {native} backend: the gpu flavour needs the NGC "
                               "tritonserver (see docs/serving.md); use --flavour cpu-python here")
         if args.repository:
             repo = Path(args.repository)
@@ -81,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             repo = temp_repo / "repository"
         opts = RenderOptions(flavour=flavour, variant=args.variant, dynamic_batching=not args.no_dynamic_batching,
                              max_queue_delay_us=args.queue_delay_us, instances=args.instances,
-                             intra_op_threads=args.threads)
+                             intra_op_threads=args.threads, engine=args.engine, pipelines=args.pipelines,
+                             gpu_backend=args.gpu_backend)
         rendered = render_repository(target, repo, opts)
         print(f"rendered {len(rendered.models)} models ({flavour}) from {target} into {repo}", flush=True)
     elif is_repository(target):
