@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,13 @@ def find_perf_analyzer(explicit: str | None = None) -> tuple[Path, dict[str, str
 
 
 def run_perf_analyzer(setup: Setup, server: Any, manifest: Any, out: Path, explicit: str | None,
-                      captions: Sequence[str]) -> dict[str, Any]:
-    """perf_analyzer against ``clip_image`` and ``embed_text`` (gRPC, batch 1, each concurrency of ``setup``)."""
+                      captions: Sequence[str], *, others: Mapping[str, Any] | None = None,
+                      images: Sequence[bytes] = ()) -> dict[str, Any]:
+    """perf_analyzer against ``clip_image``, ``embed_text`` and ``embed_image`` (gRPC, batch 1, each concurrency).
+
+    ``others``: servers with other pipelines (name -> server): their ``embed_text`` / ``embed_image``
+    are measured too, as ``embed_text[name]``. ``images``: the encoded images ``embed_image`` sends.
+    """
     found = find_perf_analyzer(explicit)
     if found is None:
         msg = "perf_analyzer not found: run `make perf-analyzer` (tool venv .venv-perf) or pass --perf-analyzer-bin"
@@ -43,13 +50,25 @@ def run_perf_analyzer(setup: Setup, server: Any, manifest: Any, out: Path, expli
     size = int(manifest.preprocessing["size"])
     data = pa_dir / "embed_text_input.json"
     data.write_text(json.dumps({"data": [{"text": [c]} for c in captions]}))
+    plan: list[tuple[str, str, Any, list[str]]] = [
+        ("clip_image", "clip_image", server, ["--shape", f"pixel_values:3,{size},{size}"]),
+        ("embed_text", "embed_text", server, ["--input-data", str(data)])]
+    if images:
+        img_data = pa_dir / "embed_image_input.json"
+        # b64 of a BYTES tensor is Triton's raw layout: each element as a 4-byte little-endian length + data
+        raw = [base64.b64encode(struct.pack("<I", len(b)) + b).decode() for b in images]
+        img_data.write_text(json.dumps({"data": [{"image": {"b64": r, "shape": [1]}} for r in raw]}))
+        plan.append(("embed_image", "embed_image", server, ["--input-data", str(img_data)]))
+    for name, srv in (others or {}).items():
+        plan += [(f"{model}[{name}]", model, srv, extra) for label, model, _, extra in list(plan)
+                 if model in ("embed_text", "embed_image") and "[" not in label]
     runs: dict[str, Any] = {}
-    host = server.grpc_url.split("://", 1)[1]
     measure_ms = 1000 if setup.quick else 4000
-    for model, extra in (("clip_image", ["--shape", f"pixel_values:3,{size},{size}"]),
-                         ("embed_text", ["--input-data", str(data)])):
+    for label, model, srv, extra in plan:
+        host = srv.grpc_url.split("://", 1)[1]
         for conc in setup.concurrency:
-            csv = pa_dir / f"{model}_c{conc}.csv"
+            stem = f"{label.replace('[', '.').replace(']', '')}_c{conc}"
+            csv = pa_dir / f"{stem}.csv"
             cmd = [str(binary), "-m", model, "-u", host, "-i", "grpc", "-b", "1",
                    "--concurrency-range", f"{conc}:{conc}", "--measurement-interval", str(measure_ms),
                    # a shared machine is noisy: accept wider windows rather than no answer at all
@@ -60,12 +79,12 @@ def run_perf_analyzer(setup: Setup, server: Any, manifest: Any, out: Path, expli
                 rc = r.returncode
             except subprocess.TimeoutExpired as e:
                 text, rc = f"timed out after 240 s: {e}", -1
-            (pa_dir / f"{model}_c{conc}.txt").write_text("$ " + " ".join(cmd) + "\n" + text)
+            (pa_dir / f"{stem}.txt").write_text("$ " + " ".join(cmd) + "\n" + text)
             summary = parse_perf_csv(csv) if rc == 0 and csv.is_file() else {}
-            runs[f"{model}_c{conc}"] = {"rc": rc, **summary}
+            runs[f"{label}_c{conc}"] = {"rc": rc, **summary}
             shown = (f"{summary.get('throughput_rps', 0):.1f} req/s, p50 {summary.get('p50_ms', 0):.2f} ms"
                      if summary else f"failed (rc {rc}), see {pa_dir}")
-            print(f"  perf_analyzer {model} c={conc}: {shown}", flush=True)
+            print(f"  perf_analyzer {label} c={conc}: {shown}", flush=True)
     return {"binary": str(binary), "runs": runs}
 
 
@@ -82,5 +101,7 @@ def parse_perf_csv(path: Path) -> dict[str, float]:
 
     return {"throughput_rps": float(row.get("Inferences/Second", 0) or 0), "p50_ms": us("p50 latency"),
             "p90_ms": us("p90 latency"), "p99_ms": us("p99 latency"),
-            "client_send_ms": us("Client Send"), "server_queue_ms": us("Server Queue"),
-            "server_compute_ms": us("Server Compute Infer")}
+            "client_send_ms": us("Client Send"), "client_recv_ms": us("Client Recv"),
+            "server_queue_ms": us("Server Queue"), "server_input_ms": us("Server Compute Input"),
+            "server_compute_ms": us("Server Compute Infer"), "server_output_ms": us("Server Compute Output"),
+            "network_ms": us("Network+Server Send/Recv")}

@@ -11,8 +11,15 @@ What is measured, on the artifacts given with ``--artifacts`` (``--quick``: a ti
    on and off (two servers side by side), plus the in-process baseline (threads sharing one
    onnxruntime session); every mode of a (target, concurrency) is measured in one pass and again
    in reverse order. The server's own statistics give the average batch it actually ran.
-3. With ``--perf-analyzer``: Triton's ``perf_analyzer`` against ``clip_image`` and ``embed_text``
-   (gRPC, concurrency 1/4/16), its output saved next to clipq's figures.
+3. With ``--perf-analyzer``: Triton's ``perf_analyzer`` against ``clip_image``, ``embed_text`` and
+   ``embed_image`` (gRPC, concurrency 1/4/16), its output saved next to clipq's figures.
+
+``--triton-pipelines fused,ensemble`` (the default) serves ``embed_image`` / ``embed_text`` as fused
+models (one Python-stub hop) on the main servers and starts one more server with the ensembles
+(two hops): its gRPC latency is interleaved with the other modes (``grpc-ensemble``) and
+perf_analyzer runs against both. Every server cell records Triton's per-stage statistics (queue,
+compute input / infer / output, mean per request, from the statistics endpoint) of each model the
+request crosses, so what remains of the serving overhead is attributed to a stage.
 
 Writes ``<out>/triton.json`` (every cell), ``<out>/triton.md`` (tables and the issue's targets,
 met or not: :mod:`.triton_report`) and ``<out>/triton.png``; perf_analyzer's output goes to
@@ -36,9 +43,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .triton_report import Cell, Setup, markdown, plot, targets
+from .triton_report import Cell, Setup, markdown, perf_targets, plot, targets
 
 TARGET_NETWORK = {"clip_image": "clip_image", "embed_image": "clip_image", "embed_text": "clip_text"}
+#: the models a request to each target crosses, the target first (ensembles: its steps too)
+TARGET_MODELS = {"clip_image": ("clip_image",), "embed_image": ("embed_image", "preprocess_image", "clip_image"),
+                 "embed_text": ("embed_text", "tokenize_clip", "clip_text")}
+#: the targets a fused repository serves as one model (clipq.serving.plan.FUSABLE)
+FUSED_TARGETS = ("embed_image", "embed_text")
+#: Triton's per-request inference statistics, in the order a request passes them
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 CAPTIONS = (
     "a photo of a red circle on the left", "two blue squares at the top", "a green triangle in the middle",
     "three yellow stars on the right", "a purple cross at the bottom", "an orange heart next to a black ring",
@@ -60,6 +74,9 @@ def add_arguments(parser: Any) -> None:
                         help="onnxruntime thread spinning, in process and in the server alike")
     parser.add_argument("--triton-variant", default="fp32",
                         help="graph variant served and run in process alike (default %(default)s)")
+    parser.add_argument("--triton-pipelines", default="fused,ensemble",
+                        help="how embed_image/embed_text are served: the first on the main servers, the others "
+                             "on one more server each, compared at batch 1 and with perf_analyzer (default %(default)s)")
     parser.add_argument("--perf-analyzer", action="store_true", help="also run Triton's perf_analyzer")
     parser.add_argument("--perf-analyzer-bin", help="perf_analyzer binary (default: .venv-perf/bin, then PATH)")
 
@@ -201,20 +218,73 @@ def _server_counts(backend: Any, model: str) -> tuple[int, int]:
     return int(ms.get("inference_count", 0)), int(ms.get("execution_count", 0))
 
 
-def _latency_table(setup: Setup, work: _Workload, server: Any, cells: list[Cell]) -> None:
-    """Batch 1, concurrency 1, in-process / gRPC / HTTP interleaved in rounds."""
+def _batch_model(server: Any, target: str) -> str:
+    """The model whose executions show the batches a target runs: the fused model itself, else the network."""
+    fused = getattr(server, "clipq_pipeline", "ensemble") == "fused" and target in FUSED_TARGETS
+    return target if fused else TARGET_NETWORK[target]
+
+
+def stage_snapshot(backend: Any, models: tuple[str, ...] | list[str]) -> dict[str, dict[str, int]]:
+    """Cumulative counts and nanoseconds of every stage of each model (the statistics endpoint)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in models:
+        try:
+            stats = backend.statistics(m)
+        except Exception:  # noqa: BLE001 - a model the repository does not serve
+            continue
+        ms = (stats.get("model_stats") or [{}])[0]
+        inf = ms.get("inference_stats") or {}
+        row = {"inference_count": int(ms.get("inference_count", 0) or 0),
+               "execution_count": int(ms.get("execution_count", 0) or 0)}
+        for stage in ("success", *STAGES):
+            row[f"{stage}_count"] = int((inf.get(stage) or {}).get("count", 0) or 0)
+            row[f"{stage}_ns"] = int((inf.get(stage) or {}).get("ns", 0) or 0)
+        out[m] = row
+    return out
+
+
+def stage_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per model that ran requests in between: mean ms per request of each stage, requests, average batch."""
+    out: dict[str, dict[str, Any]] = {}
+    for m, a in after.items():
+        b = before.get(m, {})
+        d = {k: v - b.get(k, 0) for k, v in a.items()}
+        n = d["success_count"]
+        if n <= 0:
+            continue
+        row: dict[str, Any] = {"requests": n, "total_ms": d["success_ns"] / n / 1e6}
+        for stage in STAGES:
+            row[f"{stage}_ms"] = d[f"{stage}_ns"] / max(d[f"{stage}_count"], 1) / 1e6
+        row["avg_batch"] = d["inference_count"] / d["execution_count"] if d["execution_count"] else None
+        out[m] = row
+    return out
+
+
+def _latency_table(setup: Setup, work: _Workload, server: Any, cells: list[Cell],
+                   others: dict[str, Any] | None = None) -> None:
+    """Batch 1, concurrency 1, in-process / gRPC / HTTP (/ gRPC to the other pipelines' servers) interleaved in rounds.
+
+    Each server's per-stage statistics over the rounds are recorded with its cells (both
+    protocols' requests: the server-side stages do not depend on the protocol).
+    """
     from clipq.runtime.backends.triton import TritonBackend
 
+    others = others or {}
     backends = {"grpc": TritonBackend(server.grpc_url, work.manifest),
                 "http": TritonBackend(server.http_url, work.manifest)}
+    for name, srv in others.items():
+        backends[f"grpc-{name}"] = TritonBackend(srv.grpc_url, work.manifest)
+    server_of = {"grpc": server, "http": server, **{f"grpc-{n}": s for n, s in others.items()}}
     per_round = 2 if setup.quick else 5
     try:
         for target in setup.targets:
-            fns = {"in-process": work.inproc(target),
-                   **{p: work.remote(target, backends[p]) for p in setup.protocols}}
+            modes = [*setup.protocols, *(f"grpc-{n}" for n in others if target in FUSED_TARGETS)]
+            fns = {"in-process": work.inproc(target), **{m: work.remote(target, backends[m]) for m in modes}}
             for fn in fns.values():
                 for i in range(3):
                     fn(i)
+            watched = {id(server_of[m]): (server_of[m], backends[m]) for m in modes}
+            before = {k: stage_snapshot(b, TARGET_MODELS[target]) for k, (_, b) in watched.items()}
             lat: dict[str, list[float]] = {k: [] for k in fns}
             for r in range(setup.rounds):
                 order = list(fns) if r % 2 == 0 else list(reversed(fns))  # ABBA: no mode always goes first
@@ -223,11 +293,16 @@ def _latency_table(setup: Setup, work: _Workload, server: Any, cells: list[Cell]
                         t = time.perf_counter()
                         fns[mode](r * per_round + i)
                         lat[mode].append((time.perf_counter() - t) * 1e3)
+            stages = {k: stage_delta(before[k], stage_snapshot(b, TARGET_MODELS[target]))
+                      for k, (_, b) in watched.items()}
             for mode, values in lat.items():
+                srv = server_of.get(mode)
                 cells.append(Cell(target, mode, 1, "-" if mode == "in-process" else "on", len(values), 0,
                                   phase="latency", **_percentiles(values),
                                   throughput_rps=1e3 / max(_percentiles(values)["mean_ms"], 1e-9),
-                                  loadavg_1m=os.getloadavg()[0]))
+                                  loadavg_1m=os.getloadavg()[0],
+                                  pipeline=getattr(srv, "clipq_pipeline", "-") if srv else "-",
+                                  server_stages=stages.get(id(srv)) if srv else None))
             print(f"  latency {target}: " + ", ".join(
                 f"{m} p50 {_percentiles(v)['p50_ms']:.2f} ms" for m, v in lat.items()), flush=True)
     finally:
@@ -250,22 +325,25 @@ def _measure(setup: Setup, work: _Workload, target: str, conc: int, mode: str, s
         return work.remote(target, b)
 
     stats = TritonBackend(server.grpc_url, work.manifest) if server is not None else None
-    before = [(0, 0)]
+    before: list[Any] = [(0, 0), {}]
 
     def snapshot() -> None:  # after the warm-up: warm-up requests run alone and would skew the batch size
         if stats is not None:
-            before[0] = _server_counts(stats, TARGET_NETWORK[target])
+            before[0] = _server_counts(stats, _batch_model(server, target))
+            before[1] = stage_snapshot(stats, TARGET_MODELS[target])
 
+    stages: dict[str, Any] = {}
     try:
         lat, errors, wall = _run_load(make, conc, setup.requests, setup.seconds, max_s, on_start=snapshot)
         counts = (0, 0)
         if stats is not None:
-            after = _server_counts(stats, TARGET_NETWORK[target])
+            after = _server_counts(stats, _batch_model(server, target))
             counts = (after[0] - before[0][0], after[1] - before[0][1])
+            stages = stage_delta(before[1], stage_snapshot(stats, TARGET_MODELS[target]))
     finally:
         for b in [*opened, *([stats] if stats else [])]:
             b.close()
-    return lat, errors, wall, counts
+    return lat, errors, wall, counts, stages
 
 
 def _batch_ceiling(setup: Setup, work: _Workload) -> list[dict[str, Any]]:
@@ -319,22 +397,27 @@ def _grid(setup: Setup, work: _Workload, servers: dict[str, Any], cells: list[Ce
     for target in setup.targets:
         for conc in setup.concurrency:
             acc: dict[tuple[str, str], dict[str, Any]] = {
-                m: {"lat": [], "errors": 0, "wall": 0.0, "inf": 0, "exec": 0} for m in modes}
+                m: {"lat": [], "errors": 0, "wall": 0.0, "inf": 0, "exec": 0, "stages": None} for m in modes}
             for p in range(passes):
                 for mode, batching in (modes if p % 2 == 0 else list(reversed(modes))):
                     server = None if mode == "in-process" else servers[batching]
-                    lat, errors, wall, (d_inf, d_exec) = _measure(setup, work, target, conc, mode, server, max_s)
+                    lat, errors, wall, (d_inf, d_exec), stages = _measure(setup, work, target, conc, mode, server,
+                                                                         max_s)
                     a = acc[(mode, batching)]
                     a["lat"] += lat
                     a["errors"] += errors
                     a["wall"] += wall
                     a["inf"] += d_inf
                     a["exec"] += d_exec
+                    a["stages"] = a["stages"] or stages  # the first pass's: one consistent window
             for (mode, batching), a in acc.items():
                 avg_batch = a["inf"] / a["exec"] if a["exec"] else None
+                srv = None if mode == "in-process" else servers[batching]
                 cell = Cell(target, mode, conc, batching, len(a["lat"]), a["errors"], **_percentiles(a["lat"]),
                             throughput_rps=len(a["lat"]) / a["wall"] if a["wall"] > 0 else 0.0,
-                            server_avg_batch=avg_batch, loadavg_1m=os.getloadavg()[0])
+                            server_avg_batch=avg_batch, loadavg_1m=os.getloadavg()[0],
+                            pipeline=getattr(srv, "clipq_pipeline", "-") if srv else "-",
+                            server_stages=a["stages"] or None)
                 cells.append(cell)
                 extra = f", server batch {avg_batch:.2f}" if avg_batch else ""
                 print(f"  {target:11s} {mode:10s} c={conc:<2d} batching={batching:3s} "
@@ -392,7 +475,11 @@ def run(args: argparse.Namespace) -> int:
             queue_delay_us=int(getattr(args, "triton_queue_delay_us", 100)),
             spin=getattr(args, "triton_spin", "off") == "on",
             variant=str(getattr(args, "triton_variant", "fp32")),
+            pipelines=[p for p in str(getattr(args, "triton_pipelines", "fused,ensemble")).split(",") if p],
         )
+        bad = [p for p in setup.pipelines if p not in ("fused", "ensemble")]
+        if bad or not setup.pipelines:
+            raise ArtifactError(f"--triton-pipelines takes fused and/or ensemble, got {setup.pipelines}")
         unknown = set(setup.targets) - set(TARGET_NETWORK)
         if unknown:
             raise ArtifactError(f"unknown triton bench targets {sorted(unknown)}; choose from {sorted(TARGET_NETWORK)}")
@@ -407,24 +494,29 @@ def run(args: argparse.Namespace) -> int:
         models = ["clip_image", "clip_text", "preprocess_image", "tokenize_clip", "embed_image", "embed_text"]
         with contextlib.ExitStack() as stack:
             servers: dict[str, Any] = {}
-            for batching in ("on", "off"):
-                opts = RenderOptions(variant=setup.variant, dynamic_batching=batching == "on",
-                                     max_queue_delay_us=setup.queue_delay_us, allow_spinning=setup.spin)
-                repo = render_repository(manifest, work_dir / f"repo_{batching}", opts, models=models)
+            others: dict[str, Any] = {}
+            main = setup.pipelines[0]
+            for key, batching, pipeline in [("on", True, main), ("off", False, main),
+                                            *((p, True, p) for p in setup.pipelines[1:])]:
+                opts = RenderOptions(variant=setup.variant, dynamic_batching=batching,
+                                     max_queue_delay_us=setup.queue_delay_us, allow_spinning=setup.spin,
+                                     pipelines=pipeline)
+                repo = render_repository(manifest, work_dir / f"repo_{key}", opts, models=models)
                 server = stack.enter_context(TritonServer(repo.path))
-                servers[batching] = server
+                server.clipq_pipeline = pipeline  # type: ignore[attr-defined]
+                (servers if key in ("on", "off") else others)[key] = server
                 env["server_version"] = server.version
-                print(f"tritonserver {server.version}, dynamic batching {batching}: ready in "
-                      f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
-            _latency_table(setup, work, servers["on"], cells)
+                print(f"tritonserver {server.version}, {pipeline} pipelines, dynamic batching "
+                      f"{'on' if batching else 'off'}: ready in {server.startup_s:.1f} s at {server.grpc_url}", flush=True)
+            _latency_table(setup, work, servers["on"], cells, others)
             _grid(setup, work, servers, cells)
             if getattr(args, "perf_analyzer", False):
                 from .perf_analyzer import run_perf_analyzer
 
                 perf = run_perf_analyzer(setup, servers["on"], manifest, out, getattr(args, "perf_analyzer_bin", None),
-                                         CAPTIONS)
+                                         CAPTIONS, others=others, images=work.jpegs)
         work.ort.close()
-        met = targets(cells, setup)
+        met = targets(cells, setup) + perf_targets(cells, perf, setup)
         env["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         result = {"setup": {**asdict(setup), "artifacts": str(setup.artifacts)}, "environment": env,
                   "cells": [asdict(c) for c in cells], "targets": met, "batching_ceiling": ceiling,
