@@ -15,12 +15,14 @@ Layout (see :mod:`.layout`; ``cpu-python`` flavour)::
     models/clip_image/config.pbtxt        backend "clipq", dynamic batching, warm-up, version policy
     models/clip_image/1/manifest.json     the model's own small manifest: spec + sha256 of model.onnx
     models/clip_image/1/model.onnx        hard link to (or copy of) the artifact's graph
+    models/clip_image/1/model.xml|.bin    the recorded CPU default's OpenVINO IR, where one is recorded
     models/preprocess_image/...           bytes -> pixel_values (manifest.preprocessing)
     models/tokenize_clip/config.pbtxt     text -> ids/mask; clipq_manifest names ../../tokenizers
     models/knn_prompts/1/knn/...          Model B's database (hard links) + the ensemble head graph
     models/clipq_info/1/info.json         what a thin client must know (the manifest's public facts)
-    models/embed_image/config.pbtxt       ensembles: platform "ensemble", no files
-    models/embed_image/1/                 (empty version directory, required by Triton)
+    models/embed_image/config.pbtxt       fused: preprocess_image + clip_image in one clipq model (its graphs in 1/)
+    models/ask/config.pbtxt               ensembles: platform "ensemble", no files
+    models/ask/1/                         (empty version directory, required by Triton)
 
 No path points back into the artifact directory, so the repository can be copied to object
 storage or mounted into the NGC container as it is. How each flavour writes each kind of model is

@@ -66,8 +66,13 @@ def _models(info: dict[str, Any]) -> list[str]:
     return models
 
 
-def _resources(o: K8sOptions, flavour: str) -> dict[str, Any]:
-    gpus = o.gpus if o.gpus is not None else (1 if flavour == "gpu" else 0)
+def _uses_gpu(info: dict[str, Any]) -> bool:
+    """The gpu flavour, unless it was rendered for a CPU server (``gpu_backend`` openvino)."""
+    return info.get("flavour", "gpu") == "gpu" and (info.get("options") or {}).get("gpu_backend") != "openvino"
+
+
+def _resources(o: K8sOptions, info: dict[str, Any]) -> dict[str, Any]:
+    gpus = o.gpus if o.gpus is not None else (1 if _uses_gpu(info) else 0)
     limits: dict[str, Any] = {"cpu": o.cpu, "memory": o.memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
@@ -94,7 +99,6 @@ def _container_ports() -> list[dict[str, Any]]:
 
 
 def render_kserve(info: dict[str, Any], o: K8sOptions) -> list[dict[str, Any]]:
-    flavour = info.get("flavour", "gpu")
     models = _models(info)
     runtime = {
         "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
@@ -107,7 +111,7 @@ def render_kserve(info: dict[str, Any], o: K8sOptions) -> list[dict[str, Any]]:
                 # KServe's storage initializer puts storageUri at /mnt/models; the Triton models are models/
                 "args": _tritonserver_args("/mnt/models/models", models),
                 "ports": [{"name": "h2c", "containerPort": PORTS["grpc"], "protocol": "TCP"}],
-                "resources": _resources(o, flavour),
+                "resources": _resources(o, info),
             }],
         },
     }
@@ -146,7 +150,7 @@ def render_deployment(info: dict[str, Any], o: K8sOptions) -> list[dict[str, Any
                         "name": "tritonserver", "image": o.image,
                         "args": _tritonserver_args("/repository/models", models),
                         "ports": _container_ports(),
-                        "resources": _resources(o, flavour),
+                        "resources": _resources(o, info),
                         "volumeMounts": [{"name": "repository", "mountPath": "/repository", "readOnly": True}],
                         **_probes(),
                     }],

@@ -104,3 +104,16 @@ def test_cli_and_a_foreign_directory(gpu_repository, tmp_path, capsys):
     assert "nvidia.com/gpu" not in dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert main(["deploy", "k8s", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not a clipq-rendered repository" in capsys.readouterr().err
+
+
+def test_a_cpu_server_repository_asks_for_no_gpu(tiny_artifacts, tmp_path):
+    """The gpu flavour rendered for Triton's openvino backend (a CPU server) requests no GPU."""
+    from clipq.serving import RenderOptions, render_repository
+
+    repo = tmp_path / "triton"
+    render_repository(tiny_artifacts, repo, RenderOptions(flavour="gpu", gpu_backend="openvino"))
+    files = write_manifests(repo, tmp_path / "k", K8sOptions())
+    dep = _docs(files["triton"])["Deployment"]
+    assert "nvidia.com/gpu" not in dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    rt = _docs(files["kserve"])["ServingRuntime"]
+    assert "nvidia.com/gpu" not in rt["spec"]["containers"][0]["resources"]["limits"]
