@@ -234,7 +234,8 @@ def test_shutdown_leaves_no_process_behind(artifacts, tmp_path):
     with TritonServer(repo) as srv:
         pid = srv.pid
         stubs = _children(pid)
-        assert len(stubs) == 2  # one stub process per Python-backend model instance
+        # one stub process per Python-backend model instance: clip_text, tokenize_clip and the fused embed_text
+        assert len(stubs) == 3
     assert not _alive(pid) and not any(_alive(p) for p in stubs)
     assert _shm_left(srv._shm_prefix) == []
 
