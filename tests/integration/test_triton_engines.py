@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,10 +38,10 @@ def _png(color=(200, 30, 30), size=(48, 36)) -> bytes:
 
 @pytest.fixture(scope="module")
 def served(tiny_ov_artifacts, tmp_path_factory):
+    from test_triton import _skip_reason  # the same reasons as the main server tests (tests/integration)
+
     from clipq.runtime.backends.common import cpu_facts
     from clipq.serving.server import TritonServer
-
-    from test_triton import _skip_reason  # the same reasons as the main server tests (tests/integration)
 
     reason = _skip_reason()
     if reason:
