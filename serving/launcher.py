@@ -199,7 +199,10 @@ def prepare_backends(inst: TritonInstallation, clipq_backend: Path, into: Path) 
         for f in inst.python_backend.iterdir():
             if f.is_file():
                 shutil.copy2(f, py / f.name)
-        shutil.copy2(stub, py / "triton_python_backend_stub")
+        # linked, not copied: a copy is open for writing for a moment, and a process forked then by
+        # any thread of this program holds that descriptor; tritonserver's exec of the stub then
+        # fails with "Text file busy" (seen once in the test suite). The installed file is never written.
+        (py / "triton_python_backend_stub").symlink_to(stub.resolve())
     elif inst.backends_dir is not None:
         for d in inst.backends_dir.iterdir():
             if d.is_dir() and d.name != BACKEND_NAME:
