@@ -1,7 +1,9 @@
 """`clipq eval`: every seed task's metric on the test split, as a table and JSON.
 
 VQA accuracy (overall and per question type, V1-V4) is measured on the test split when each variant
-finishes training and stored in the manifest; retrieval, image-to-prompt and reading are measured here.
+finishes training and stored in the manifest; retrieval, image-to-prompt and reading are measured here
+or copied from the trainers' records. Retrieval uses the runtime's template code (one home:
+``clipq.runtime.templates``), the same that search serves.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.io import load_clip, load_tokenizer
 from clipq.runtime.manifest import Manifest, atomic_write_json
 from clipq.runtime.metrics import recall_at_k
-from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE, embed_texts
+from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE, TEMPLATE_SETS, embed_texts
 
 from .train.common import batched, encode_texts
 from .train.data import load_split
@@ -31,22 +33,66 @@ class _TorchTextEncoder:
         return encode_texts(self.clip, self.tok, list(texts), batch_size)
 
 
+def _recall(q: np.ndarray, img: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    return {f"R@{k}": v for k, v in recall_at_k(q @ img.T, gt).items()}
+
+
+def retrieval_rows(text, img: np.ndarray, captions: list[list[str]]) -> dict:
+    """Text -> image Recall@1/5/10 of every query form, for any text encoder with ``encode_texts``.
+
+    Args:
+        text: an encoder with ``encode_texts`` (CLIP's tower or the dual-encoder baseline).
+        img: L2-normalised image embeddings [N, D] of the split.
+        captions: per image, its captions; the first is the query unless a row says otherwise.
+    Returns:
+        ``single`` / ``ensemble`` (one template, the default ensemble), ``template_rows`` (each named set),
+        ``no_punctuation`` (both again on queries without punctuation) and ``descriptions`` (first
+        caption, the mean of every caption's embedding, all captions joined into one text).
+    """
+    keep = [i for i, c in enumerate(captions) if c]
+    gt = np.array(keep)
+    first = [captions[i][0] for i in keep]
+    out: dict = {
+        "single": _recall(embed_texts(text, first, (SINGLE_TEMPLATE,)), img, gt),
+        "ensemble": _recall(embed_texts(text, first, DEFAULT_TEMPLATES), img, gt),
+        "template_rows": {name: _recall(embed_texts(text, first, t), img, gt) for name, t in TEMPLATE_SETS.items()},
+        "no_punctuation": {
+            "single": _recall(embed_texts(text, first, (SINGLE_TEMPLATE,), punctuation=False), img, gt),
+            "ensemble": _recall(embed_texts(text, first, DEFAULT_TEMPLATES, punctuation=False), img, gt),
+        },
+    }
+    flat = [c for i in keep for c in captions[i]]
+    emb = embed_texts(text, flat, (SINGLE_TEMPLATE,))
+    rows, start = [], 0
+    for i in keep:
+        n = len(captions[i])
+        v = emb[start : start + n].mean(0)
+        rows.append(v / max(float(np.linalg.norm(v)), 1e-12))
+        start += n
+    joined = [" and ".join(c.rstrip(".") for c in captions[i]) for i in keep]
+    out["descriptions"] = {
+        "first": out["single"],
+        "mean_of_captions": _recall(np.stack(rows), img, gt),
+        "joined": _recall(embed_texts(text, joined, (SINGLE_TEMPLATE,)), img, gt),
+        "captions_per_image": round(len(flat) / max(1, len(keep)), 2),
+    }
+    out["queries"] = len(keep)
+    out["template_sets"] = {name: list(t) for name, t in TEMPLATE_SETS.items()}
+    out["templates"] = {"single": SINGLE_TEMPLATE, "ensemble": list(DEFAULT_TEMPLATES)}
+    return out
+
+
 def eval_retrieval(m: Manifest, data: str, split: str = "test") -> dict:
-    """Text -> image Recall@1/5/10: each test image's first caption as the query."""
+    """Text -> image Recall@K of CLIP (every row of :func:`retrieval_rows`), plus the dual-encoder baseline."""
     clip = load_clip(m).eval()
     tok = load_tokenizer(m, "clip")
     s = load_split(data, split, m.preprocessing["size"])
-    keep = [i for i, c in enumerate(s.captions) if c]
-    queries = [s.captions[i][0] for i in keep]
     img = batched(ClipImageTower(clip).eval(), s.pixels).numpy()
-    out = {}
-    text = _TorchTextEncoder(clip, tok)
-    for name, templates in (("single", (SINGLE_TEMPLATE,)), ("ensemble", DEFAULT_TEMPLATES)):
-        q = embed_texts(text, queries, templates)
-        r = recall_at_k(q @ img.T, np.array(keep))
-        out[name] = {f"R@{k}": v for k, v in r.items()}
-    out["queries"] = len(queries)
-    out["templates"] = {"single": SINGLE_TEMPLATE, "ensemble": list(DEFAULT_TEMPLATES)}
+    out = retrieval_rows(_TorchTextEncoder(clip, tok), img, s.captions)
+    if "dual_encoder" in m.checkpoints:
+        from .train.baseline import eval_baseline
+
+        out["baseline"] = eval_baseline(m, s)
     return out
 
 
@@ -57,6 +103,8 @@ def evaluate(artifacts: str, data: str, *, out_json: str | None = None) -> dict:
     for key in ("vqa", "img2prompt", "reading"):
         if key in m.metrics:
             res[key] = m.metrics[key]
+    if "clip" in m.extra.get("training", {}):
+        res["clip_training"] = m.extra["training"]["clip"]
     m.metrics["retrieval"] = res["retrieval"]
     m.save()
     path = Path(out_json) if out_json else m.root / "eval.json"
@@ -68,19 +116,27 @@ def evaluate(artifacts: str, data: str, *, out_json: str | None = None) -> dict:
 def format_table(res: dict) -> str:
     lines = []
     if "vqa" in res:
-        lines += ["VQA accuracy (%) on the test split",
+        lines += ["VQA accuracy (%) on the test split (val in brackets)",
                   "| variant | overall | object | number | color | location |", "|---|---|---|---|---|---|"]
-        for v in sorted(res["vqa"]):
+        for v in sorted(res["vqa"], key=lambda k: ("v1", "v2", "v3", "v2t", "v4").index(k) if k in
+                        ("v1", "v2", "v3", "v2t", "v4") else 9):
             r = res["vqa"][v]
-            lines.append(f"| {v.upper()} | {r['overall']:.1f} | " + " | ".join(
+            val = f" ({r['val']['overall']:.1f})" if isinstance(r.get("val"), dict) else ""
+            lines.append(f"| {v.upper()} | {r['overall']:.1f}{val} | " + " | ".join(
                 f"{r.get(t, float('nan')):.1f}" for t in ("object", "number", "color", "location")) + " |")
         lines.append("")
     if "retrieval" in res:
         r = res["retrieval"]
         lines += [f"Text -> image retrieval ({r['queries']} test queries)", "| prompts | R@1 | R@5 | R@10 |",
                   "|---|---|---|---|"]
-        for name in ("single", "ensemble"):
-            lines.append(f"| {name} | " + " | ".join(f"{r[name][f'R@{k}']:.1f}" for k in (1, 5, 10)) + " |")
+        rows = [("single", r["single"]), ("ensemble", r["ensemble"])]
+        rows += [(f"template set {n!r}", v) for n, v in r.get("template_rows", {}).items()]
+        rows += [(f"{n}, punctuation removed", v) for n, v in r.get("no_punctuation", {}).items()]
+        rows += [(f"descriptions: {n}", v) for n, v in r.get("descriptions", {}).items() if isinstance(v, dict)]
+        if "baseline" in r:
+            rows.append(("dual-encoder baseline (seed 003)", r["baseline"]["single"]))
+        for name, v in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{v[f'R@{k}']:.1f}" for k in (1, 5, 10)) + " |")
         lines.append("")
     if "img2prompt" in res:
         r = res["img2prompt"]
@@ -90,8 +146,10 @@ def format_table(res: dict) -> str:
                   f"| ensemble (alpha={r['alpha']}) | {r['ensemble']:.4f} |", ""]
     if "reading" in res and "zero_shot" in res["reading"]:
         r = res["reading"]
-        lines += ["Reading (what is written?), accuracy %", "| zero-shot | fine-tuned | chance |", "|---|---|---|",
-                  f"| {r['zero_shot']:.1f} | {r['fine_tuned']:.1f} | {r['chance']:.1f} |", ""]
+        lines += ["Reading (what is written?), accuracy % on the test words", "| row | accuracy % |", "|---|---|"]
+        for name, row in r.get("rows", {}).items():
+            lines.append(f"| {name} | {row['test']:.1f} |")
+        lines += [f"| chance ({r['candidates']} candidates) | {r['chance']:.1f} |", ""]
     return "\n".join(lines)
 
 

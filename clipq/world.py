@@ -46,15 +46,20 @@ __all__ = [
     "SIZES",
     "STYLES",
     "WORDS",
+    "PROMPT_MISMATCH",
     "Scene",
     "Shape",
     "WorldSize",
     "find_fonts",
     "generate_world",
     "render_scene",
+    "render_word",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+#: share of *training* scenes whose prompt describes another, random scene (a scraped image/prompt
+#: set has such pairs; the image-to-prompt cosine filter exists to drop them). Val and test stay clean.
+PROMPT_MISMATCH = 0.15
 IMAGE_SIZE = 64
 _SS = 4  # supersampling factor for anti-aliased shape edges
 
@@ -490,7 +495,27 @@ def render_scene(seed: int, stream: str, index: int, image_id: str | None = None
     return _draw_scene(rng, image_id or f"{stream}_{index:06d}")
 
 
-_STREAM_IDS = {"train": 1, "test": 2, "words_train": 3, "words_test": 4}
+_STREAM_IDS = {"train": 1, "test": 2, "words_train": 3, "words_test": 4, "prompt_mismatch": 5, "words_synth": 6}
+
+
+def mismatched_prompt(seed: int, index: int, share: float = PROMPT_MISMATCH) -> str | None:
+    """The wrong prompt that training scene ``index`` carries, or None for a true pair.
+
+    Drawn from its own stream, so the scenes (images, captions, questions) do not change with ``share``.
+    The wrong prompt describes a random scene of the same vocabulary in the same style of phrasing.
+    """
+    rng = np.random.default_rng([seed, _STREAM_IDS["prompt_mismatch"], index])
+    if rng.random() >= share:
+        return None
+    kind, color = _pick(rng, KINDS), _pick(rng, _COLOR_NAMES)
+    count, place = int(rng.integers(1, 5)), _pick(rng, PLACES)
+    distractor = None
+    if count < 4 and rng.random() < 0.6:
+        distractor = (_pick(rng, [k for k in KINDS if k != kind]), _pick(rng, [c for c in _COLOR_NAMES if c != color]),
+                      _pick(rng, [p for p in PLACES if p != place]))
+    fake = Scene(image_id="", kind=kind, color=color, count=count, place=place, distractor=distractor,
+                 background=f"{_pick(rng, ('light', 'dark'))} {_pick(rng, BACKGROUND_KINDS)}", style=_pick(rng, STYLES))
+    return _prompt(rng, fake)
 
 
 # -- words ---------------------------------------------------------------------------------------
@@ -558,9 +583,25 @@ def _contrasting(rng: np.random.Generator, other: np.ndarray) -> tuple[int, int,
     return r, g, b
 
 
-def _draw_word(rng: np.random.Generator, image_id: str, fonts: Sequence[str]) -> tuple[_WordItem, Image.Image]:
+def render_word(seed: int, index: int, words: Sequence[str] = WORDS) -> tuple[str, str, Image.Image]:
+    """Word image ``index`` of the synthetic-word set for ``seed`` (stream ``words_synth``).
+
+    The reading study's proposed remedy ("Can CLIP read?"): any number of extra rendered words, drawn
+    as the world's word images are (fonts, case, colours, plates, noise), but never the same images
+    as the world's splits.
+
+    Returns:
+        (word, question, 64x64 RGB image).
+    """
+    rng = np.random.default_rng([seed, _STREAM_IDS["words_synth"], index])
+    item, image = _draw_word(rng, f"word_synth_{index:06d}", find_fonts(), words)
+    return item.word, item.question, image
+
+
+def _draw_word(rng: np.random.Generator, image_id: str, fonts: Sequence[str],
+               words: Sequence[str] = WORDS) -> tuple[_WordItem, Image.Image]:
     """Draw one rendered-word image and its question."""
-    word = _pick(rng, WORDS)
+    word = _pick(rng, words)
     case = _pick(rng, ("lower", "upper", "title"))
     text = word.upper() if case == "upper" else word.title() if case == "title" else word
     font_path = _pick(rng, fonts) if fonts else ""
@@ -662,15 +703,22 @@ def _split_ids(prefix: str, counts: dict[str, int]) -> Iterator[tuple[str, str, 
 
 def _write_scenes(out: Path, seed: int, counts: dict[str, int], bar: Any) -> dict[str, dict[str, int]]:
     per_split: dict[str, list[Scene]] = {s: [] for s in counts}
+    mismatched: set[str] = set()
     for split, stream, index, image_id in _split_ids("", counts):
         d = out / "images" / split
         if not per_split[split]:
             d.mkdir(parents=True, exist_ok=True)
         scene, image = render_scene(seed, stream, index, image_id)
+        wrong = mismatched_prompt(seed, index) if split == "train" else None
+        if wrong is not None:
+            scene.prompt = wrong
+            mismatched.add(image_id)
         _save_png(image, d / f"{image_id}.png")
         per_split[split].append(scene)
         bar.update(1)
     stats: dict[str, dict[str, int]] = {}
+    # the answer key of the prompt noise, for measuring the filter (readers ignore .txt files here)
+    _write_lines(out / "prompts" / "train_mismatched.txt", sorted(mismatched))
     for split, scenes in per_split.items():
         qa = [(q, a, t, s.image_id) for s in scenes for q, a, t in s.questions]
         qdir = out / "cocoqa" / split
@@ -688,6 +736,7 @@ def _write_scenes(out: Path, seed: int, counts: dict[str, int], bar: Any) -> dic
             "questions": len(qa),
             **{f"questions_{name}": n for name, n in zip(QUESTION_TYPES, by_type)},
             "with_distractor": sum(1 for s in scenes if s.distractor),
+            "prompts_mismatched": sum(1 for s in scenes if s.image_id in mismatched),
         }
     return stats
 
@@ -810,6 +859,7 @@ def generate_world(out: str | os.PathLike[str], seed: int = 0, size: str = "medi
             "words_train_draw": spec.words_train_draw,
             "words_test": spec.words_test,
             "val_fraction": spec.val_fraction,
+            "prompt_mismatch_train": PROMPT_MISMATCH,
         },
         "splits": {
             split: {**scene_stats[split], "words": word_stats[split]} for split in ("train", "val", "test")

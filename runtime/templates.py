@@ -9,6 +9,7 @@ with ``encode_texts`` (the runtime's ``ClipEncoder`` on any backend, or the eval
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -30,6 +31,14 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 #: the one-template baseline of the retrieval tables
 SINGLE_TEMPLATE = "a photo of {}"
+#: named template sets, the rows of the evaluation's template study (seed on image search)
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "none": ("{}",),
+    "a photo of": (SINGLE_TEMPLATE,),
+    "this is": ("this is {}",),
+    "mixed": DEFAULT_TEMPLATES,
+}
+_PUNCTUATION = re.compile(r"[^\w\s]+")
 #: start phrases removed from a query before templating ("a photo of a photo of ..." helps no one)
 _LEAD_PHRASES = (
     "a photo of",
@@ -101,13 +110,20 @@ def apply_templates(text: str, templates: Sequence[str]) -> list[str]:
     return [t.replace("{}", core) for t in templates]
 
 
-def embed_texts(encoder: ClipLikeEncoder, texts: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+def strip_punctuation(text: str) -> str:
+    """``text`` without punctuation ("on the left, two red circles; ..." -> "on the left two red circles ...")."""
+    return " ".join(_PUNCTUATION.sub(" ", str(text)).split())
+
+
+def embed_texts(encoder: ClipLikeEncoder, texts: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                *, punctuation: bool = True) -> np.ndarray:
     """Template-ensembled text embeddings: mean of normalised template embeddings, re-normalised.
 
     Args:
         encoder: a CLIP encoder with ``encode_texts``.
         texts: queries.
-        templates: templates (``("{}",)`` for the bare text).
+        templates: templates (``("{}",)`` for the bare text), or the name of a set in :data:`TEMPLATE_SETS`.
+        punctuation: False strips punctuation from the queries first (:func:`strip_punctuation`).
 
     Returns:
         float32 [N, D], L2-normalised.
@@ -117,7 +133,11 @@ def embed_texts(encoder: ClipLikeEncoder, texts: Sequence[str], templates: Seque
     """
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(templates, str) and templates in TEMPLATE_SETS:
+        templates = TEMPLATE_SETS[templates]
     templates = parse_templates(templates)
+    if not punctuation:
+        texts = [strip_punctuation(t) for t in texts]
     phrased: list[str] = []
     for n, text in enumerate(texts):
         try:

@@ -41,8 +41,10 @@ PRESETS: dict[str, Preset] = {
         name="tiny",
         # BERT WordPiece ids (the vocab shipped with all-MiniLM-L6-v2): [CLS]=101 starts, [SEP]=102 ends;
         # CLIP pools the text at the first eos_token_id position.
+        # 2 text layers: as good as 4 on these captions at equal steps, and each step 10 % faster;
+        # patch 8, not 16: 16 px patches learned 3-4x slower per step (docs/training.md)
         clip_text=dict(
-            vocab_size=30522, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+            vocab_size=30522, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=32, bos_token_id=101, eos_token_id=102,
             pad_token_id=0,
         ),

@@ -21,8 +21,12 @@ class PromptRegressorA(nn.Module):
         super().__init__()
         self.vision_model = clip.vision_model
         self.visual_projection = clip.visual_projection
-        in_dim = clip.visual_projection.out_features
-        self.head = nn.Sequential(
+        self.head = self.make_head(clip.visual_projection.out_features, hidden, out_dim)
+
+    @staticmethod
+    def make_head(in_dim: int, hidden: int = 1024, out_dim: int = PROMPT_DIM) -> nn.Sequential:
+        """FC1, LayerNorm, FC2, LayerNorm (the paper's head), on CLIP's projected image features."""
+        return nn.Sequential(
             nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim)
         )
 

@@ -5,6 +5,9 @@ Variants as in the paper:
     v2  mapper (Linear, ReLU, Linear; hidden 1024), frozen LM, 1 epoch
     v3  v2 + one more epoch with the LM unfrozen (lr 1e-5 on the LM)
     v4  v3 + one more epoch
+and the equal-time control (not in the paper):
+    v2t v2 trained on, LM still frozen, for as long as v3's unfrozen epoch took, so that v3's gain
+        over it is the LM's and not the extra training time's.
 """
 
 from __future__ import annotations
@@ -22,14 +25,24 @@ class VariantSpec:
     epochs_frozen: int
     epochs_unfrozen: int
     init_from: str | None  # continue training from this variant's weights
+    time_of: str | None = None  # train (LM frozen) for as long as this variant's own training took
+    label: str = ""
 
 
 VARIANTS: dict[str, VariantSpec] = {
-    "v1": VariantSpec("v1", use_mapper=False, epochs_frozen=1, epochs_unfrozen=0, init_from=None),
-    "v2": VariantSpec("v2", use_mapper=True, epochs_frozen=1, epochs_unfrozen=0, init_from=None),
-    "v3": VariantSpec("v3", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v2"),
-    "v4": VariantSpec("v4", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v3"),
+    "v1": VariantSpec("v1", use_mapper=False, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
+                      label="V1 (no mapper, LM frozen, 1 epoch)"),
+    "v2": VariantSpec("v2", use_mapper=True, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
+                      label="V2 (mapper, LM frozen, 1 epoch)"),
+    "v3": VariantSpec("v3", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v2",
+                      label="V3 (V2 + 1 epoch, LM unfrozen)"),
+    "v4": VariantSpec("v4", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v3",
+                      label="V4 (V3 + 1 more epoch)"),
+    "v2t": VariantSpec("v2t", use_mapper=True, epochs_frozen=0, epochs_unfrozen=0, init_from="v2", time_of="v3",
+                       label="V2 + as long as V3's epoch took, LM frozen (equal-time control)"),
 }
+#: the paper's variants, in order; ``v2t`` is trained after v3 when both are asked for
+PAPER_VARIANTS = ("v1", "v2", "v3", "v4")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
-"""Contrastive CLIP training on captions, with optional hard-negative batches (seed "Can CLIP read?").
+"""Contrastive CLIP training on captions, with hard negatives (seed "Can CLIP read?" and NegCLIP).
 
-Hard negatives: image embeddings of the current model are clustered (k-means), and a share of each
-batch is drawn from one cluster, so the contrastive loss has to separate images that look alike
-(same colour and kind, different count or place) instead of the easy ones a random batch holds.
+A random batch of 128 scenes is told apart by colour and kind alone, so the contrastive loss seldom
+needs count or place. Two kinds of hard negatives make it need them (``clipq.train.negatives``):
+batches drawn from clusters of similar captions (from ``hard_start`` on), and a word-swapped copy
+of captions ("two" -> "three", "left" -> "top") as extra text negatives for their image. On CPUs
+with bf16 units (AVX512-BF16 or AMX) the towers run under bf16 autocast; the loss stays fp32.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -18,10 +21,13 @@ from tqdm.auto import tqdm
 
 from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, tokenize
 
-from .common import cosine_with_warmup, seed_everything, set_threads
+from .common import autocast, cosine_with_warmup, resolve_precision, seed_everything, set_threads
 from .data import load_split
+from .negatives import caption_clusters, kmeans, swapped_captions
 
 log = logging.getLogger(__name__)
+__all__ = ["ClipTrainConfig", "kmeans", "train_clip"]
+BATCH_MODES = ("random", "caption_clusters", "image_clusters")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,36 +37,62 @@ class ClipTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 40
-    hard_negatives: bool = True
+    precision: str = "auto"  # auto: bf16 where the CPU has AVX512-BF16/AMX, else fp32
+    hard_negatives: bool = True  # False: random batches and no swapped captions
+    batch_mode: str = "image_clusters"  # how hard batches are drawn once hard_start is reached
     hard_start: float = 0.5  # fraction of training after which hard-negative batches start
-    hard_share: float = 0.5  # share of each batch drawn from one cluster
-    recluster_every: int = 100
+    hard_share: float = 0.5  # share of each batch drawn from clusters
+    cluster_size: int = 0  # images per cluster (0: one cluster fills the hard share)
+    recluster_every: int = 100  # image clusters only: re-embed and re-cluster this often
+    text_negatives: float = 0.0  # share of captions that get a word-swapped negative
     seed: int = 0
-
-
-def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0) -> torch.Tensor:
-    """Cluster assignment of rows of ``x`` (cosine k-means). Returns labels [N]."""
-    g = torch.Generator().manual_seed(seed)
-    centers = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
-    labels = torch.zeros(x.shape[0], dtype=torch.long)
-    for _ in range(iters):
-        labels = (x @ centers.T).argmax(1)
-        for j in range(k):
-            sel = x[labels == j]
-            if len(sel):
-                centers[j] = F.normalize(sel.mean(0), dim=0)
-    return labels
+    log_every: int = 20
 
 
 def _sample_batch(
-    rng: np.random.Generator, n: int, bs: int, clusters: list[np.ndarray] | None, share: float
+    rng: np.random.Generator, n: int, bs: int, clusters: list[np.ndarray] | None, share: float,
+    per_cluster: int = 0,
 ) -> np.ndarray:
+    """``bs`` distinct indices of ``range(n)``: ``share`` of them from clusters, the rest at random.
+
+    ``per_cluster`` = 0 takes the whole hard share from one cluster; otherwise each cluster drawn adds
+    up to ``per_cluster`` members until the hard share is full.
+    """
     if clusters is None:
         return rng.choice(n, size=bs, replace=False)
-    c = clusters[rng.integers(len(clusters))]
-    hard = rng.choice(c, size=min(len(c), int(bs * share)), replace=False)
-    rest = rng.choice(np.setdiff1d(np.arange(n), hard), size=bs - len(hard), replace=False)
-    return np.concatenate([hard, rest])
+    want = int(bs * share)
+    hard: list[int] = []
+    taken: set[int] = set()
+    for _ in range(4 * len(clusters)):
+        if len(hard) >= want:
+            break
+        c = clusters[rng.integers(len(clusters))]
+        room = min(want - len(hard), len(c) if per_cluster <= 0 else per_cluster)
+        pick = [int(i) for i in rng.permutation(c) if int(i) not in taken][:room]
+        hard += pick
+        taken.update(pick)
+        if per_cluster <= 0:
+            break
+    hard_arr = np.asarray(hard, dtype=np.int64)
+    rest = rng.choice(np.setdiff1d(np.arange(n), hard_arr), size=bs - len(hard_arr), replace=False)
+    return np.concatenate([hard_arr, rest])
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, neg: torch.Tensor | None = None,
+              neg_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP; optional extra text negatives ``neg`` [M, D] (NegCLIP).
+
+    ``img``/``txt`` [B, D] are the matching pairs. Each extra negative counts for every image in the
+    image -> text direction; the text -> image direction is CLIP's own.
+    """
+    img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    s = scale.float()
+    logits = s * img @ txt.T  # [B, B]
+    labels = torch.arange(len(img))
+    i2t = logits
+    if neg is not None and len(neg):
+        i2t = torch.cat([logits, s * img @ F.normalize(neg.float(), dim=-1).T], dim=1)  # [B, B+M]
+    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(logits.T, labels))
 
 
 def train_clip(
@@ -72,6 +104,8 @@ def train_clip(
     cfg: ClipTrainConfig | None = None,
     threads: int | None = None,
     progress: bool = True,
+    monitor: Callable[[int, torch.nn.Module], dict] | None = None,
+    monitor_every: int = 0,
 ) -> dict:
     """Train CLIP contrastively on the captions of ``data`` and write it to the artifacts ``out``.
 
@@ -80,30 +114,31 @@ def train_clip(
         out: artifact directory (created; its manifest is updated).
         preset: model preset for random initialisation; ``pretrained`` loads a real checkpoint instead.
         cfg: training settings.
+        monitor: called as ``monitor(step, clip)`` every ``monitor_every`` steps and at the end (for
+            learning curves); what it returns is recorded in the summary.
     Returns:
-        summary dict (steps, seconds, final loss).
+        summary dict (steps, seconds, steps/s, precision, loss curve, final loss).
+    Raises:
+        ClipqError: an unknown batch mode or precision.
     """
+    from clipq.runtime.errors import ClipqError
+
     cfg = cfg or ClipTrainConfig()
-    set_threads(threads)
+    if cfg.batch_mode not in BATCH_MODES:
+        raise ClipqError(f"unknown batch mode {cfg.batch_mode!r}; choose from {', '.join(BATCH_MODES)}")
+    n_threads = set_threads(threads)
+    precision = resolve_precision(cfg.precision)
     seed_everything(cfg.seed)
     m, clip = init_clip_artifacts(out, preset, pretrained)
     size = m.preprocessing["size"]
     train = load_split(str(data), "train", size)
     tok = load_tokenizer(m, "clip")
     rng = np.random.default_rng(cfg.seed)
-    n = len(train.image_ids)
-    bs = min(cfg.batch_size, n)
-    # captions tokenised once, padded to one length: per image, the rows of its phrasings
-    flat = [c for caps in train.captions for c in caps]
-    all_ids, all_mask = tokenize(tok, flat) if flat else (torch.zeros(0, 1, dtype=torch.long),) * 2
-    cap_ids, start = [], 0
-    for caps in train.captions:
-        cap_ids.append((all_ids[start : start + len(caps)], all_mask[start : start + len(caps)]) if caps else None)
-        start += len(caps)
-    missing = [train.image_ids[i] for i, c in enumerate(cap_ids) if c is None]
+    missing = [train.image_ids[i] for i, c in enumerate(train.captions) if not c]
     if missing:
         log.warning("%d images have no caption and are skipped (e.g. %s)", len(missing), missing[0])
-    usable = np.array([i for i, c in enumerate(cap_ids) if c is not None])
+    usable = np.array([i for i, c in enumerate(train.captions) if c])
+    bs = min(cfg.batch_size, len(usable))
 
     decay = [p for nme, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in nme]
     no_decay = [p for nme, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in nme)]
@@ -113,32 +148,30 @@ def train_clip(
     sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
     clip.train()
     clusters = None
+    hard_from = int(cfg.hard_start * cfg.steps) if cfg.hard_negatives else cfg.steps + 1
     t0 = time.perf_counter()
     losses: list[float] = []
+    curve: list[dict] = []
+    monitored: list[dict] = []
     bar = tqdm(range(cfg.steps), desc="train clip", disable=not progress, mininterval=1.0)
     for step in bar:
-        if cfg.hard_negatives and step >= cfg.hard_start * cfg.steps and (
-            clusters is None or (step - int(cfg.hard_start * cfg.steps)) % cfg.recluster_every == 0
+        if step >= hard_from and (
+            clusters is None or (cfg.batch_mode == "image_clusters" and (step - hard_from) % cfg.recluster_every == 0)
         ):
-            clusters = _clusters(clip, train.pixels[usable], bs, cfg.seed + step)
-            clusters = [usable[c] for c in clusters]
-        idx = usable[_sample_batch(rng, len(usable), bs, None, 0)] if clusters is None else _sample_batch(
-            rng, n, bs, clusters, cfg.hard_share
-        )
-        idx = np.array([i for i in idx if cap_ids[i] is not None])
-        ids_list, mask_list = [], []
-        for i in idx:
-            ids, mask = cap_ids[i]
-            j = rng.integers(ids.shape[0])
-            ids_list.append(ids[j])
-            mask_list.append(mask[j])
-        length = int(max(int(mk.sum()) for mk in mask_list))
-        input_ids = torch.stack([x[:length] for x in ids_list])
-        attention_mask = torch.stack([x[:length] for x in mask_list])
-        outputs = clip(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=train.pixels[idx], return_loss=True
-        )
-        loss = outputs.loss
+            clusters = _clusters(clip, train, usable, bs, cfg, step, precision)
+        picked = _sample_batch(rng, len(usable), bs, clusters, cfg.hard_share, cfg.cluster_size)
+        idx = usable[picked]
+        texts = [train.captions[i][rng.integers(len(train.captions[i]))] for i in idx]
+        negs, neg_rows = [], np.zeros(0, dtype=np.int64)
+        if cfg.hard_negatives and cfg.text_negatives > 0:
+            chosen = np.flatnonzero(rng.random(len(texts)) < cfg.text_negatives)
+            negs, rows = swapped_captions([texts[i] for i in chosen], rng)
+            neg_rows = chosen[rows] if len(rows) else neg_rows
+        input_ids, attention_mask = tokenize(tok, texts + negs)  # padded to the batch's longest
+        with autocast(precision):
+            img = clip.get_image_features(pixel_values=train.pixels[idx])
+            txt = clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        loss = clip_loss(img, txt[: len(texts)], clip.logit_scale.exp(), txt[len(texts):] if negs else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
@@ -147,27 +180,58 @@ def train_clip(
         with torch.no_grad():  # as in CLIP: the temperature may not exceed 100
             clip.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            recent = float(np.mean(losses[-cfg.log_every:]))
+            curve.append({"step": step + 1, "loss": round(recent, 4), "s": round(time.perf_counter() - t0, 1)})
+            bar.set_postfix(loss=f"{recent:.3f}")
+        if monitor is not None and monitor_every and (step + 1) % monitor_every == 0 and step + 1 < cfg.steps:
+            monitored.append({"step": step + 1, "s": round(time.perf_counter() - t0, 1), **_monitor(monitor, step + 1, clip)})
+    seconds = time.perf_counter() - t0
     clip.eval()
+    if monitor is not None:
+        monitored.append({"step": cfg.steps, "s": round(seconds, 1), **_monitor(monitor, cfg.steps, clip)})
     save_clip(m, clip)
     summary = {
-        "steps": cfg.steps, "batch_size": bs, "seconds": round(time.perf_counter() - t0, 1),
+        "steps": cfg.steps, "batch_size": bs, "seconds": round(seconds, 1),
+        "steps_per_s": round(cfg.steps / max(seconds, 1e-9), 3), "precision": precision, "threads": n_threads,
         "final_loss": round(float(np.mean(losses[-20:])), 4), "hard_negatives": cfg.hard_negatives,
-        "train_images": n,
+        "train_images": len(train.image_ids), "config": asdict(cfg), "loss_curve": curve,
     }
+    if monitored:
+        summary["monitor"] = monitored
     m.extra.setdefault("training", {})["clip"] = summary
     m.save()
     return summary
 
 
-@torch.inference_mode()
-def _clusters(clip, pixels: torch.Tensor, bs: int, seed: int) -> list[np.ndarray]:
+def _monitor(fn: Callable[[int, torch.nn.Module], dict], step: int, clip: torch.nn.Module) -> dict:
     was = clip.training
     clip.eval()
-    emb = torch.cat([F.normalize(clip.get_image_features(pixel_values=pixels[i : i + 512]), dim=-1)
-                     for i in range(0, len(pixels), 512)])
+    try:
+        return dict(fn(step, clip))
+    finally:
+        clip.train(was)
+
+
+def _clusters(clip, train, usable: np.ndarray, bs: int, cfg: ClipTrainConfig, step: int,
+              precision: str) -> list[np.ndarray]:
+    """Clusters of training images (as positions in ``usable``) for hard-negative batches."""
+    size = cfg.cluster_size or bs
+    if cfg.batch_mode == "caption_clusters":
+        return caption_clusters([train.captions[i] for i in usable], size, seed=cfg.seed)
+    if cfg.batch_mode == "random":
+        return None  # type: ignore[return-value]
+    return _image_clusters(clip, train.pixels[usable], size, cfg.seed + step, precision)
+
+
+@torch.inference_mode()
+def _image_clusters(clip, pixels: torch.Tensor, size: int, seed: int, precision: str) -> list[np.ndarray]:
+    was = clip.training
+    clip.eval()
+    with autocast(precision):
+        emb = torch.cat([clip.get_image_features(pixel_values=pixels[i : i + 512]).float()
+                         for i in range(0, len(pixels), 512)])
     clip.train(was)
-    k = max(2, len(pixels) // max(bs, 1))
-    labels = kmeans(emb, k, seed=seed).numpy()
+    k = max(2, len(pixels) // max(size, 1))
+    labels = kmeans(F.normalize(emb, dim=-1), k, seed=seed).numpy()
     return [np.flatnonzero(labels == j) for j in range(k) if (labels == j).sum() >= 4]

@@ -25,6 +25,40 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """``fp32`` or ``bf16``; ``auto`` picks bf16 only where the CPU has bf16 units (AVX512-BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated and slower than fp32.
+
+    Raises:
+        ClipqError: an unknown precision name.
+    """
+    from clipq.runtime.errors import ClipqError
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ClipqError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if precision != "auto":
+        return precision
+    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
+def autocast(precision: str):
+    """``torch.autocast`` on CPU for bf16, a no-op context for fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     def f(step: int) -> float:
         if step < warmup:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.img2prompt import PromptRegressorA
 from clipq.models.io import load_clip, load_tokenizer, save_img2prompt, tokenize
 from clipq.models.prompt_encoder import SentenceEncoder
@@ -27,7 +27,15 @@ from clipq.runtime.errors import DataFormatError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.metrics import mean_cosine
 
-from .common import batched, cosine_with_warmup, encode_texts, seed_everything, set_threads
+from .common import (
+    autocast,
+    batched,
+    cosine_with_warmup,
+    encode_texts,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
 from .data import load_split
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -40,8 +48,14 @@ class Img2PromptConfig:
     batch_size: int = 128
     backbone_lr: float = 1e-4
     head_lr: float = 1e-3
-    filter_threshold: float | None = 0.0  # CLIP image-prompt cosine; None disables filtering
+    #: CLIP image-prompt cosine below which a training pair is dropped; "auto": the sweep's best on val;
+    #: None: no filter
+    filter_threshold: float | str | None = "auto"
+    #: the sweep's thresholds: the cosines below which these shares of the training pairs fall
+    sweep_drop_shares: tuple[float, ...] = (0.05, 0.15, 0.3, 0.5)
+    sweep_epochs: int = 6  # head-only Model A in the sweep
     knn_weighting: str = "inverse_distance"
+    precision: str = "auto"
     seed: int = 0
 
 
@@ -63,12 +77,75 @@ def _require_prompts(split) -> list[str]:
     return list(split.prompts)
 
 
+def _mismatched_ids(data: str) -> set[str] | None:
+    """The synthetic world's answer key of wrong training prompts (None for real data)."""
+    from pathlib import Path
+
+    p = Path(data) / "prompts" / "train_mismatched.txt"
+    return set(p.read_text(encoding="utf-8").split()) if p.is_file() else None
+
+
+def _head_only_a(feats_tr: torch.Tensor, y_tr: torch.Tensor, keep: np.ndarray, feats: list[torch.Tensor],
+                 cfg: Img2PromptConfig) -> list[np.ndarray]:
+    """Model A's head on the frozen tower's features, trained on the ``keep`` pairs (the sweep's cheap A)."""
+    torch.manual_seed(cfg.seed)
+    head = PromptRegressorA.make_head(feats_tr.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01)
+    rng = np.random.default_rng(cfg.seed)
+    for _ in range(cfg.sweep_epochs):
+        order = rng.permutation(keep)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = torch.from_numpy(order[i : i + cfg.batch_size])
+            pred = F.normalize(head(feats_tr[idx]), dim=-1)
+            loss = (1 - (pred * y_tr[idx]).sum(-1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.inference_mode():
+        return [F.normalize(head(f), dim=-1).numpy() for f in feats]
+
+
+def filter_sweep(sims: np.ndarray, thresholds: list[float | None], *, feats: tuple[torch.Tensor, ...],
+                 embeds: tuple[np.ndarray, ...], y: tuple[torch.Tensor, ...], prompts: list[str],
+                 cfg: Img2PromptConfig, wrong: np.ndarray | None) -> list[dict]:
+    """Per threshold: share kept, share of wrong pairs dropped, and val/test mean cosine of B (K = 10),
+    of A with a frozen tower (head only) and of their mean (alpha 0.5)."""
+    from clipq.runtime.fusion import KnnPromptFusion, ensemble
+
+    f_tr, f_va, f_te = feats
+    e_tr, e_va, e_te = embeds
+    y_tr, y_va, y_te = y
+    rows = []
+    for th in thresholds:
+        keep = np.arange(len(sims)) if th is None else np.flatnonzero(sims >= th)
+        if len(keep) < max(10, 0.05 * len(sims)):
+            continue
+        b = KnnPromptFusion.from_embeddings(e_tr[keep], y_tr.numpy()[keep], [prompts[i] for i in keep], k=10,
+                                            weighting=cfg.knn_weighting)
+        a_va, a_te = _head_only_a(f_tr, y_tr, keep, [f_va, f_te], cfg)
+        b_va, b_te = b.predict(e_va), b.predict(e_te)
+        row = {"threshold": th, "kept": int(len(keep)), "kept_share": round(len(keep) / len(sims), 4)}
+        if wrong is not None and wrong.any():
+            dropped = np.ones(len(sims), bool)
+            dropped[keep] = False
+            row["wrong_dropped"] = round(float(dropped[wrong].mean()), 4)
+            row["right_dropped"] = round(float(dropped[~wrong].mean()), 4)
+        for split, a_, b_, t in (("val", a_va, b_va, y_va), ("test", a_te, b_te, y_te)):
+            t = t.numpy()
+            row[split] = {"A_head": mean_cosine(a_, t), "B": mean_cosine(b_, t),
+                          "ensemble": mean_cosine(ensemble(a_, b_, 0.5), t)}
+        rows.append(row)
+    return rows
+
+
 def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None = None,
                      threads: int | None = None, progress: bool = True) -> dict:
-    """Train Model A, build Model B's KNN store in ``knn/``, sweep alpha and K on val, score test."""
+    """Sweep the cosine filter, train Model A, build Model B's KNN store in ``knn/``, sweep alpha and K
+    on val, score test. With ``filter_threshold="auto"`` the threshold is the sweep's best on val."""
     cfg = cfg or Img2PromptConfig()
     set_threads(threads)
     seed_everything(cfg.seed)
+    precision = resolve_precision(cfg.precision)
     m = Manifest.load(artifacts)
     size = m.preprocessing["size"]
     tr, va, te = (load_split(data, s, size) for s in ("train", "val", "test"))
@@ -77,16 +154,30 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     encoder = SentenceEncoder.pretrained()
     y_tr, y_va, y_te = (prompt_embeddings(m, p, encoder) for p in (p_tr, p_va, p_te))
     clip = load_clip(m).eval()
-    img_tower = ClipImageTower(clip).eval()
-    e_tr, e_va, e_te = (batched(img_tower, s.pixels) for s in (tr, va, te))
+    # CLIP's projected image features (Model A's head input) and their normalised form (CLIP's embedding)
+    feats = tuple(batched(lambda x: clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output), s.pixels)
+                  for s in (tr, va, te))
+    e_tr, e_va, e_te = (F.normalize(f, dim=-1) for f in feats)
 
-    keep = np.arange(len(p_tr))
-    if cfg.filter_threshold is not None:  # cosine filtering of training pairs (CLIP image vs prompt)
-        sims = (e_tr.numpy() * encode_texts(clip, load_tokenizer(m, "clip"), p_tr)).sum(-1)
-        keep = np.flatnonzero(sims >= cfg.filter_threshold)
-        if len(keep) < 0.2 * len(p_tr):  # a threshold that leaves too little data is a setting error
-            keep = np.argsort(-sims)[: max(1, int(0.2 * len(p_tr)))]
-    filt = {"threshold": cfg.filter_threshold, "kept": int(len(keep)), "total": len(p_tr)}
+    # the cosine filter (CLIP image vs prompt), swept over thresholds at the quantiles of the cosines
+    sims = (e_tr.numpy() * encode_texts(clip, load_tokenizer(m, "clip"), p_tr)).sum(-1)
+    wrong_ids = _mismatched_ids(data)
+    wrong = np.array([i in wrong_ids for i in tr.image_ids]) if wrong_ids is not None else None
+    grid = [None] + sorted({round(float(np.quantile(sims, q)), 3) for q in cfg.sweep_drop_shares})
+    table = filter_sweep(sims, grid, feats=feats, embeds=(e_tr.numpy(), e_va.numpy(), e_te.numpy()),
+                         y=(y_tr, y_va, y_te), prompts=p_tr, cfg=cfg, wrong=wrong)
+    if cfg.filter_threshold == "auto":
+        chosen = max(table, key=lambda r: r["val"]["ensemble"])["threshold"]
+    else:
+        chosen = cfg.filter_threshold
+    keep = np.arange(len(p_tr)) if chosen is None else np.flatnonzero(sims >= float(chosen))
+    if len(keep) < 0.2 * len(p_tr):  # a threshold that leaves too little data is a setting error
+        keep = np.argsort(-sims)[: max(1, int(0.2 * len(p_tr)))]
+    filt = {"threshold": chosen, "kept": int(len(keep)), "total": len(p_tr),
+            "chosen_on": "val" if cfg.filter_threshold == "auto" else "setting", "sweep": table}
+    if wrong is not None:
+        filt["mismatched_in_train"] = int(wrong.sum())
+        filt["mismatched_kept"] = int(wrong[keep].sum())
 
     # Model A: a copy of the trained CLIP tower (CLIP itself stays as trained for the other tasks)
     model = PromptRegressorA(copy.deepcopy(clip))
@@ -104,8 +195,9 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
         order = rng.permutation(keep)
         for i in range(0, len(order), cfg.batch_size):
             idx = torch.from_numpy(order[i : i + cfg.batch_size])
-            pred = model(tr.pixels[idx])
-            loss = (1 - (pred * y_tr[idx]).sum(-1)).mean()
+            with autocast(precision):
+                pred = model(tr.pixels[idx])
+            loss = (1 - (pred.float() * y_tr[idx]).sum(-1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -118,13 +210,13 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     a_va = batched(model, va.pixels).numpy()
     a_te = batched(model, te.pixels).numpy()
 
-    # Model B on the runtime's HNSW index, built from the training images (all pairs: B only looks up)
+    # Model B on the runtime's HNSW index, built from the kept training pairs
     from clipq.runtime.fusion import KnnPromptFusion, ensemble
     from clipq.runtime.sweep import sweep
 
     fusion = KnnPromptFusion.from_embeddings(
-        e_tr.numpy(), y_tr.numpy(), p_tr, ids=list(tr.image_ids), model_id=m.extra.get("clip_model_id"),
-        k=10, weighting=cfg.knn_weighting,
+        e_tr.numpy()[keep], y_tr.numpy()[keep], [p_tr[i] for i in keep], ids=[tr.image_ids[i] for i in keep],
+        model_id=m.extra.get("clip_model_id"), k=10, weighting=cfg.knn_weighting,
     )
     table = sweep(a_va, fusion.predict_many_k(e_va.numpy(), KS), y_va.numpy(), ALPHAS)
     best = table.best
@@ -141,6 +233,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
         "ensemble": mean_cosine(ensemble(a_te, b_te, best.alpha), y),
         "alpha": best.alpha, "k": best.k, "filter": filt, "sweep_val": table.to_dict(),
         "sweep_val_markdown": table.to_markdown(), "seconds": round(time.perf_counter() - t0, 1),
+        "precision": precision,
     }
     m.extra["img2prompt"] = {"alpha": best.alpha, "k": best.k, "weighting": cfg.knn_weighting}
     m.metrics["img2prompt"] = result

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .clip import ClipTrainConfig, train_clip
 from .img2prompt import Img2PromptConfig, train_img2prompt
 from .reading import ReadingConfig, train_reading
 from .vqa import VQATrainConfig, train_vqa
+
+TASKS = ("clip", "baseline", "vqa", "img2prompt", "reading")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,13 +22,17 @@ class TrainSettings:
     clip_steps: int | None = None
     batch_size: int | None = None
     hard_negatives: bool = True
+    precision: str = "auto"  # every trainer: bf16 autocast where the CPU has bf16 units, else fp32
+    clip: dict[str, Any] = field(default_factory=dict)  # further ClipTrainConfig fields
     vqa_variants: list[str] | None = None
     questions_per_epoch: int | None = None
     vqa_lr: float | None = None
     vqa_batch_size: int | None = None
-    filter_threshold: float | None = None
+    filter_threshold: float | str | None = "unset"  # "unset": the trainer's default ("auto")
     img2prompt_epochs: int | None = None
     reading_steps: int | None = None
+    reading: dict[str, Any] = field(default_factory=dict)  # further ReadingConfig fields
+    baseline_seconds: float | None = None  # dual encoder: wall-clock budget (None: CLIP's own time)
     threads: int | None = None
     seed: int = 0
     progress: bool = True
@@ -36,34 +43,44 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
     results: dict = {}
     t0 = time.perf_counter()
     if "clip" in tasks:
-        cfg = ClipTrainConfig(hard_negatives=s.hard_negatives, seed=s.seed)
+        cfg = ClipTrainConfig(hard_negatives=s.hard_negatives, seed=s.seed, precision=s.precision)
+        cfg = replace(cfg, **s.clip)
         if s.clip_steps is not None:
             cfg = replace(cfg, steps=s.clip_steps, warmup=min(cfg.warmup, max(1, s.clip_steps // 10)))
         if s.batch_size is not None:
             cfg = replace(cfg, batch_size=s.batch_size)
         results["clip"] = train_clip(data, out, preset=s.preset, pretrained=s.pretrained, cfg=cfg,
                                      threads=s.threads, progress=s.progress)
+    if "baseline" in tasks:
+        from .baseline import BaselineConfig, train_baseline
+
+        budget = s.baseline_seconds if s.baseline_seconds is not None else results.get("clip", {}).get("seconds")
+        cfg_b = BaselineConfig(seed=s.seed, precision=s.precision, seconds=budget)
+        if "clip" in results:  # the same batch size, schedule length and learning rate as CLIP
+            c = results["clip"]["config"]
+            cfg_b = replace(cfg_b, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"], warmup=c["warmup"])
+        results["baseline"] = train_baseline(data, out, cfg=cfg_b, threads=s.threads, progress=s.progress)
     if "vqa" in tasks:
-        cfg = VQATrainConfig(seed=s.seed)
+        cfg_v = VQATrainConfig(seed=s.seed, precision=s.precision)
         if s.questions_per_epoch is not None:
-            cfg = replace(cfg, questions_per_epoch=s.questions_per_epoch)
+            cfg_v = replace(cfg_v, questions_per_epoch=s.questions_per_epoch)
         if s.vqa_lr is not None:
-            cfg = replace(cfg, lr=s.vqa_lr)
+            cfg_v = replace(cfg_v, lr=s.vqa_lr)
         if s.vqa_batch_size is not None:
-            cfg = replace(cfg, batch_size=s.vqa_batch_size)
-        results["vqa"] = train_vqa(data, out, variants=s.vqa_variants, cfg=cfg, lm_pretrained=s.lm_pretrained,
+            cfg_v = replace(cfg_v, batch_size=s.vqa_batch_size)
+        results["vqa"] = train_vqa(data, out, variants=s.vqa_variants, cfg=cfg_v, lm_pretrained=s.lm_pretrained,
                                    threads=s.threads, progress=s.progress)
     if "img2prompt" in tasks:
-        cfg = Img2PromptConfig(seed=s.seed)
-        if s.filter_threshold is not None:
-            cfg = replace(cfg, filter_threshold=s.filter_threshold)
+        cfg_i = Img2PromptConfig(seed=s.seed, precision=s.precision)
+        if s.filter_threshold != "unset":
+            cfg_i = replace(cfg_i, filter_threshold=s.filter_threshold)
         if s.img2prompt_epochs is not None:
-            cfg = replace(cfg, epochs=s.img2prompt_epochs)
-        results["img2prompt"] = train_img2prompt(data, out, cfg=cfg, threads=s.threads, progress=s.progress)
+            cfg_i = replace(cfg_i, epochs=s.img2prompt_epochs)
+        results["img2prompt"] = train_img2prompt(data, out, cfg=cfg_i, threads=s.threads, progress=s.progress)
     if "reading" in tasks:
-        cfg = ReadingConfig(seed=s.seed)
+        cfg_r = replace(ReadingConfig(seed=s.seed, precision=s.precision), **s.reading)
         if s.reading_steps is not None:
-            cfg = replace(cfg, steps=s.reading_steps)
-        results["reading"] = train_reading(data, out, cfg=cfg, threads=s.threads, progress=s.progress)
+            cfg_r = replace(cfg_r, steps=s.reading_steps)
+        results["reading"] = train_reading(data, out, cfg=cfg_r, threads=s.threads, progress=s.progress)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results

@@ -22,11 +22,11 @@ from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.factory import build_lm
 from clipq.models.io import load_clip, load_tokenizer, load_vqa, save_vqa, tokenize
 from clipq.models.vqa import VARIANTS, VQAConfig, VQAModel
-from clipq.runtime.errors import ClipqError
+from clipq.runtime.errors import ClipqError, DataFormatError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.metrics import accuracy
 
-from .common import batched, seed_everything, set_threads
+from .common import autocast, batched, resolve_precision, seed_everything, set_threads
 from .data import load_split
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class VQATrainConfig:
     lm_lr: float = 1e-5
     questions_per_epoch: int | None = 6000  # cap per epoch (time budget); None = all
     max_answers: int = 1000
+    precision: str = "auto"  # bf16 autocast where the CPU has bf16 units
     seed: int = 0
 
 
@@ -78,7 +79,9 @@ def image_embeddings(m: Manifest, pixels: torch.Tensor) -> torch.Tensor:
     return batched(tower, pixels, batch_size=256)
 
 
-def _run_epoch(model, opt, emb, qa: EncodedQA, cfg: VQATrainConfig, rng, desc: str, progress: bool) -> float:
+def _run_epoch(model, opt, emb, qa: EncodedQA, cfg: VQATrainConfig, rng, desc: str, progress: bool,
+               precision: str = "fp32", max_seconds: float | None = None) -> tuple[float, int]:
+    """One epoch (``questions_per_epoch`` questions), or until ``max_seconds``; returns (mean loss, steps)."""
     model.train()
     n = len(qa.labels)
     order = rng.permutation(n)
@@ -86,32 +89,38 @@ def _run_epoch(model, opt, emb, qa: EncodedQA, cfg: VQATrainConfig, rng, desc: s
     if cfg.questions_per_epoch:
         order = order[: cfg.questions_per_epoch]
     losses = []
+    t0 = time.perf_counter()
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=desc, disable=not progress, mininterval=1.0)
     for i in bar:
+        if max_seconds is not None and losses and time.perf_counter() - t0 >= max_seconds:
+            break  # at least one step, so the loss is defined
         idx = torch.from_numpy(order[i : i + cfg.batch_size])
         mask = qa.attention_mask[idx]
         length = int(mask.sum(1).max())
-        logits = model(emb[qa.image_index[idx]], qa.input_ids[idx, :length], mask[:, :length])
-        loss = F.cross_entropy(logits, qa.labels[idx])
+        with autocast(precision):
+            logits = model(emb[qa.image_index[idx]], qa.input_ids[idx, :length], mask[:, :length])
+        loss = F.cross_entropy(logits.float(), qa.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
-    return float(np.mean(losses)) if losses else float("nan")
+    return (float(np.mean(losses)) if losses else float("nan")), len(losses)
 
 
 @torch.inference_mode()
-def predict(model: VQAModel, emb: torch.Tensor, qa: EncodedQA, batch_size: int = 256) -> np.ndarray:
+def predict(model: VQAModel, emb: torch.Tensor, qa: EncodedQA, batch_size: int = 256,
+            precision: str = "fp32") -> np.ndarray:
     model.eval()
     preds = []
     for i in range(0, len(qa.labels), batch_size):
         sl = slice(i, i + batch_size)
         mask = qa.attention_mask[sl]
         length = int(mask.sum(1).max())
-        logits = model(emb[qa.image_index[sl]], qa.input_ids[sl, :length], mask[:, :length])
-        preds.append(logits.argmax(-1))
+        with autocast(precision):
+            logits = model(emb[qa.image_index[sl]], qa.input_ids[sl, :length], mask[:, :length])
+        preds.append(logits.float().argmax(-1))
     return torch.cat(preds).numpy()
 
 
@@ -126,6 +135,12 @@ def accuracy_by_type(pred: np.ndarray, qa: EncodedQA) -> dict[str, float]:
     return out
 
 
+def _order(variants: list[str]) -> list[str]:
+    """Dependency order: v1, v2, v3, v2t (needs v3's time), v4."""
+    rank = {"v1": 0, "v2": 1, "v3": 2, "v2t": 3, "v4": 4}
+    return sorted(dict.fromkeys(variants), key=lambda v: rank.get(v, 99))
+
+
 def train_vqa(
     data: str,
     artifacts: str,
@@ -136,29 +151,37 @@ def train_vqa(
     threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Train the requested VQA variants (v3 continues v2, v4 continues v3).
+    """Train the requested VQA variants (v3 continues v2, v4 continues v3, v2t continues v2).
+
+    Every variant is scored on val and test; the exported default (``extra.vqa.export_variant``) is
+    the best on val, never chosen on test.
 
     Returns:
-        per variant: accuracy overall and per question type on the test split, seconds, loss.
+        per variant: accuracy overall and per question type on test (``val``: the same on val),
+        seconds (training + scoring), train_seconds, steps, loss.
     Raises:
         ClipqError: an unknown variant, or a variant whose starting point is neither trained now nor
             in the artifacts.
     """
     cfg = cfg or VQATrainConfig()
-    variants = variants or ["v1", "v2", "v3", "v4"]
+    variants = _order(variants or ["v1", "v2", "v3", "v2t", "v4"])
     for v in variants:
         if v not in VARIANTS:
             raise ClipqError(f"unknown VQA variant {v!r}; choose from {', '.join(VARIANTS)}")
     set_threads(threads)
+    precision = resolve_precision(cfg.precision)
     m = Manifest.load(artifacts)
     size = m.preprocessing["size"]
     train, test = load_split(data, "train", size), load_split(data, "test", size)
+    val = _optional_split(data, "val", size)
     tok = load_tokenizer(m, "lm")
     vocab = m.answer_vocab or build_answer_vocab(train.questions, cfg.max_answers)
     m.answer_vocab = vocab
     qa_train = encode_questions(train.questions, train, tok, vocab)
     qa_test = encode_questions(test.questions, test, tok, vocab)
+    qa_val = encode_questions(val.questions, val, tok, vocab) if val is not None and val.questions else None
     emb_train, emb_test = image_embeddings(m, train.pixels), image_embeddings(m, test.pixels)
+    emb_val = image_embeddings(m, val.pixels) if qa_val is not None else None
     lm_kind = m.extra.get("lm", "minilm")
     prefix_len = int(m.extra.get("vqa_prefix_len", 4))
     results: dict[str, dict] = dict(m.extra.get("vqa", {}).get("results", {}))
@@ -166,7 +189,7 @@ def train_vqa(
     for v in variants:
         spec = VARIANTS[v]
         seed_everything(cfg.seed)
-        rng = np.random.default_rng(cfg.seed + int(v[1:]))
+        rng = np.random.default_rng(cfg.seed + sum(map(ord, v)))
         t0 = time.perf_counter()
         if spec.init_from is None:
             lm = build_lm(lm_kind, lm_pretrained, seed=cfg.seed)
@@ -182,13 +205,24 @@ def train_vqa(
                     raise ClipqError(f"variant {v} continues {spec.init_from}: train {spec.init_from} first")
                 src = load_vqa(m, spec.init_from)
             model = copy.deepcopy(src)  # the earlier variant stays as trained
-        loss = float("nan")
-        if spec.epochs_frozen:
+        loss, steps = float("nan"), 0
+        frozen_epochs, budget = spec.epochs_frozen, None
+        if spec.time_of is not None:
+            ref = results.get(spec.time_of, {}).get("train_seconds")
+            if ref is None:
+                raise ClipqError(f"variant {v} trains as long as {spec.time_of} did: train {spec.time_of} first")
+            frozen_epochs, budget = 10**6, float(ref)
+        if frozen_epochs:
             model.freeze_lm(True)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-            for e in range(spec.epochs_frozen):
-                loss = _run_epoch(model, opt, emb_train, qa_train, cfg, rng, f"vqa {v} epoch {e + 1} (LM frozen)", progress)
+            e = 0
+            while e < frozen_epochs and (budget is None or e == 0 or time.perf_counter() - t0 < budget):
+                left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
+                loss, k = _run_epoch(model, opt, emb_train, qa_train, cfg, rng, f"vqa {v} epoch {e + 1} (LM frozen)",
+                                     progress, precision, max_seconds=left)
+                steps += k
+                e += 1
         if spec.epochs_unfrozen:
             model.freeze_lm(False)
             lm_params = list(model.lm.parameters())
@@ -199,18 +233,36 @@ def train_vqa(
                 betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
             )
             for e in range(spec.epochs_unfrozen):
-                loss = _run_epoch(model, opt, emb_train, qa_train, cfg, rng, f"vqa {v} epoch {e + 1} (LM unfrozen)", progress)
+                loss, k = _run_epoch(model, opt, emb_train, qa_train, cfg, rng,
+                                     f"vqa {v} epoch {e + 1} (LM unfrozen)", progress, precision)
+                steps += k
+        train_seconds = time.perf_counter() - t0
         model.freeze_lm(False)
         model.eval()
-        acc = accuracy_by_type(predict(model, emb_test, qa_test), qa_test)
-        results[v] = {**acc, "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(loss, 4)}
+        acc = accuracy_by_type(predict(model, emb_test, qa_test, precision=precision), qa_test)
+        res = {**acc, "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(train_seconds, 1),
+               "steps": steps, "final_loss": round(loss, 4)}
+        if qa_val is not None:
+            res["val"] = accuracy_by_type(predict(model, emb_val, qa_val, precision=precision), qa_val)
+        results[v] = res
         log.info("vqa %s: %s", v, results[v])
         trained[v] = model
         save_vqa(m, v, model)
     vqa_extra = m.extra.setdefault("vqa", {})
     vqa_extra["results"] = results
-    best = max(results, key=lambda k: results[k]["overall"])
+    on = "val" if all("val" in r for r in results.values()) else "test"
+    best = max(results, key=lambda k: (results[k]["val"] if on == "val" else results[k])["overall"])
     vqa_extra["export_variant"] = best
+    vqa_extra["export_variant_chosen_on"] = on
+    vqa_extra["lm"] = lm_kind if lm_pretrained is None else f"pretrained:{lm_pretrained}"
+    vqa_extra["precision"] = precision
     m.metrics["vqa"] = results
     m.save()
     return results
+
+
+def _optional_split(data: str, name: str, size: int):
+    try:
+        return load_split(data, name, size)
+    except DataFormatError:
+        return None

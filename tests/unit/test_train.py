@@ -14,10 +14,10 @@ from clipq.runtime.manifest import Manifest
 def test_training_writes_every_checkpoint(trained_artifacts, small_world):
     out, summary = trained_artifacts
     m = Manifest.load(out)
-    for name in ("clip", "vqa_v1", "vqa_v2", "vqa_v3", "vqa_v4", "img2prompt_a", "clip_reading"):
+    for name in ("clip", "vqa_v1", "vqa_v2", "vqa_v3", "vqa_v4", "vqa_v2t", "img2prompt_a", "clip_reading"):
         assert name in m.checkpoints, name
         m.resolve_dir(m.checkpoints[name])  # hashes verified
-    assert set(summary["vqa"]) == {"v1", "v2", "v3", "v4"}
+    assert set(summary["vqa"]) == {"v1", "v2", "v3", "v4", "v2t"}
     from clipq.readers import World
 
     types = [q.qtype for q in World(small_world).split("test").questions]
@@ -28,7 +28,7 @@ def test_training_writes_every_checkpoint(trained_artifacts, small_world):
         weighted = sum(r[t] * n for t, n in counts.items() if t in r) / sum(counts.values())
         assert r["overall"] == pytest.approx(weighted, abs=1e-6)
         assert np.isfinite(r["final_loss"])
-    assert m.answer_vocab and m.extra["vqa"]["export_variant"] in {"v1", "v2", "v3", "v4"}
+    assert m.answer_vocab and m.extra["vqa"]["export_variant"] in {"v1", "v2", "v3", "v4", "v2t"}
     i2p = summary["img2prompt"]
     # all-MiniLM-L6-v2 space: a model that predicts in another space (or unnormalised) scores near 0
     assert i2p["A"] > 0.5 and i2p["B"] > 0.5
@@ -153,3 +153,181 @@ def test_vqa_variants_chain_with_pretrained_minilm(small_world, tmp_path):
     w2 = v2.lm.encoder.layer[0].attention.self.query.weight
     w3 = v3.lm.encoder.layer[0].attention.self.query.weight
     assert w2.shape == w3.shape and not np.allclose(w2.detach().numpy(), w3.detach().numpy())
+
+
+# -- issue 12: precision, hard negatives, the new rows ------------------------------------------------
+def test_precision_follows_the_cpu_flags(monkeypatch):
+    from clipq.runtime.errors import ClipqError
+    from clipq.train import common
+
+    monkeypatch.setattr(common, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert common.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(common, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert common.resolve_precision("auto") == "fp32"  # emulated bf16 is slower than fp32
+    assert common.resolve_precision("bf16") == "bf16" and common.resolve_precision("fp32") == "fp32"
+    with pytest.raises(ClipqError, match="precision"):
+        common.resolve_precision("fp8")
+
+
+def test_swapped_captions_change_one_word_of_a_class():
+    from clipq.train.negatives import WORD_CLASSES, swap_word, swapped_captions
+
+    rng = np.random.default_rng(0)
+    text = "two red circles on the left and a blue star at the top"
+    for _ in range(50):
+        s = swap_word(text, rng)
+        a, b = text.split(), s.split()
+        diff = [(x, y) for x, y in zip(a, b) if x != y]
+        assert len(a) == len(b) and len(diff) == 1, s
+        old, new = diff[0]
+        assert any(old in ws and new in ws for ws in WORD_CLASSES.values()), diff
+    assert swap_word("a picture of nothing much", rng) is None
+    neg, rows = swapped_captions(["three green hearts", "hello there", "one ring in the center"], rng)
+    assert list(rows) == [0, 2] and len(neg) == 2
+
+
+def test_clip_loss_is_clips_and_extra_negatives_only_add():
+    import torch
+
+    from clipq.train.clip import clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    img, txt, neg = (torch.randn(8, 16, generator=g) for _ in range(3))
+    scale = torch.tensor(10.0)
+    logits = scale * torch.nn.functional.normalize(txt, dim=-1) @ torch.nn.functional.normalize(img, dim=-1).T
+    labels = torch.arange(8)
+    ref = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
+    assert clip_loss(img, txt, scale).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert clip_loss(img, txt, scale, neg).item() > ref.item()
+
+
+def test_caption_clusters_group_captions_that_share_words():
+    from clipq.train.negatives import caption_clusters
+
+    caps = [[f"{n} red circles on the left"] for n in ("two", "three", "four", "one")] * 3 + \
+           [[f"{n} blue stars at the top"] for n in ("two", "three", "four", "one")] * 3
+    groups = caption_clusters(caps, size=12, seed=0)
+    assert sorted(len(g) for g in groups) == [12, 12]
+    assert all(len({"red" in caps[i][0] for i in g}) == 1 for g in groups)
+
+
+def test_clip_training_records_precision_and_curve(trained_artifacts):
+    out, summary = trained_artifacts
+    c = summary["clip"]
+    assert c["precision"] in ("fp32", "bf16") and c["steps_per_s"] > 0
+    assert c["loss_curve"] and c["loss_curve"][-1]["step"] == c["steps"]
+    assert Manifest.load(out).extra["training"]["clip"]["config"]["batch_mode"] in ("random", "caption_clusters",
+                                                                                    "image_clusters")
+
+
+def test_vqa_equal_time_control_and_default_chosen_on_val(trained_artifacts):
+    out, summary = trained_artifacts
+    res = summary["vqa"]
+    assert set(res) == {"v1", "v2", "v3", "v4", "v2t"}
+    # the control trains (LM frozen) for as long as v3's epoch took, from v2
+    assert res["v2t"]["train_seconds"] >= 0.9 * res["v3"]["train_seconds"] and res["v2t"]["steps"] >= 1
+    m = Manifest.load(out)
+    extra = m.extra["vqa"]
+    assert extra["export_variant_chosen_on"] == "val"
+    best = max(res, key=lambda v: res[v]["val"]["overall"])
+    assert extra["export_variant"] == best and extra["lm"] == "distilbert-tiny"
+
+
+def test_every_vqa_variant_loads_for_export(trained_artifacts):
+    import torch
+
+    from clipq.models.io import load_for_export
+
+    out, summary = trained_artifacts
+    for v in summary["vqa"]:
+        net = load_for_export(out, vqa_variant=v)["vqa"]
+        probs = net(torch.randn(2, Manifest.load(out).dims["clip_embed"]), torch.ones(2, 5, dtype=torch.long),
+                    torch.ones(2, 5, dtype=torch.long))
+        assert probs.shape[0] == 2 and torch.allclose(probs.sum(-1), torch.ones(2), atol=1e-4)
+
+
+def test_img2prompt_filter_sweep(trained_artifacts):
+    out, summary = trained_artifacts
+    f = summary["img2prompt"]["filter"]
+    rows = f["sweep"]
+    assert rows[0]["threshold"] is None and rows[0]["kept_share"] == 1.0
+    kept = [r["kept_share"] for r in rows]
+    assert kept == sorted(kept, reverse=True) and len(rows) >= 3
+    assert f["threshold"] in [r["threshold"] for r in rows] and f["chosen_on"] == "val"
+    assert f["mismatched_in_train"] >= 1 and 0 <= f["mismatched_kept"] <= f["mismatched_in_train"]
+    for r in rows:
+        assert 0.0 <= r["wrong_dropped"] <= 1.0
+        for split in ("val", "test"):
+            assert set(r[split]) == {"A_head", "B", "ensemble"}
+
+
+def test_reading_rows_and_list_sizes(trained_artifacts):
+    out, summary = trained_artifacts
+    r = summary["reading"]
+    assert {"zero_shot", "naive", "hard_images", "hard_texts", "hard_both", "synthetic", "crops"} <= set(r["rows"])
+    assert r["fine_tuned_row"] in ("naive", "hard_images", "hard_texts", "hard_both", "synthetic")
+    assert r["chance"] == pytest.approx(100 / r["candidates"])
+    m = Manifest.load(out)
+    assert "clip_reading" in m.checkpoints and m.extra["reading"]["candidates"]
+    assert len(m.extra["reading"]["candidates"]) == r["candidates"]
+
+
+def test_list_size_accuracy_and_crops():
+    import torch
+
+    from clipq.train.reading import _crops, list_size_accuracy
+
+    y = np.arange(40) % 40
+    perfect = np.eye(40)[y]
+    assert list_size_accuracy(perfect, y, sizes=(2, 40)) == {2: 100.0, 40: 100.0}
+    rnd = np.random.default_rng(0).random((2000, 40))
+    acc = list_size_accuracy(rnd, np.zeros(2000, int), sizes=(2, 10))
+    assert abs(acc[2] - 50) < 4 and abs(acc[10] - 10) < 3
+    views = _crops(torch.randn(3, 3, 32, 32), 0.75)
+    assert len(views) == 9 and all(v.shape == (3, 3, 32, 32) for v in views)
+
+
+def test_eval_rows_use_the_runtime_templates(trained_artifacts, small_world):
+    from clipq.evaluate import evaluate
+    from clipq.runtime.templates import TEMPLATE_SETS
+
+    out, _ = trained_artifacts
+    res = evaluate(str(out), str(small_world), out_json=str(out / "eval_rows.json"))
+    r = res["retrieval"]
+    assert set(r["template_rows"]) == set(TEMPLATE_SETS) and set(r["no_punctuation"]) == {"single", "ensemble"}
+    assert set(r["descriptions"]) >= {"first", "mean_of_captions", "joined"}
+    assert r["descriptions"]["first"] == r["single"] and r["template_rows"]["a photo of"] == r["single"]
+
+
+def test_dual_encoder_baseline_trains_and_is_evaluated(trained_artifacts, small_world, tmp_path):
+    import shutil
+
+    from clipq.evaluate import evaluate
+    from clipq.train.baseline import BaselineConfig, train_baseline
+
+    art = tmp_path / "a"
+    shutil.copytree(trained_artifacts[0], art)
+    s = train_baseline(str(small_world), str(art), cfg=BaselineConfig(steps=3, batch_size=16, text_layers=1,
+                                                                       resnet_hidden=(8, 16)), threads=2, progress=False)
+    assert s["steps"] == 3 and "dual_encoder" in Manifest.load(art).checkpoints
+    b = evaluate(str(art), str(small_world))["retrieval"]["baseline"]
+    assert 0 <= b["single"]["R@1"] <= b["single"]["R@10"] <= 100 and b["training"]["steps"] == 3
+
+
+def test_templates_named_sets_and_punctuation():
+    from clipq.runtime.templates import TEMPLATE_SETS, embed_texts, strip_punctuation
+
+    assert strip_punctuation("on the left, two red circles; a star.") == "on the left two red circles a star"
+
+    class Enc:
+        dim, model_id = 4, "x"
+
+        def encode_texts(self, texts, batch_size=64):
+            self.seen = list(texts)
+            return np.ones((len(texts), 4), np.float32)
+
+    e = Enc()
+    embed_texts(e, ["two circles, left."], "this is")
+    assert e.seen == ["this is two circles, left"]
+    embed_texts(e, ["two circles, left."], TEMPLATE_SETS["none"], punctuation=False)
+    assert e.seen == ["two circles left"]

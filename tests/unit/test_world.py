@@ -243,3 +243,37 @@ def test_cli_reports_bad_data_with_exit_code_2(tmp_path, capsys):
     (tmp_path / "cocoqa" / "train" / "questions.txt").write_text("what is it ?\n")
     assert main(["data", "check", str(tmp_path)]) == 2
     assert "answers.txt" in capsys.readouterr().err
+
+
+def test_mismatched_prompts_only_in_train_and_listed(world):
+    """A documented share of training prompts describe another scene; val and test stay clean."""
+    from clipq.world import PROMPT_MISMATCH, mismatched_prompt
+
+    root, summary = world
+    wrong = set(_lines(root / "prompts" / "train_mismatched.txt"))
+    assert summary["draw"]["prompt_mismatch_train"] == PROMPT_MISMATCH
+    assert summary["splits"]["train"]["prompts_mismatched"] == len(wrong)
+    assert summary["splits"]["val"]["prompts_mismatched"] == summary["splits"]["test"]["prompts_mismatched"] == 0
+    assert 0.05 < len(wrong) / summary["splits"]["train"]["images"] < 0.3  # 15 % of 180, give or take
+    prompts = {p["imgId"]: p["prompt"] for p in _csv(root / "prompts" / "train.csv")}
+    for image_id, prompt in prompts.items():
+        index = int(image_id.rsplit("_", 1)[1])
+        scene, _ = render_scene(0, "train", index, image_id)
+        if image_id in wrong:
+            assert prompt == mismatched_prompt(0, index) and prompt != scene.prompt
+        else:
+            assert prompt == scene.prompt and mismatched_prompt(0, index) is None
+    # the scenes themselves do not depend on the noise: captions are those of the drawn scene
+    caps = [r["text"] for r in _csv(root / "captions" / "train.csv") if r["image"] == "train_000000"]
+    assert caps == render_scene(0, "train", 0)[0].captions
+
+
+def test_render_word_is_deterministic_and_uses_the_given_words():
+    from clipq.world import render_word
+
+    w1, q1, im1 = render_word(0, 3)
+    w2, q2, im2 = render_word(0, 3)
+    assert (w1, q1) == (w2, q2) and np.array_equal(np.asarray(im1), np.asarray(im2))
+    assert im1.size == (IMAGE_SIZE, IMAGE_SIZE) and q1.endswith("?")
+    assert {render_word(0, i, ("stop", "exit"))[0] for i in range(20)} == {"stop", "exit"}
+    assert not np.array_equal(np.asarray(render_word(1, 3)[2]), np.asarray(im1))
