@@ -492,14 +492,19 @@ def _fake_installation(tmp_path: Path, source: str):
 
 
 def test_backend_directory_holds_copies_of_the_python_backend_and_the_clipq_backend(cpu_repo, tmp_path):
-    """Triton refuses a backend library reached through a symlinked file: the files are copies."""
+    """Triton refuses a backend library reached through a symlinked file: the library files are copies.
+
+    The stub executable is a link to the installed one: a copy is open for writing for a moment, and a
+    process forked by any thread then makes tritonserver's exec of it fail with "Text file busy"."""
     from clipq.serving.launcher import prepare_backends
 
     inst = _fake_installation(tmp_path, "pytriton")
     b = prepare_backends(inst, cpu_repo.backend_dir, tmp_path / "run")
     assert sorted(p.name for p in b.iterdir()) == ["clipq", "python"]
+    stub = b / "python" / "triton_python_backend_stub"
     for f in [*(b / "python").iterdir(), b / "clipq" / "model.py"]:
-        assert f.is_file() and not f.is_symlink(), f
+        assert f.is_file() and f.is_symlink() == (f == stub), f
+    assert stub.resolve() == inst.stub_for().resolve()
     assert sorted(f.name for f in (b / "python").iterdir()) == [
         "libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
     assert (b / "clipq" / "model.py").read_bytes() == BACKEND_SOURCE.read_bytes()
