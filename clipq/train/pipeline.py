@@ -54,10 +54,12 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
     if "baseline" in tasks:
         from .baseline import BaselineConfig, train_baseline
 
-        budget = s.baseline_seconds if s.baseline_seconds is not None else results.get("clip", {}).get("seconds")
+        # CLIP's own run: trained now, or recorded in the artifacts by an earlier `clipq train clip`
+        clip_run = results.get("clip") or _recorded_clip_run(out)
+        budget = s.baseline_seconds if s.baseline_seconds is not None else (clip_run or {}).get("seconds")
         cfg_b = BaselineConfig(seed=s.seed, precision=s.precision, seconds=budget)
-        if "clip" in results:  # the same batch size, schedule length and learning rate as CLIP
-            c = results["clip"]["config"]
+        if clip_run and "config" in clip_run:  # the same batch size, schedule length and learning rate as CLIP
+            c = clip_run["config"]
             cfg_b = replace(cfg_b, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"], warmup=c["warmup"])
         results["baseline"] = train_baseline(data, out, cfg=cfg_b, threads=s.threads, progress=s.progress)
     if "vqa" in tasks:
@@ -84,3 +86,14 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
         results["reading"] = train_reading(data, out, cfg=cfg_r, threads=s.threads, progress=s.progress)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def _recorded_clip_run(out: str) -> dict | None:
+    """The CLIP training summary an earlier run recorded in the artifacts' manifest, if any."""
+    from clipq.runtime.errors import ArtifactError
+    from clipq.runtime.manifest import Manifest
+
+    try:
+        return Manifest.load(out).extra.get("training", {}).get("clip")
+    except ArtifactError:
+        return None

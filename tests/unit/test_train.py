@@ -314,6 +314,19 @@ def test_dual_encoder_baseline_trains_and_is_evaluated(trained_artifacts, small_
     assert 0 <= b["single"]["R@1"] <= b["single"]["R@10"] <= 100 and b["training"]["steps"] == 3
 
 
+def test_baseline_alone_takes_clips_recorded_budget(trained_artifacts, tmp_path):
+    """`clipq train baseline` on artifacts trained earlier gets CLIP's recorded seconds and schedule."""
+    import shutil
+
+    from clipq.train.pipeline import _recorded_clip_run
+
+    art = tmp_path / "a"
+    shutil.copytree(trained_artifacts[0], art)
+    rec = _recorded_clip_run(str(art))
+    assert rec is not None and rec["seconds"] > 0 and rec["config"]["batch_size"] == rec["batch_size"]
+    assert _recorded_clip_run(str(tmp_path / "nothing")) is None
+
+
 def test_templates_named_sets_and_punctuation():
     from clipq.runtime.templates import TEMPLATE_SETS, embed_texts, strip_punctuation
 

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default) or 'none'")
     p.add_argument("--reading-steps", type=int, default=None, help="reading: fine-tune steps per row")
     p.add_argument("--baseline-seconds", type=float, default=None,
-                   help="baseline: wall-clock budget (default: CLIP's training time in this run, else 900 steps)")
+                   help="baseline: wall-clock budget (default: CLIP's training time, from this run or recorded in the artifacts)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
