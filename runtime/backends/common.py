@@ -10,13 +10,13 @@ import functools
 import inspect
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DTypeError, InvalidInputError, ShapeError
+from ..errors import ArtifactError, BackendUnavailable, DTypeError, InvalidInputError, ShapeError
 from ..manifest import ModelSpec
 
 __all__ = ["ISA_FLAGS", "accepted_kwargs", "check_inputs", "cpu_facts", "dummy_inputs", "np_dtype"]
@@ -168,3 +168,36 @@ def flags_text(flags: Mapping[str, bool]) -> str:
     """``amx_int8, avx512_vnni, avx2`` (the flags that are set), or ``none of ...``."""
     on = [f for f in ISA_FLAGS if flags.get(f)]
     return ", ".join(on) if on else f"none of {', '.join(ISA_FLAGS)}"
+
+
+class InProcessModels:
+    """``health``, ``warmup`` and the context manager of a backend that runs the manifest's model
+    files in this process (onnxruntime, OpenVINO). A subclass has ``manifest``, ``_closed``,
+    ``spec``, ``infer`` and ``close``, and opens one model (session, compiled model) in ``_open``."""
+
+    def _open(self, model: str) -> Any:
+        raise NotImplementedError
+
+    def health(self) -> None:
+        """Raise ``BackendUnavailable`` unless every model file in the manifest opens."""
+        if self._closed:  # type: ignore[attr-defined]
+            raise BackendUnavailable("backend is closed")
+        try:
+            for name, spec in self.manifest.models.items():  # type: ignore[attr-defined]
+                if spec.file:
+                    self._open(name)
+        except ArtifactError as e:
+            raise BackendUnavailable(str(e)) from e
+
+    def warmup(self, models: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run each model once per batch size on dummy inputs (first runs allocate and plan)."""
+        names = list(models) if models else [n for n, s in self.manifest.models.items() if s.file]  # type: ignore[attr-defined]
+        for name in names:
+            for b in batch_sizes:
+                self.infer(name, dummy_inputs(self.spec(name), b))  # type: ignore[attr-defined]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # type: ignore[attr-defined]

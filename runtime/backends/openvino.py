@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailable, InferenceError, MissingDependencyError
 from ..manifest import Manifest, ModelSpec
-from .common import check_inputs, dummy_inputs
+from .common import InProcessModels, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def weights_of(xml_rel: str) -> str:
     return xml_rel[: -len(".xml")] + ".bin" if xml_rel.endswith(".xml") else ""
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(InProcessModels):
     """Run the artifact's networks in this process with OpenVINO's CPU plugin.
 
     Args:
@@ -277,35 +277,14 @@ class OpenVinoBackend:
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             raise InferenceError(f"{model}: OpenVINO failed: {e}") from e
 
-    def health(self) -> None:
-        """Raise ``BackendUnavailable`` unless every model in the manifest compiles."""
-        if self._closed:
-            raise BackendUnavailable("backend is closed")
-        try:
-            for name, spec in self.manifest.models.items():
-                if spec.file:
-                    self.compiled(name)
-        except ArtifactError as e:
-            raise BackendUnavailable(str(e)) from e
-
-    def warmup(self, models: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run each model once per batch size on dummy inputs (the first run per shape plans)."""
-        names = list(models) if models else [n for n, s in self.manifest.models.items() if s.file]
-        for name in names:
-            for b in batch_sizes:
-                self.infer(name, dummy_inputs(self.spec(name), b))
-
     def close(self) -> None:
         with self._lock:
             self._compiled.clear()
             self._local = threading.local()
             self._closed = True
 
-    def __enter__(self) -> OpenVinoBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _open(self, model: str) -> Any:
+        return self.compiled(model)
 
     def __repr__(self) -> str:
         return (f"OpenVinoBackend({str(self.manifest.root)!r}, threads={self.settings.threads}, "

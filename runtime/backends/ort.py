@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailable, InferenceError, MissingDependencyError
 from ..manifest import Manifest, ModelSpec
-from .common import check_inputs, dummy_inputs
+from .common import InProcessModels, check_inputs, dummy_inputs
 
 __all__ = ["OrtBackend", "check_inputs", "choose_providers", "dummy_inputs", "session_options"]  # shared helpers re-exported
 
@@ -204,7 +204,7 @@ def tensorrt_provider_options(manifest: Manifest, spec: ModelSpec, cache_root: s
     }
 
 
-class OrtBackend:
+class OrtBackend(InProcessModels):
     """Run the artifact's ONNX graphs in this process with onnxruntime.
 
     Args:
@@ -355,34 +355,13 @@ class OrtBackend:
             raise InferenceError(f"{model}: onnxruntime failed: {e}") from e
         return dict(zip(names, outs))
 
-    def health(self) -> None:
-        """Raise ``BackendUnavailable`` unless every model in the manifest can get a session."""
-        if self._closed:
-            raise BackendUnavailable("backend is closed")
-        try:
-            for name, spec in self.manifest.models.items():
-                if spec.file:
-                    self.session(name)
-        except ArtifactError as e:
-            raise BackendUnavailable(str(e)) from e
-
-    def warmup(self, models: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run each model once per batch size on dummy inputs (first runs allocate and plan)."""
-        names = list(models) if models else [n for n, s in self.manifest.models.items() if s.file]
-        for name in names:
-            for b in batch_sizes:
-                self.infer(name, dummy_inputs(self.spec(name), b))
-
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
             self._closed = True
 
-    def __enter__(self) -> OrtBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _open(self, model: str) -> Any:
+        return self.session(model)
 
     def __repr__(self) -> str:
         return f"OrtBackend({str(self.manifest.root)!r}, providers={self.providers}, threads={self.threads})"
