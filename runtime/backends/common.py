@@ -178,6 +178,19 @@ class InProcessModels:
     def _open(self, model: str) -> Any:
         raise NotImplementedError
 
+    def _graph_file(self, model: str, variant: str) -> tuple[str, Path]:
+        """``model``'s graph file for ``variant``: its manifest path and the hash-checked file."""
+        rel = self.spec(model).file_for(variant)  # type: ignore[attr-defined]
+        if not rel:
+            raise ArtifactError(f"{self.manifest.root}: model {model!r} has no graph file; run `clipq export`")  # type: ignore[attr-defined]
+        return rel, self.manifest.resolve(rel)  # type: ignore[attr-defined]
+
+    def _check_graph_inputs(self, model: str, rel: str, names: set[str]) -> None:
+        """Raise ``ArtifactError`` unless the opened graph has every input the manifest declares."""
+        missing = [t.name for t in self.spec(model).inputs if t.name not in names]  # type: ignore[attr-defined]
+        if missing:
+            raise ArtifactError(f"{rel}: graph lacks the inputs {missing} declared in the manifest")
+
     def health(self) -> None:
         """Raise ``BackendUnavailable`` unless every model file in the manifest opens."""
         if self._closed:  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailable, InferenceError, MissingDependencyError
+from ..errors import BackendUnavailable, InferenceError, MissingDependencyError
 from ..manifest import Manifest, ModelSpec
 from .common import InProcessModels, check_inputs
 
@@ -224,19 +224,13 @@ class OpenVinoBackend(InProcessModels):
             if c is None:
                 spec = self.spec(model)
                 variant = self.variant_for(model)
-                rel = spec.file_for(variant)
-                if not rel:
-                    raise ArtifactError(f"{self.manifest.root}: model {model!r} has no graph file; run `clipq export`")
-                path = self.manifest.resolve(rel)
+                rel, path = self._graph_file(model, variant)
                 for side in (weights_of(rel), rel + ".data"):  # IR weights, ONNX external data
                     if side and side in self.manifest.files:
                         self.manifest.resolve(side)
                 precision = self.precision_for(model, variant)
                 c = compile_file(path, compile_config(self.settings, precision))
-                got = {n for port in c.inputs for n in port.get_names()}
-                missing = [t.name for t in spec.inputs if t.name not in got]
-                if missing:
-                    raise ArtifactError(f"{rel}: graph lacks the inputs {missing} declared in the manifest")
+                self._check_graph_inputs(model, rel, {n for port in c.inputs for n in port.get_names()})
                 self._outputs[model] = [t.name for t in spec.outputs]
                 self._compiled[model] = c
                 self._variants[model] = variant

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailable, InferenceError, MissingDependencyError
+from ..errors import BackendUnavailable, InferenceError, MissingDependencyError
 from ..manifest import Manifest, ModelSpec
 from .common import InProcessModels, check_inputs, dummy_inputs
 
@@ -305,10 +305,7 @@ class OrtBackend(InProcessModels):
             if sess is None:
                 spec = self.spec(model)
                 variant = self.variant_for(model)
-                rel = spec.file_for(variant)
-                if not rel:
-                    raise ArtifactError(f"{self.manifest.root}: model {model!r} has no graph file; run `clipq export`")
-                path = self.manifest.resolve(rel)
+                rel, path = self._graph_file(model, variant)
                 self._verify_external_data(rel)
                 ort = _ort()
                 try:
@@ -318,10 +315,7 @@ class OrtBackend(InProcessModels):
                     )
                 except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
                     raise BackendUnavailable(f"cannot create an onnxruntime session for {rel}: {e}") from e
-                got = {i.name for i in sess.get_inputs()}
-                missing = [t.name for t in spec.inputs if t.name not in got]
-                if missing:
-                    raise ArtifactError(f"{rel}: graph lacks the inputs {missing} declared in the manifest")
+                self._check_graph_inputs(model, rel, {i.name for i in sess.get_inputs()})
                 self._sessions[model] = sess
                 self._variants[model] = variant
                 log.debug("loaded %s (%s) on %s", model, variant, sess.get_providers()[0])
