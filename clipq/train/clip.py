@@ -78,8 +78,8 @@ def _sample_batch(
     return np.concatenate([hard_arr, rest])
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, neg: torch.Tensor | None = None,
-              neg_rows: torch.Tensor | None = None) -> torch.Tensor:
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+              neg: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP; optional extra text negatives ``neg`` [M, D] (NegCLIP).
 
     ``img``/``txt`` [B, D] are the matching pairs. Each extra negative counts for every image in the
@@ -162,11 +162,10 @@ def train_clip(
         picked = _sample_batch(rng, len(usable), bs, clusters, cfg.hard_share, cfg.cluster_size)
         idx = usable[picked]
         texts = [train.captions[i][rng.integers(len(train.captions[i]))] for i in idx]
-        negs, neg_rows = [], np.zeros(0, dtype=np.int64)
+        negs: list[str] = []  # each counts as a negative for every image of the batch (clip_loss)
         if cfg.hard_negatives and cfg.text_negatives > 0:
             chosen = np.flatnonzero(rng.random(len(texts)) < cfg.text_negatives)
-            negs, rows = swapped_captions([texts[i] for i in chosen], rng)
-            neg_rows = chosen[rows] if len(rows) else neg_rows
+            negs, _ = swapped_captions([texts[i] for i in chosen], rng)
         input_ids, attention_mask = tokenize(tok, texts + negs)  # padded to the batch's longest
         with autocast(precision):
             img = clip.get_image_features(pixel_values=train.pixels[idx])
