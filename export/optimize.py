@@ -26,6 +26,8 @@ MODEL_TYPES = {
     "clip_image": "clip",
     "clip_text": "clip",
     "img2prompt_a": "clip",
+    "reading_image": "clip",
+    "reading_text": "clip",
     "vqa": "bert",
     "prompt_text": "bert",
 }

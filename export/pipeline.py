@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
 #: int8 quality a network's chosen recipe should reach (the issue's targets); REDUCED is the floor
-INT8_TARGET = {"clip_image": 0.999, "img2prompt_a": 0.999, "clip_text": 0.998, "prompt_text": 0.998, "vqa": 0.998}
+INT8_TARGET = {"clip_image": 0.999, "img2prompt_a": 0.999, "clip_text": 0.998, "prompt_text": 0.998, "vqa": 0.998,
+               "reading_image": 0.999, "reading_text": 0.998}
 
 
 #: ``(manifest, {network: variant}) -> {metric: value}`` (see ``ExportOptions.task_metrics``)
@@ -177,6 +178,8 @@ def build_spec(name: str, m: Manifest) -> ModelSpec:
         builders: dict[str, Callable[[], ModelSpec]] = {
             specs.CLIP_IMAGE: lambda: specs.clip_image_spec(size, d_clip),
             specs.CLIP_TEXT: lambda: specs.clip_text_spec(d_clip),
+            specs.READING_IMAGE: lambda: specs.clip_image_spec(size, d_clip, name=specs.READING_IMAGE),
+            specs.READING_TEXT: lambda: specs.clip_text_spec(d_clip, name=specs.READING_TEXT),
             specs.VQA: lambda: specs.vqa_spec(d_clip, len(m.answer_vocab)),
             specs.IMG2PROMPT_A: lambda: specs.img2prompt_a_spec(size, d_prompt),
             specs.ENSEMBLE_HEAD: lambda: specs.ensemble_head_spec(d_prompt),

@@ -15,14 +15,18 @@ VQA = "vqa"
 IMG2PROMPT_A = "img2prompt_a"
 ENSEMBLE_HEAD = "ensemble_head"
 PROMPT_TEXT = "prompt_text"
-NETWORKS = (CLIP_IMAGE, CLIP_TEXT, VQA, IMG2PROMPT_A, ENSEMBLE_HEAD, PROMPT_TEXT)
+#: the two towers of the CLIP fine-tuned for reading ("Can CLIP read?"): clip_image / clip_text's contracts
+READING_IMAGE = "reading_image"
+READING_TEXT = "reading_text"
+NETWORKS = (CLIP_IMAGE, CLIP_TEXT, VQA, IMG2PROMPT_A, ENSEMBLE_HEAD, PROMPT_TEXT, READING_IMAGE, READING_TEXT)
 #: the variant name of a network's TensorRT engine (export registers it, the gpu flavour serves it)
 PLAN_VARIANT = "plan"
 
 
-def clip_image_spec(image_size: int, embed_dim: int, max_batch_size: int = 32) -> ModelSpec:
+def clip_image_spec(image_size: int, embed_dim: int, max_batch_size: int = 32, name: str = CLIP_IMAGE) -> ModelSpec:
+    """A CLIP image tower's contract (``name``: ``clip_image``, or ``reading_image`` for the reading model)."""
     return ModelSpec(
-        name=CLIP_IMAGE,
+        name=name,
         inputs=[TensorSpec("pixel_values", "float32", (-1, 3, image_size, image_size))],
         outputs=[TensorSpec("image_embeds", "float32", (-1, embed_dim))],  # L2-normalised
         max_batch_size=max_batch_size,
@@ -30,9 +34,10 @@ def clip_image_spec(image_size: int, embed_dim: int, max_batch_size: int = 32) -
     )
 
 
-def clip_text_spec(embed_dim: int, max_batch_size: int = 64) -> ModelSpec:
+def clip_text_spec(embed_dim: int, max_batch_size: int = 64, name: str = CLIP_TEXT) -> ModelSpec:
+    """A CLIP text tower's contract (``name``: ``clip_text``, or ``reading_text`` for the reading model)."""
     return ModelSpec(
-        name=CLIP_TEXT,
+        name=name,
         inputs=[TensorSpec("input_ids", "int64", (-1, -1)), TensorSpec("attention_mask", "int64", (-1, -1))],
         outputs=[TensorSpec("text_embeds", "float32", (-1, embed_dim))],  # L2-normalised
         max_batch_size=max_batch_size,

@@ -189,6 +189,12 @@ def load_prompt_encoder() -> SentenceEncoder:
     return SentenceEncoder.pretrained()
 
 
+def _towers(clip, image: str, text: str) -> dict[str, nn.Module]:
+    """A CLIP's two towers with the exported signatures, under their network names."""
+    clip = clip.eval()
+    return {image: ClipImageTower(clip).eval(), text: ClipTextTower(clip).eval()}
+
+
 def load_for_export(artifacts: str | os.PathLike[str], vqa_variant: str | None = None) -> dict[str, nn.Module]:
     """Every trained network of an artifact directory, wrapped with its exported signature.
 
@@ -196,9 +202,10 @@ def load_for_export(artifacts: str | os.PathLike[str], vqa_variant: str | None =
     """
     m = Manifest.load(artifacts)
     out: dict[str, nn.Module] = {}
-    clip = load_clip(m).eval()
-    out["clip_image"] = ClipImageTower(clip).eval()
-    out["clip_text"] = ClipTextTower(clip).eval()
+    out.update(_towers(load_clip(m), "clip_image", "clip_text"))
+    reading = (m.extra.get("reading") or {}).get("checkpoint")
+    if reading and reading in m.checkpoints:  # the CLIP fine-tuned for reading (clipq train reading)
+        out.update(_towers(load_clip(m, reading), "reading_image", "reading_text"))
     variant = vqa_variant or m.extra.get("vqa", {}).get("export_variant")
     if variant is None:
         have = sorted(k for k in m.checkpoints if k.startswith("vqa_"))

@@ -7,6 +7,7 @@ goes through the same code path as ``clip_text`` and is left out here for time.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,53 @@ def test_task_metric_gate_keeps_or_removes_int8(exported, tmp_path, drop):
             assert not (root / "onnx" / f"{n}.int8.onnx").exists()
     assert gate.calls[0] == {n: "fp32" for n in m.models}
     assert gate.calls[1]["clip_image"] == "int8" and set(gate.calls[1].values()) == {"int8"}
+
+
+def test_reading_towers_match_their_checkpoint_at_the_served_batches(tiny_artifacts, small_world, record_property):
+    """The CLIP fine-tuned for reading (``checkpoints/clip_reading``) is exported as ``reading_image`` and
+    ``reading_text`` with recorded parity; the graphs reproduce the checkpoint's PyTorch towers on word
+    images and question + candidate texts at batch 1, 8 and the largest batch each serves."""
+    from clipq.models.export_wrappers import ClipImageTower, ClipTextTower
+    from clipq.models.io import load_clip
+    from clipq.readers import World
+    from clipq.runtime.preprocess import ImagePreprocessor
+    from clipq.runtime.text import TextTokenizer
+
+    m = Manifest.load(tiny_artifacts)
+    assert m.extra["export"]["networks"][-2:] == ["reading_image", "reading_text"]
+    for name, tower in (("reading_image", "clip_image"), ("reading_text", "clip_text")):
+        spec = m.model(name)
+        assert spec.file == f"onnx/{name}.onnx" and spec.inputs == m.model(tower).inputs
+        p = spec.parity["fp32"]
+        assert p["passed"] and p["max_abs"] <= 1e-4 and p["min_cos"] >= 0.9999
+        if "int8" in spec.variants:
+            assert spec.parity["int8"]["min_cos"] >= 0.99
+        # the fine-tuned copy, not CLIP's own graph
+        assert m.files[spec.file]["sha256"] != m.files[m.model(tower).file]["sha256"]
+    clip = load_clip(m, m.extra["reading"]["checkpoint"]).eval()
+    base = load_clip(m).eval()  # what the reading model was fine-tuned from: the check must tell them apart
+    words = World(small_world).split("test").words
+    texts = [f"{r.question} {c}" for r in words for c in m.extra["reading"]["candidates"]]
+    pre, tok = ImagePreprocessor.from_manifest(m), TextTokenizer.from_manifest(m, "clip")
+    cases = {
+        "reading_image": (ClipImageTower, lambda b: {"pixel_values": pre([words[i % len(words)].image_path
+                                                                          for i in range(b)])}),
+        "reading_text": (ClipTextTower, lambda b: tok([texts[i % len(texts)] for i in range(b)]).as_inputs()),
+    }
+    backend = OrtBackend(m, variant="fp32", threads=1)
+    figures = {}
+    for name, (tower, feeds_of) in cases.items():
+        spec = m.model(name)
+        for b in sorted({1, 8, spec.max_batch_size}):
+            feeds = feeds_of(b)
+            with torch.inference_mode():
+                want, other = (tower(c).eval()(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
+                               for c in (clip, base))
+            got = backend.infer(name, feeds)[spec.outputs[0].name]
+            c = compare(want, got)
+            figures[f"{name}@{b}"] = c
+            assert c["max_abs"] <= 1e-4 and c["min_cos"] >= 0.9999, (name, b, c)
+            assert compare(other, got)["max_abs"] > 10 * c["max_abs"], (name, b)
+    backend.close()
+    record_property("parity", figures)
+    print(json.dumps(figures))
