@@ -8,4 +8,13 @@ from __future__ import annotations
 from .connect import connect  # noqa: F401
 from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
 from .manifest import Manifest, ModelSpec, TensorSpec  # noqa: F401
-from .tasks import Answer, ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel  # noqa: F401
+from .tasks import (  # noqa: F401
+    Answer,
+    ClipEncoder,
+    EnsembleHead,
+    PromptEncoder,
+    PromptRegressor,
+    ReadingModel,
+    ReadResult,
+    VqaModel,
+)

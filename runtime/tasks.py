@@ -28,9 +28,18 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, Call, Driver, Steps, TaskPath, chunked, gather_rows, task_path
-from .errors import ArtifactError, InvalidInputError, ShapeError
+from .errors import ArtifactError, InvalidInputError, InvalidTextError, ShapeError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, as_image_list
-from .specs import CLIP_IMAGE, CLIP_TEXT, ENSEMBLE_HEAD, IMG2PROMPT_A, PROMPT_TEXT, VQA
+from .specs import (
+    CLIP_IMAGE,
+    CLIP_TEXT,
+    ENSEMBLE_HEAD,
+    IMG2PROMPT_A,
+    PROMPT_TEXT,
+    READING_IMAGE,
+    READING_TEXT,
+    VQA,
+)
 from .text import TextLike, TextTokenizer, check_texts
 
 # the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
@@ -269,6 +278,27 @@ class EnsembleHead(_Task):
         return max(1, min(int(requested), int(self.manifest.model(model).max_batch_size)))
 
 
+def pairs(n_images: int, n_questions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which image and which question each (image, question) pair takes: one image with several
+    questions, several images with one question, or pairs of equal length.
+
+    Raises:
+        ShapeError: counts that cannot be paired (e.g. 3 images and 2 questions).
+    """
+    if n_images != n_questions and min(n_images, n_questions) != 1:
+        raise ShapeError(f"{n_images} images and {n_questions} questions cannot be paired")
+    n = max(n_images, n_questions)
+    return (np.zeros(n, np.intp) if n_images == 1 else np.arange(n),
+            np.zeros(n, np.intp) if n_questions == 1 else np.arange(n))
+
+
+def ranked(values: np.ndarray, labels: Sequence[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """Per row of ``values`` [N, C], the ``top_k`` labels with their values, best first (ties: the first label)."""
+    k = max(1, min(int(top_k), values.shape[1]))
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return [[(labels[j], float(values[i, j])) for j in row] for i, row in enumerate(order)]
+
+
 @dataclass
 class Answer:
     """One VQA answer.
@@ -339,15 +369,9 @@ class VqaModel(_Task):
     def _ask_steps(self, images: Any, questions: Any, top_k: int, batch_size: int) -> Steps[list[Answer]]:
         imgs = as_image_list(images)
         qs = check_texts(questions)
-        if len(imgs) != len(qs) and len(imgs) != 1 and len(qs) != 1:
-            raise ShapeError(f"{len(imgs)} images and {len(qs)} questions cannot be paired")
+        image_of, question_of = pairs(len(imgs), len(qs))
         emb = yield from self.encoder._image_steps(CLIP_IMAGE, imgs, batch_size)
-        n = max(len(imgs), len(qs))
-        if len(imgs) == 1:
-            emb = np.repeat(emb, n, axis=0)
-        if len(qs) == 1:
-            qs = qs * n
-        probs, truncated = yield from self._probs_steps(emb, qs, batch_size)
+        probs, truncated = yield from self._probs_steps(emb[image_of], [qs[j] for j in question_of], batch_size)
         return self._answers(probs, truncated, top_k)
 
     def ask_embeds(self, image_embeds: np.ndarray, questions: Sequence[TextLike], top_k: int = 3,
@@ -361,13 +385,7 @@ class VqaModel(_Task):
         return self._answers(probs, truncated, top_k)
 
     def _answers(self, probs: np.ndarray, truncated: Sequence[bool], top_k: int) -> list[Answer]:
-        k = max(1, min(int(top_k), probs.shape[1]))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        out = []
-        for i, row in enumerate(order):
-            top = [(self.vocab[j], float(probs[i, j])) for j in row]
-            out.append(Answer(top[0][0], top[0][1], top, truncated[i]))
-        return out
+        return [Answer(top[0][0], top[0][1], top, truncated[i]) for i, top in enumerate(ranked(probs, self.vocab, top_k))]
 
     def probs(self, image_embeds: np.ndarray, questions: Sequence[TextLike], batch_size: int = 32) -> Any:
         """Answer probabilities float32 [N, n_answers] and per-question truncation flags."""
@@ -384,5 +402,152 @@ class VqaModel(_Task):
         return probs, truncated
 
 
-__all__ = ["Answer", "ClipEncoder", "EnsembleHead", "PromptEncoder", "PromptRegressor", "VqaModel", "head_steps",
-           "l2_normalize"]
+#: how a question and a candidate answer make the reading model's text where the manifest names no template
+READ_TEMPLATE = "{question} {answer}"
+
+
+@dataclass
+class ReadResult:
+    """The reading model's answer to one question about the text in an image.
+
+    Attributes:
+        answer: The best-scoring candidate.
+        score: Its score: the cosine of the image and the text of question + candidate.
+        top: The ``top_k`` candidates with their scores, best first.
+    """
+
+    answer: str
+    score: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "score": self.score, "top": [list(t) for t in self.top]}
+
+
+class ReadingModel(_Task):
+    """Reading ("Can CLIP read?"): which candidate answer the text in an image gives.
+
+    The answer to question ``q`` about an image is the candidate ``c`` whose text
+    ``template.format(question=q, answer=c)`` is closest to the image in the space of the CLIP
+    fine-tuned for reading (the ``reading_image`` and ``reading_text`` graphs), as training scores
+    it (``clipq.train.reading.candidate_scores``, on the whole image). The template and the default
+    candidates are the manifest's (``extra["reading"]``: ``text``, ``candidates``; a thin client
+    gets them from the server). On a server: ``read_image`` for the images, ``read_text`` for the
+    candidate texts; each distinct question's candidate texts are embedded once per call.
+
+    Args:
+        backend: Any :class:`~clipq.runtime.backend.Backend` (blocking or asyncio).
+        max_pixels: Decompression-bomb limit for the images decoded here.
+
+    Attributes:
+        candidates: The manifest's candidate answers (empty where it lists none).
+        template: How a question and a candidate make one text.
+
+    Raises:
+        ArtifactError: the artifacts (or the server) hold no reading model, or its template is unusable.
+    """
+
+    def __init__(self, backend: Backend, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(backend, max_pixels=max_pixels)
+        missing = [n for n in (READING_IMAGE, READING_TEXT) if n not in self.manifest.models]
+        if missing:
+            raise ArtifactError(f"{self.manifest.root}: no reading model (no {' or '.join(missing)} graph); train it "
+                                "with `clipq train reading` and export it with `clipq export`")
+        info = self.manifest.extra.get("reading") or {}
+        self.candidates: list[str] = [str(c) for c in info.get("candidates") or []]
+        self.template: str = str(info.get("text") or READ_TEMPLATE)
+        try:
+            self.template.format(question="q", answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ArtifactError(f"{self.manifest.root}: the reading text template {self.template!r} is unusable "
+                                f"({e}); it takes {{question}} and {{answer}}") from e
+        self.dim = self._out_dim(READING_IMAGE)
+
+    def read(self, images: ImageLike | Sequence[ImageLike], questions: TextLike | Sequence[TextLike],
+             candidates: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 32) -> Any:
+        """Answer questions about the text in images, choosing among candidate answers.
+
+        Images and questions pair as in :meth:`VqaModel.ask` (one image with several questions,
+        several images with one question, or pairs of equal length).
+
+        Args:
+            images: Images (any accepted form), or one image.
+            questions: Questions, or one question.
+            candidates: The answers to choose from (default: the manifest's list).
+            top_k: Candidates to list in :attr:`ReadResult.top`.
+            batch_size: Items per backend call.
+
+        Returns:
+            One :class:`ReadResult` per (image, question) pair (an awaitable of the list on an
+            asyncio backend).
+
+        Raises:
+            InvalidImageError, InvalidTextError: a bad image; an empty question, or one so long that
+                question + candidate exceeds the model's context (naming the item and its index).
+            InvalidInputError: no candidates (an empty list, or none given and none in the manifest).
+            ShapeError: image and question counts that cannot be paired.
+        """
+        return self.run(self._read_steps(images, questions, candidates, top_k, batch_size))
+
+    def scores(self, images: ImageLike | Sequence[ImageLike], questions: TextLike | Sequence[TextLike],
+               candidates: Sequence[str] | None = None, batch_size: int = 32) -> Any:
+        """The score of every candidate per (image, question) pair: float32 [N, C], columns in the
+        order of ``candidates`` (duplicates dropped) or of :attr:`candidates`. Errors as :meth:`read`."""
+        return self.run(_first(self._score_steps(images, questions, candidates, batch_size)))
+
+    def _read_steps(self, images: Any, questions: Any, candidates: Sequence[str] | None, top_k: int,
+                    batch_size: int) -> Steps[list[ReadResult]]:
+        scores, cands = yield from self._score_steps(images, questions, candidates, batch_size)
+        return [ReadResult(top[0][0], top[0][1], top) for top in ranked(scores, cands, top_k)]
+
+    def _score_steps(self, images: Any, questions: Any, candidates: Sequence[str] | None,
+                     batch_size: int) -> Steps[tuple[np.ndarray, list[str]]]:
+        imgs = as_image_list(images)
+        qs = check_texts(questions)
+        image_of, question_of = pairs(len(imgs), len(qs))
+        cands = self._candidates(candidates)
+        if not len(image_of):
+            return np.zeros((0, len(cands)), np.float32), cands
+        emb = yield from self._image_steps(READING_IMAGE, imgs, batch_size)  # [n_images, D]
+        distinct = list(dict.fromkeys(qs))
+        texts = [self.template.format(question=q, answer=c) for q in distinct for c in cands]
+        txt, truncated = yield from self.path.texts(READING_TEXT, texts, self._batch(READING_TEXT, batch_size))
+        if any(truncated):
+            first = truncated.index(True)
+            q, c = distinct[first // len(cands)], cands[first % len(cands)]
+            raise InvalidTextError(
+                f"question + candidate {c!r} is longer than the reading model's context of "
+                f"{self._max_length(READING_TEXT)} tokens, so the answer would be cut off: ask a shorter question",
+                index=qs.index(q), source=q)
+        txt = l2_normalize(txt).reshape(len(distinct), len(cands), -1)  # [Q, C, D]
+        row = {q: i for i, q in enumerate(distinct)}
+        which = np.array([row[qs[j]] for j in question_of])
+        out = np.empty((len(which), len(cands)), np.float32)
+        for k in range(len(distinct)):
+            rows = np.flatnonzero(which == k)
+            out[rows] = emb[image_of[rows]] @ txt[k].T
+        return out, cands
+
+    def _candidates(self, candidates: Sequence[str] | None) -> list[str]:
+        if candidates is None:
+            if not self.candidates:
+                raise InvalidInputError(f"{self.manifest.root}: the artifacts list no candidate answers for reading "
+                                        "(manifest extra.reading.candidates): pass candidates")
+            return list(self.candidates)
+        given = [candidates] if isinstance(candidates, (str, bytes, bytearray)) else list(candidates)
+        if not given:
+            raise InvalidInputError("the candidate list is empty: give at least one candidate answer")
+        try:
+            checked = check_texts(given)
+        except InvalidTextError as e:
+            raise InvalidTextError(f"candidate {e.index}: {e.reason}", source=e.source) from None
+        return list(dict.fromkeys(checked))
+
+
+def _first(steps: Steps[tuple[np.ndarray, list[str]]]) -> Steps[np.ndarray]:
+    out, _ = yield from steps
+    return out
+
+
+__all__ = ["READ_TEMPLATE", "Answer", "ClipEncoder", "EnsembleHead", "PromptEncoder", "PromptRegressor", "ReadResult",
+           "ReadingModel", "VqaModel", "head_steps", "l2_normalize", "pairs", "ranked"]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 COMMANDS = (
     "demo", "data", "train", "importer", "eval", "export", "bundle", "serve", "deploy", "index", "embed", "search", "ask",
-    "describe",
+    "describe", "read",
     "tune", "tune_engines", "bench", "app",
 )
 

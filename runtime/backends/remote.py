@@ -30,7 +30,7 @@ from ..errors import ArtifactError, InvalidImageError, InvalidInputError, Schema
 from ..manifest import SCHEMA_VERSION, Manifest, ModelSpec
 from ..preprocess import _describe as describe_source  # the name an error gives an input
 from ..preprocess import decode_image
-from ..specs import CLIP_IMAGE, CLIP_TEXT, IMG2PROMPT_A, PROMPT_TEXT, VQA
+from ..specs import CLIP_IMAGE, CLIP_TEXT, IMG2PROMPT_A, PROMPT_TEXT, READING_IMAGE, READING_TEXT, VQA
 
 #: the model a clipq repository describes itself with, and its tensors
 INFO_MODEL = "clipq_info"
@@ -59,6 +59,8 @@ PIPELINES: dict[str, Pipeline] = {
     CLIP_TEXT: Pipeline("embed_text", ("text",), "text_embeds"),
     PROMPT_TEXT: Pipeline("embed_prompt", ("text",), "sentence_embeds"),
     VQA: Pipeline("ask_embeds", ("image_embeds", "question"), "probs"),
+    READING_IMAGE: Pipeline("read_image", ("image",), "image_embeds"),
+    READING_TEXT: Pipeline("read_text", ("text",), "text_embeds"),
 }
 
 
