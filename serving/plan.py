@@ -65,12 +65,23 @@ def _tok(kind: str, text: str) -> Step:
     return Step(TOKENIZE[kind], {"text": text}, {**_IDS, TRUNCATED: TRUNCATED})
 
 
+def _image_in(network: str, doc: str) -> EnsembleDef:
+    """The bytes-in ensemble of an image network (:data:`PIPELINES`): ``preprocess_image``, then the network."""
+    p = PIPELINES[network]
+    return EnsembleDef(p.name, doc, ("image",), (p.output,),
+                       (_PIX, Step(network, {"pixel_values": "pixel_values"}, {p.output: p.output})))
+
+
+def _text_in(network: str, kind: str, doc: str) -> EnsembleDef:
+    """The text-in ensemble of a text network (:data:`PIPELINES`): its tokenizer, then the network."""
+    p = PIPELINES[network]
+    return EnsembleDef(p.name, doc, ("text",), (p.output, TRUNCATED),
+                       (_tok(kind, "text"), Step(network, _IDS, {p.output: p.output})))
+
+
 ENSEMBLES: tuple[EnsembleDef, ...] = (
-    EnsembleDef(PIPELINES[specs.CLIP_IMAGE].name, "encoded image bytes -> L2-normalised CLIP image embedding",
-                ("image",), ("image_embeds",), (_PIX, _CLIP_PIX)),
-    EnsembleDef(PIPELINES[specs.CLIP_TEXT].name, "UTF-8 text -> L2-normalised CLIP text embedding",
-                ("text",), ("text_embeds", TRUNCATED),
-                (_tok("clip", "text"), Step(specs.CLIP_TEXT, _IDS, {"text_embeds": "text_embeds"}))),
+    _image_in(specs.CLIP_IMAGE, "encoded image bytes -> L2-normalised CLIP image embedding"),
+    _text_in(specs.CLIP_TEXT, "clip", "UTF-8 text -> L2-normalised CLIP text embedding"),
     EnsembleDef("ask", "image bytes + question -> probabilities over manifest.answer_vocab",
                 ("image", "question"), ("probs", TRUNCATED),
                 (_PIX, _CLIP_PIX, _tok("lm", "question"),
@@ -78,9 +89,7 @@ ENSEMBLES: tuple[EnsembleDef, ...] = (
     EnsembleDef(PIPELINES[specs.VQA].name, "CLIP image embedding + question text -> answer probabilities",
                 ("image_embeds", "question"), ("probs", TRUNCATED),
                 (_tok("lm", "question"), Step(specs.VQA, {"image_embeds": "image_embeds", **_IDS}, {"probs": "probs"}))),
-    EnsembleDef(PIPELINES[specs.IMG2PROMPT_A].name, "image bytes -> Model A's prompt embedding (img2prompt_a)",
-                ("image",), ("prompt_embeds",),
-                (_PIX, Step(specs.IMG2PROMPT_A, {"pixel_values": "pixel_values"}, {"prompt_embeds": "prompt_embeds"}))),
+    _image_in(specs.IMG2PROMPT_A, "image bytes -> Model A's prompt embedding (img2prompt_a)"),
     EnsembleDef(DESCRIBE, "image bytes + alpha + n -> fused prompt embedding (Model A + Model B's KNN, ensemble "
                 "head) and the nearest known prompts (JSON)",
                 ("image", "alpha", "n"), ("prompt_embeds", "a_embeds", "b_embeds", "image_embeds", "description"),
@@ -88,14 +97,16 @@ ENSEMBLES: tuple[EnsembleDef, ...] = (
                  _CLIP_PIX,
                  Step(KNN_MODEL, {"image_embeds": "image_embeds", "a_embeds": "a_embeds", "alpha": "alpha", "n": "n"},
                       {"prompt_embeds": "prompt_embeds", "b_embeds": "b_embeds", "description": "description"}))),
-    EnsembleDef(PIPELINES[specs.PROMPT_TEXT].name, "UTF-8 prompt -> all-MiniLM-L6-v2 sentence embedding",
-                ("text",), ("sentence_embeds", TRUNCATED),
-                (_tok("prompt", "text"), Step(specs.PROMPT_TEXT, _IDS, {"sentence_embeds": "sentence_embeds"}))),
+    _text_in(specs.PROMPT_TEXT, "prompt", "UTF-8 prompt -> all-MiniLM-L6-v2 sentence embedding"),
+    _image_in(specs.READING_IMAGE, "encoded image bytes -> L2-normalised image embedding of the CLIP fine-tuned for "
+              "reading"),
+    _text_in(specs.READING_TEXT, "clip", "UTF-8 question + candidate answer -> L2-normalised text embedding of the "
+             "CLIP fine-tuned for reading"),
 )
 
 
 #: the two-step ensembles (a helper, then one network) that ``fused`` serves as one model each
-FUSABLE = (PIPELINES[specs.CLIP_IMAGE].name, PIPELINES[specs.CLIP_TEXT].name)
+FUSABLE = tuple(PIPELINES[n].name for n in (specs.CLIP_IMAGE, specs.CLIP_TEXT, specs.READING_IMAGE, specs.READING_TEXT))
 
 
 @dataclass

@@ -79,7 +79,8 @@ class RenderOptions:
             it was measured on, onnxruntime's default variant otherwise (as
             :func:`clipq.runtime.engines.open_cpu_default` in process); networks without a record
             run onnxruntime's default variant.
-        pipelines: How the bytes-in / text-in models ``embed_image`` and ``embed_text`` are served:
+        pipelines: How the bytes-in / text-in models ``embed_image`` and ``embed_text`` (and the
+            reading model's ``read_image`` and ``read_text``) are served:
             ``"fused"``: one ``clipq`` model each that decodes (or tokenises) and runs the network
             in the same instance (one Python-stub hop per request); ``"ensemble"``: Triton
             ensembles of the helper model and the network model (two hops). ``None``: fused
@@ -473,7 +474,8 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
 
     The networks' specs and graph hashes (so a client computes the same model id and checks the
     graphs served), dims, answer vocabulary, tokenizer lengths, preprocessing, the tuned
-    image -> prompt settings; every model with its kind and batch limit; Model B's settings.
+    image -> prompt settings, the reading model's candidates and text template; every model with its
+    kind and batch limit; Model B's settings.
     """
     nets = {n: p.spec for n, p in plan.items() if p.kind == "network" and p.spec is not None}
     files = {rel: dict(m.files[rel]) for s in nets.values() for rel in (s.file, *s.variants.values()) if rel in m.files}
@@ -488,7 +490,7 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
             "preprocessing": dict(m.preprocessing), "tokenizers": {k: dict(v) for k, v in m.tokenizers.items()},
             "dims": dict(m.dims), "answer_vocab": list(m.answer_vocab),
             "models": {n: s.to_dict() for n, s in nets.items()}, "files": files,
-            "extra": {k: m.extra[k] for k in ("clip_model_id", "img2prompt") if k in m.extra},
+            "extra": {k: m.extra[k] for k in ("clip_model_id", "img2prompt", "reading") if k in m.extra},
         },
         "models": {name: {"kind": p.kind, "max_batch_size": p.max_batch_size} for name, p in plan.items()},
         "knn": knn,

@@ -28,6 +28,7 @@ from clipq.runtime.errors import (
     InvalidInputError,
     InvalidTextError,
     ServerError,
+    ShapeError,
 )
 from clipq.runtime.manifest import Manifest
 
@@ -171,7 +172,7 @@ def test_ask_search_describe_from_the_bundle_in_process_and_through_the_server(b
 @triton
 def test_the_thin_client_learns_what_it_must_know_from_the_server(thin, bundle, local):
     from clipq.runtime.backends.remote import ServerManifest
-    from clipq.runtime.tasks import ClipEncoder, VqaModel
+    from clipq.runtime.tasks import ClipEncoder, ReadingModel, VqaModel
 
     m, b = thin.manifest, Manifest.load(bundle)
     assert isinstance(m, ServerManifest) and thin.thin
@@ -180,6 +181,7 @@ def test_the_thin_client_learns_what_it_must_know_from_the_server(thin, bundle, 
     enc = ClipEncoder(thin)
     assert enc.remote and enc.dim == ClipEncoder(local).dim and enc.model_id == ClipEncoder(local).model_id
     assert VqaModel(thin).vocab == b.answer_vocab
+    assert ReadingModel(thin).candidates == b.extra["reading"]["candidates"]
     knn = json.loads((bundle / "knn" / "knn.json").read_text())
     assert (thin.server_info() or {})["knn"]["alpha"] == pytest.approx(knn["alpha"])
     with pytest.raises(ArtifactError, match="not on this machine"):
@@ -191,7 +193,14 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
     from PIL import Image
 
     from clipq.runtime.fusion import describe
-    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
+    from clipq.runtime.tasks import (
+        ClipEncoder,
+        EnsembleHead,
+        PromptEncoder,
+        PromptRegressor,
+        ReadingModel,
+        VqaModel,
+    )
 
     enc, ref = ClipEncoder(thin), ClipEncoder(local)
     # every accepted image form: a path, bytes, a PIL image, a uint8 array
@@ -211,6 +220,12 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
     p_want, _ = VqaModel(local).probs(ref.encode_images(images), ["how many shapes ?"] * len(images))
     figures["ask"] = (float(np.abs(p_got - p_want).max()), 1.0)
     assert figures["ask"][0] <= ATOL
+    r_got, r_want = (ReadingModel(b).read(images, "what word is written ?", top_k=5) for b in (thin, local))
+    assert [g.answer for g in r_got] == [w.answer for w in r_want] and [len(g.top) for g in r_got] == [5] * len(images)
+    s_got, s_want = (ReadingModel(b).scores(images, "what word is written ?") for b in (thin, local))
+    figures["read"] = (float(np.abs(s_got - s_want).max()), 1.0)
+    assert s_got.shape == (len(images), len(ReadingModel(local).candidates))
+    assert figures["read"][0] <= ATOL
     d_got, d_want = describe(images, clip=enc, alpha=0.25, n=3), describe(images, clip=ref, alpha=0.25, n=3)
     figures["describe"] = _close(np.stack([d.embedding for d in d_got]), np.stack([d.embedding for d in d_want]))
     for g, w in zip(d_got, d_want):
@@ -224,7 +239,7 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
 @triton
 def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_path):
     from clipq.runtime.fusion import describe
-    from clipq.runtime.tasks import ClipEncoder
+    from clipq.runtime.tasks import ClipEncoder, ReadingModel
 
     enc, ref = ClipEncoder(thin), ClipEncoder(local)
     batch = [p.read_bytes() for p in images] * 6 + [b"\x89PNG\r\n\x1a\n-truncated-"] + [images[0].read_bytes()] * 3
@@ -247,6 +262,18 @@ def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_pat
         assert info.value.index == 2
         with pytest.raises(InvalidInputError, match="alpha"):
             describe(images[:1], clip=e, alpha=1.5)
+    for backend in (thin, local):  # the reading model's errors, the same through the server
+        reader = ReadingModel(backend)
+        with pytest.raises(InvalidImageError) as info:
+            reader.read([images[0], images[1], b"not an image"], "what word is written ?")
+        assert info.value.index == 2
+        with pytest.raises(InvalidTextError, match="longer than the reading model's context") as info:
+            reader.read(images[:2], ["what word is written ?", "what word " * 60])
+        assert info.value.index == 1
+        with pytest.raises(InvalidInputError, match="candidate list is empty"):
+            reader.read(images[:1], "what word is written ?", [])
+        with pytest.raises(ShapeError, match="cannot be paired"):
+            reader.read(images[:3], ["a ?", "b ?"])
 
 
 # -- the async path ----------------------------------------------------------------------------------
@@ -255,7 +282,14 @@ def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_pat
 def test_task_classes_on_the_async_backend(server, thin, images, bundle, protocol):
     from clipq.runtime.backends.triton import AsyncTritonBackend
     from clipq.runtime.fusion import describe
-    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
+    from clipq.runtime.tasks import (
+        ClipEncoder,
+        EnsembleHead,
+        PromptEncoder,
+        PromptRegressor,
+        ReadingModel,
+        VqaModel,
+    )
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
     many = [p.read_bytes() for p in images] * 7  # 42 images in chunks of 4: several steps of 4 calls at once
@@ -267,7 +301,8 @@ def test_task_classes_on_the_async_backend(server, thin, images, bundle, protoco
                    "texts": await enc.encode_texts(TEXTS, return_truncated=True),
                    "answers": await VqaModel(b, encoder=enc).ask(images, "what color is the shape ?"),
                    "a": await PromptRegressor(b).predict(images), "prompts": await PromptEncoder(b).encode(TEXTS),
-                   "describe": await describe(images, clip=enc, n=2)}
+                   "describe": await describe(images, clip=enc, n=2),
+                   "read": await ReadingModel(b).read(images, "what word is written ?")}
             out["head"] = await EnsembleHead(b).fuse(out["a"], out["a"][::-1], 0.5)
             with pytest.raises(InvalidImageError) as info:
                 await enc.encode_images([*many[:9], b"not an image"], batch_size=2)
@@ -297,6 +332,9 @@ def test_task_classes_on_the_async_backend(server, thin, images, bundle, protoco
                                atol=1e-6)
     assert [x.closest for x in out["describe"]] == [x.closest for x in d]
     assert out["bad_index"] == 9
+    want_read = ReadingModel(thin).read(images, "what word is written ?")
+    assert [r.answer for r in out["read"]] == [r.answer for r in want_read]
+    np.testing.assert_allclose([r.score for r in out["read"]], [r.score for r in want_read], atol=1e-6)
 
 
 # -- a server that does not describe itself ------------------------------------------------------------

@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
 pytest.importorskip("tritonclient.http", reason="the Triton client needs tritonclient[grpc,http]")
 
-NETWORKS = ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "prompt_text")
+NETWORKS = ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "prompt_text", "reading_image",
+            "reading_text")
 ATOL = 1e-5
 
 
@@ -345,7 +346,14 @@ def test_bad_inputs_raise_the_same_errors(backend, manifest):
 
 def test_task_classes_work_unchanged(backend, reference, manifest):
     from clipq.runtime.backends.ort import OrtBackend
-    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
+    from clipq.runtime.tasks import (
+        ClipEncoder,
+        EnsembleHead,
+        PromptEncoder,
+        PromptRegressor,
+        ReadingModel,
+        VqaModel,
+    )
 
     images = [_png(), _png((20, 200, 40), (30, 60)), _png((10, 10, 220), (64, 64))]
     texts = ["a red circle", "two green squares on the left", "blue"]
@@ -366,6 +374,14 @@ def test_task_classes_work_unchanged(backend, reference, manifest):
     want = VqaModel(reference).ask(images, "what colour is it?")
     assert [g.answer for g in got] == [w.answer for w in want]
     np.testing.assert_allclose([g.prob for g in got], [w.prob for w in want], atol=ATOL)
+    read, read_ref = ReadingModel(backend), ReadingModel(reference)
+    assert read.remote == enc.remote
+    got, want = (r.read(images, "what word is written ?", top_k=4) for r in (read, read_ref))
+    assert [g.answer for g in got] == [w.answer for w in want] and [len(g.top) for g in got] == [4] * 3
+    np.testing.assert_allclose([[s for _, s in g.top] for g in got], [[s for _, s in w.top] for w in want], atol=ATOL)
+    with pytest.raises(InvalidImageError) as e:
+        read.read([images[0], b"not an image"], "what word is written ?")
+    assert e.value.index == 1
     with pytest.raises(InvalidImageError) as e:
         enc.encode_images([images[0], b"not an image"])
     assert e.value.index == 1
@@ -401,6 +417,15 @@ def test_ensembles_match_the_client_side_pipeline(server, reference, manifest, p
         "probs"], want, atol=ATOL)
     a = PromptRegressor(reference).predict(images)
     np.testing.assert_allclose(b.infer("predict_prompt", {"image": images})["prompt_embeds"], a, atol=ATOL)
+    # the reading model's bytes-in and text-in models: its own towers, not CLIP's
+    read_img = b.infer("read_image", {"image": images})["image_embeds"]
+    pixels = enc.preprocessor(images)
+    np.testing.assert_allclose(read_img, reference.infer("reading_image", {"pixel_values": pixels})["image_embeds"],
+                               atol=ATOL)
+    out = b.infer("read_text", {"text": texts})
+    ids = enc.tokenizer(texts).as_inputs()
+    np.testing.assert_allclose(out["text_embeds"], reference.infer("reading_text", ids)["text_embeds"], atol=ATOL)
+    assert out["truncated"].reshape(-1).tolist() == [False, True]
     # describe: Model A, CLIP, Model B's neighbours and the ensemble head all in the server
     d = b.infer("describe", {"image": images, "alpha": np.full((2, 1), 0.3, np.float32),
                              "n": np.full((2, 1), 2, np.int32)})

@@ -103,7 +103,8 @@ def test_plan_has_every_model_and_ensemble(artifacts):
     plan = plan_models(Manifest.load(artifacts))
     for name in ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "preprocess_image",
                  "tokenize_clip", "tokenize_lm", "embed_image", "embed_text", "ask", "describe", "ask_embeds",
-                 "predict_prompt", "embed_prompt", "knn_prompts", "clipq_info"):
+                 "predict_prompt", "embed_prompt", "knn_prompts", "clipq_info", "reading_image", "reading_text",
+                 "read_image", "read_text"):
         assert name in plan, name
     assert plan["knn_prompts"].kind == "knn" and plan["clipq_info"].kind == "info"
     # without Model B's database there is no KNN model and no describe ensemble; the rest stays
@@ -113,7 +114,7 @@ def test_plan_has_every_model_and_ensemble(artifacts):
 def test_server_description_is_the_manifest_without_files(cpu_repo, artifacts):
     """clipq_info's document gives a thin client the same facts (dims, vocabulary, model id, specs)."""
     from clipq.runtime.backends.remote import ServerManifest, manifest_from_info, parse_info
-    from clipq.runtime.tasks import ClipEncoder, VqaModel
+    from clipq.runtime.tasks import ClipEncoder, ReadingModel, VqaModel
 
     m = Manifest.load(artifacts)
     vdir = cpu_repo.model_repository / "clipq_info" / "1"
@@ -134,6 +135,8 @@ def test_server_description_is_the_manifest_without_files(cpu_repo, artifacts):
 
     assert ClipEncoder(Local(thin)).model_id == ClipEncoder(Local(m)).model_id
     assert VqaModel(Local(thin)).vocab == m.answer_vocab
+    reader = ReadingModel(Local(thin))  # the candidates and the template come with the description
+    assert (reader.candidates, reader.template) == (m.extra["reading"]["candidates"], m.extra["reading"]["text"])
     with pytest.raises(ArtifactError, match="not on this machine"):
         thin.resolve("tokenizer/clip/tokenizer.json")
     with pytest.raises(ArtifactError, match="schema"):
@@ -614,7 +617,9 @@ def test_fused_models_keep_the_ensembles_names_and_tensors(artifacts, cpu_repo, 
     assert set(fused) == set(ensembles)
     m = Manifest.load(artifacts)
     for name, (helper, net) in {"embed_image": ("preprocess_image", "clip_image"),
-                                "embed_text": ("tokenize", "clip_text")}.items():
+                                "embed_text": ("tokenize", "clip_text"),
+                                "read_image": ("preprocess_image", "reading_image"),
+                                "read_text": ("tokenize", "reading_text")}.items():
         f, e = fused[name], ensembles[name]
         assert cpu_repo.models[name] == "fused" and ens.models[name] == "ensemble"
         assert e.platform == "ensemble" and f.backend == "clipq"
