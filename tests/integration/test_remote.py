@@ -192,15 +192,9 @@ def test_the_thin_client_learns_what_it_must_know_from_the_server(thin, bundle, 
 def test_the_thin_client_agrees_with_in_process(thin, local, images, record_property):
     from PIL import Image
 
+    from clipq.runtime import ReadingModel
     from clipq.runtime.fusion import describe
-    from clipq.runtime.tasks import (
-        ClipEncoder,
-        EnsembleHead,
-        PromptEncoder,
-        PromptRegressor,
-        ReadingModel,
-        VqaModel,
-    )
+    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     enc, ref = ClipEncoder(thin), ClipEncoder(local)
     # every accepted image form: a path, bytes, a PIL image, a uint8 array
@@ -280,16 +274,10 @@ def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_pat
 @triton
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_task_classes_on_the_async_backend(server, thin, images, bundle, protocol):
+    from clipq.runtime import ReadingModel
     from clipq.runtime.backends.triton import AsyncTritonBackend
     from clipq.runtime.fusion import describe
-    from clipq.runtime.tasks import (
-        ClipEncoder,
-        EnsembleHead,
-        PromptEncoder,
-        PromptRegressor,
-        ReadingModel,
-        VqaModel,
-    )
+    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
     many = [p.read_bytes() for p in images] * 7  # 42 images in chunks of 4: several steps of 4 calls at once

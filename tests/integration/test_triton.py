@@ -345,15 +345,9 @@ def test_bad_inputs_raise_the_same_errors(backend, manifest):
 
 
 def test_task_classes_work_unchanged(backend, reference, manifest):
+    from clipq.runtime import ReadingModel
     from clipq.runtime.backends.ort import OrtBackend
-    from clipq.runtime.tasks import (
-        ClipEncoder,
-        EnsembleHead,
-        PromptEncoder,
-        PromptRegressor,
-        ReadingModel,
-        VqaModel,
-    )
+    from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     images = [_png(), _png((20, 200, 40), (30, 60)), _png((10, 10, 220), (64, 64))]
     texts = ["a red circle", "two green squares on the left", "blue"]
