@@ -19,7 +19,7 @@ from clipq.runtime.errors import ClipqError
 #: the demo's training budget: the whole demo in under 10 minutes on 2 quiet CPU cores
 #: (measured on 2 cores, seed 0, bf16: CLIP 500 steps 201 s, VQA's five variants 150 s at 4,000 questions
 #: an epoch, image -> prompt 85 s, reading's six fine-tunes of 60 steps 52 s; docs/training.md)
-DEMO_TRAIN: dict[str, Any] = dict(clip_steps=500, questions_per_epoch=3500, vqa_batch_size=96, vqa_lr=1e-3,
+DEMO_TRAIN: dict[str, Any] = dict(clip_steps=700, questions_per_epoch=3500, vqa_batch_size=96, vqa_lr=1e-3,
                                   img2prompt_epochs=2, reading_steps=50, clip=dict(recluster_every=125))
 #: the tasks the demo trains, in order (``baseline``: seed 003's dual encoder on CLIP's time budget)
 DEMO_TASKS = ["clip", "vqa", "img2prompt", "reading"]

@@ -19,7 +19,7 @@ from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.preprocess import CLIP_MEAN, CLIP_STD
 
-from .factory import PROMPT_DIM, build_clip
+from .factory import CLIP_MODEL_TYPES, PROMPT_DIM, build_clip
 
 #: files a checkpoint directory may hold for each part
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -82,7 +82,7 @@ def init_from_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str
     """Start an artifact directory from a local CLIP checkpoint (no training).
 
     Writes the tokenizer, preprocessing and dims into a new manifest at ``out`` and returns it with
-    the loaded ``CLIPModel`` (eager attention); the caller saves the checkpoint and exports.
+    the loaded CLIP (``CLIPModel``, or clipq's ResNet-tower CLIP; eager attention); the caller saves the checkpoint and exports.
 
     Raises:
         ArtifactError: ``src`` is not a CLIP checkpoint, or a part of it is missing or unreadable.
@@ -98,8 +98,9 @@ def init_from_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str
         cfg = json.loads((src / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{src}: cannot read config.json: {e}") from e
-    if cfg.get("model_type") != "clip":
-        raise ArtifactError(f"{src}: config.json says model_type {cfg.get('model_type')!r}, not 'clip'")
+    if cfg.get("model_type") not in CLIP_MODEL_TYPES:
+        raise ArtifactError(f"{src}: config.json says model_type {cfg.get('model_type')!r}, not "
+                            + " or ".join(repr(t) for t in CLIP_MODEL_TYPES))
     clip = build_clip(pretrained=src).eval()
     m = Manifest.load_or_new(out)
     size = int(clip.config.vision_config.image_size)

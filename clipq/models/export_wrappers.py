@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .factory import image_features, text_features
+
 
 class ClipImageTower(nn.Module):
     """pixel_values [B,3,S,S] -> L2-normalised image_embeds [B,D]."""
@@ -16,8 +18,7 @@ class ClipImageTower(nn.Module):
         self.visual_projection = clip.visual_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # [B, hidden]
-        return F.normalize(self.visual_projection(pooled), dim=-1)
+        return F.normalize(image_features(self, pixel_values), dim=-1)
 
 
 class ClipTextTower(nn.Module):
@@ -29,5 +30,4 @@ class ClipTextTower(nn.Module):
         self.text_projection = clip.text_projection
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return F.normalize(self.text_projection(pooled), dim=-1)
+        return F.normalize(text_features(self, input_ids, attention_mask), dim=-1)

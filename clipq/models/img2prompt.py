@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .factory import PROMPT_DIM
+from .factory import PROMPT_DIM, image_features
 
 
 class PromptRegressorA(nn.Module):
@@ -34,7 +34,7 @@ class PromptRegressorA(nn.Module):
         return list(self.vision_model.parameters()) + list(self.visual_projection.parameters())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feats = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        feats = image_features(self, pixel_values)
         return F.normalize(self.head(feats), dim=-1)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from clipq.models.factory import image_features, text_features
 from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, tokenize
 
 from .common import autocast, cosine_with_warmup, resolve_precision, seed_everything, set_threads
@@ -168,8 +169,8 @@ def train_clip(
             negs, _ = swapped_captions([texts[i] for i in chosen], rng)
         input_ids, attention_mask = tokenize(tok, texts + negs)  # padded to the batch's longest
         with autocast(precision):
-            img = clip.get_image_features(pixel_values=train.pixels[idx])
-            txt = clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+            img = image_features(clip, train.pixels[idx])
+            txt = text_features(clip, input_ids, attention_mask)
         loss = clip_loss(img, txt[: len(texts)], clip.logit_scale.exp(), txt[len(texts):] if negs else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,7 +229,7 @@ def _image_clusters(clip, pixels: torch.Tensor, size: int, seed: int, precision:
     was = clip.training
     clip.eval()
     with autocast(precision):
-        emb = torch.cat([clip.get_image_features(pixel_values=pixels[i : i + 512]).float()
+        emb = torch.cat([image_features(clip, pixels[i : i + 512]).float()
                          for i in range(0, len(pixels), 512)])
     clip.train(was)
     k = max(2, len(pixels) // max(size, 1))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from clipq.models.factory import image_features
 from clipq.models.img2prompt import PromptRegressorA
 from clipq.models.io import load_clip, load_tokenizer, save_img2prompt, tokenize
 from clipq.models.prompt_encoder import SentenceEncoder
@@ -155,7 +156,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     y_tr, y_va, y_te = (prompt_embeddings(m, p, encoder) for p in (p_tr, p_va, p_te))
     clip = load_clip(m).eval()
     # CLIP's projected image features (Model A's head input) and their normalised form (CLIP's embedding)
-    feats = tuple(batched(lambda x: clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output), s.pixels)
+    feats = tuple(batched(lambda x: image_features(clip, x), s.pixels)
                   for s in (tr, va, te))
     e_tr, e_va, e_te = (F.normalize(f, dim=-1) for f in feats)
 

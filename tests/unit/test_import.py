@@ -159,7 +159,8 @@ def test_import_full_vit_b32_shape(tmp_path):
 
 
 def test_embedded_default_checkpoint_round_trips_through_transformers(tiny_artifacts):
-    """The embedded CLIP (a WordPiece vocabulary) loads with AutoTokenizer / AutoProcessor / CLIPModel."""
+    """The embedded CLIP (a WordPiece vocabulary, a ResNet image tower) loads with AutoTokenizer /
+    AutoProcessor / AutoModel, and plain transformers' towers give clipq's embeddings."""
     d = tiny_artifacts / "checkpoints" / "clip"
     tok = transformers.AutoTokenizer.from_pretrained(d)
     assert isinstance(tok, transformers.BertTokenizerFast)
@@ -168,7 +169,19 @@ def test_embedded_default_checkpoint_round_trips_through_transformers(tiny_artif
     ours = Tokenizer.from_file(str(d / "tokenizer.json")).encode("two red circles").ids
     assert tok("two red circles")["input_ids"] == ours
     transformers.AutoImageProcessor.from_pretrained(d)
-    transformers.CLIPModel.from_pretrained(d)
+    hf = transformers.AutoModel.from_pretrained(d).eval()
+    assert isinstance(hf, transformers.VisionTextDualEncoderModel)
+    assert isinstance(hf.vision_model, transformers.ResNetModel)
+    assert isinstance(hf.text_model, transformers.CLIPTextModel)
+    import torch
+
+    from clipq.models.factory import build_clip, image_features
+
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = image_features(build_clip(pretrained=d).eval(), px)
+        plain = hf.visual_projection(hf.vision_model(pixel_values=px).pooler_output.flatten(1))
+    assert torch.allclose(plain, ref, atol=1e-6) and ref.abs().sum() > 0
 
 
 def test_import_attaches_heads_and_prompts(tiny_artifacts, tmp_path):

@@ -45,9 +45,10 @@ def _manifest(root: str) -> Any:
 
 
 def _hf_clip(m: Any) -> Any:
-    from transformers import CLIPModel
+    """The checkpoint as plain transformers loads it (CLIPModel: its default attention, not clipq's eager)."""
+    from transformers import AutoModel
 
-    return CLIPModel.from_pretrained(m.resolve_dir(m.checkpoints["clip"])).eval()
+    return AutoModel.from_pretrained(m.resolve_dir(m.checkpoints["clip"])).eval()
 
 
 def _torch_module(m: Any, name: str) -> Any:
@@ -65,6 +66,7 @@ def _torch(m: Any, name: str, engine: str, threads: int) -> Any:
     import torch
     import torch.nn.functional as F
 
+    from clipq.models.factory import image_features, text_features
     from clipq.runtime.backends.common import cpu_facts
 
     torch.set_num_threads(threads)
@@ -79,10 +81,10 @@ def _torch(m: Any, name: str, engine: str, threads: int) -> Any:
         def eager(feeds: dict[str, np.ndarray]) -> Any:
             with torch.inference_mode():
                 if name == "clip_image":
-                    out = clip.get_image_features(pixel_values=torch.from_numpy(feeds["pixel_values"]))
+                    out = image_features(clip, torch.from_numpy(feeds["pixel_values"]))
                 else:
-                    out = clip.get_text_features(input_ids=torch.from_numpy(feeds["input_ids"]),
-                                                 attention_mask=torch.from_numpy(feeds["attention_mask"]))
+                    out = text_features(clip, torch.from_numpy(feeds["input_ids"]),
+                                        torch.from_numpy(feeds["attention_mask"]))
                 return F.normalize(out, dim=-1).numpy()
 
         return eager
