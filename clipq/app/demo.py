@@ -126,6 +126,16 @@ def stage_query(ctx: DemoContext) -> None:
                      head=rt.EnsembleHead(backend), alpha=float(m.extra.get("img2prompt", {}).get("alpha", 0.5)))[0]
         print(f"describe: nearest known prompts {[(t, round(sc, 3)) for t, sc in d.closest]}")
         ctx.report["query"] = {"image": image, "vqa": a.to_dict(), "describe": d.closest}
+        if "reading_image" in m.models:
+            from clipq.readers import World
+
+            words = World(ctx.data).split("test").words
+            if words:
+                w = words[0]
+                r = rt.ReadingModel(backend).read([w.image_path], [w.question], top_k=3)[0]
+                print(f"read {w.image_path} {w.question!r}: {r.answer} (truth {w.answers[0]!r}); "
+                      f"top {[(t, round(sc, 3)) for t, sc in r.top]}")
+                ctx.report["query"]["read"] = {**r.to_dict(), "truth": w.answers[0]}
     finally:
         backend.close()
 
