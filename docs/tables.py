@@ -263,7 +263,9 @@ def img2prompt_sweep(eval: dict[str, Any]) -> str:
 READING_LABELS = {"zero_shot": "zero-shot", "zero_shot_crops": "zero-shot, best of crops",
                   "naive": "naive fine-tune", "hard_images": "hard negatives: similar images",
                   "hard_texts": "hard negatives: similar answer texts", "hard_both": "hard negatives: both",
-                  "synthetic": "fine-tune on the synthetic-word set", "crops": "best fine-tune, best of crops"}
+                  "synthetic": "fine-tune on the synthetic-word set",
+                  "synthetic_ce": "world + synthetic words, cross-entropy over every candidate",
+                  "crops": "best fine-tune, best of crops"}
 
 
 @table("reading", "eval")

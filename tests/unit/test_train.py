@@ -264,12 +264,39 @@ def test_img2prompt_filter_sweep(trained_artifacts):
 def test_reading_rows_and_list_sizes(trained_artifacts):
     out, summary = trained_artifacts
     r = summary["reading"]
-    assert {"zero_shot", "naive", "hard_images", "hard_texts", "hard_both", "synthetic", "crops"} <= set(r["rows"])
-    assert r["fine_tuned_row"] in ("naive", "hard_images", "hard_texts", "hard_both", "synthetic")
+    rows = ("naive", "hard_images", "hard_texts", "hard_both", "synthetic", "synthetic_ce")
+    assert {"zero_shot", *rows, "crops"} <= set(r["rows"])
+    assert r["fine_tuned_row"] in rows
+    ce = r["rows"]["synthetic_ce"]  # the world's training words + 15x as many synthetic ones
+    assert ce["images"] == r["train_items"] + round(15 * r["train_items"]) and ce["steps"] == r["steps"]
+    assert ce["loss_last"] != ce["loss_first"]
     assert r["chance"] == pytest.approx(100 / r["candidates"])
     m = Manifest.load(out)
     assert "clip_reading" in m.checkpoints and m.extra["reading"]["candidates"]
     assert len(m.extra["reading"]["candidates"]) == r["candidates"]
+
+
+def test_candidate_cross_entropy_learns_to_tell_words_apart():
+    """The synthetic_ce objective fits a handful of word images that CLIP could not tell apart."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from clipq.models.factory import build_clip, wordpiece_tokenizer_file
+    from clipq.train.reading import ReadingConfig, candidate_scores, fine_tune
+
+    tok = Tokenizer.from_file(str(wordpiece_tokenizer_file()))
+    tok.enable_truncation(max_length=32)
+    tok.enable_padding(pad_id=0)  # to the batch's longest (the file pads to 128)
+    clip = build_clip("test", seed=0).eval()
+    torch.manual_seed(0)
+    cands = ["stop", "open", "exit", "sale"]
+    px = torch.randn(8, 3, 32, 32)
+    words, qs = [cands[i % 4] for i in range(8)], ["what does it say ?"] * 8
+    y = np.array([i % 4 for i in range(8)])
+    cfg = ReadingConfig(ce_steps=60, ce_batch_size=8, ce_warmup=5, ce_lr=3e-3, ce_text_lr=3e-3, precision="fp32")
+    model, losses = fine_tune(clip, tok, px, words, qs, cands, "candidates", cfg, "fp32")
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert (candidate_scores(model, tok, px, qs, cands).argmax(1) == y).mean() == 1.0
 
 
 def test_list_size_accuracy_and_crops():
