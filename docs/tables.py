@@ -127,7 +127,9 @@ def headline(eval: dict[str, Any]) -> str:
               BEFORE["ensemble_i2p"], "-"]]
     rd = eval["reading"]
     ft = rd.get("fine_tuned")
-    rows.append([f"reading: zero-shot / fine-tuned ({rd.get('fine_tuned_row', 'naive')}, {rd['steps']} steps) / "
+    best = rd.get("fine_tuned_row", "naive")
+    steps = rd.get("rows", {}).get(best, {}).get("steps", rd["steps"])  # synthetic_ce has its own steps
+    rows.append([f"reading: zero-shot / fine-tuned ({best}, {steps} steps) / "
                  f"chance, {rd['candidates']} candidates", "accuracy %",
                  f"{rd['zero_shot']:.1f} / {'-' if ft is None else f'{ft:.1f}'} / {rd['chance']:.1f}",
                  BEFORE["reading"], "-"])
