@@ -201,10 +201,9 @@ def _resnet_clip(pr: Preset):
     # what clipq and VisionTextDualEncoderModel read from a vision config: the input size and the pooled width
     vision = ResNetConfig(**v, hidden_size=int(v["hidden_sizes"][-1]))
     text = CLIPTextConfig(**pr.clip_text)
-    text._attn_implementation = "eager"
     cfg = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=pr.projection_dim)
     model = VisionTextDualEncoderModel(cfg)
-    model.text_model.config._attn_implementation = "eager"
+    model.text_model.config._attn_implementation = "eager"  # the model's own copy of the text config
     return model
 
 

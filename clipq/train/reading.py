@@ -155,12 +155,7 @@ def _distinct_words(order, words: np.ndarray, want: int, taken: set) -> list[int
 
 def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list[str], candidates: list[str],
               mining: str, cfg: ReadingConfig, precision: str, progress: bool = False) -> tuple[torch.nn.Module, list]:
-    """Contrastive fine-tune of a copy of ``clip`` on (image, question + word); returns it and its losses.
-
-    ``mining`` = ``"candidates"``: the cross-entropy over every candidate text instead (``ce_*`` settings).
-    """
-    if mining == "candidates":
-        return _fine_tune_candidates(clip, tok, pixels, words, questions, candidates, cfg, precision, progress)
+    """Contrastive fine-tune of a copy of ``clip`` on (image, question + word); returns it and its losses."""
     model = copy.deepcopy(clip).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -206,9 +201,9 @@ def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list
     return model.eval(), losses
 
 
-def _fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], questions: list[str],
-                          candidates: list[str], cfg: ReadingConfig, precision: str,
-                          progress: bool = False) -> tuple[torch.nn.Module, list]:
+def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], questions: list[str],
+                         candidates: list[str], cfg: ReadingConfig, precision: str,
+                         progress: bool = False) -> tuple[torch.nn.Module, list]:
     """sim(image, question + c) over every candidate c, cross-entropy against the image's word.
 
     The image tower and the text tower get their own learning rates (``ce_lr``, ``ce_text_lr``); the
@@ -313,12 +308,12 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
             model, losses = fine_tune(clip, tok, px_s, w_s, q_s, candidates, "naive", cfg, precision, progress)
             extra = {"images": n_syn}
         elif row == "synthetic_ce":  # the world's training words + the synthetic set, every candidate each step
-            n_syn = int(round(cfg.ce_synthetic_factor * len(tr.words)))
             if cfg.ce_steps <= 0:
                 continue
+            n_syn = int(round(cfg.ce_synthetic_factor * len(tr.words)))
             px_s, w_s, q_s = _synthetic_set(cfg.seed + 1, n_syn, candidates, size)
-            model, losses = fine_tune(clip, tok, torch.cat([px_tr, px_s]), train_words + w_s, train_q + q_s,
-                                      candidates, "candidates", cfg, precision, progress)
+            model, losses = fine_tune_candidates(clip, tok, torch.cat([px_tr, px_s]), train_words + w_s,
+                                                 train_q + q_s, candidates, cfg, precision, progress)
             extra = {"images": len(train_words) + n_syn, "steps": cfg.ce_steps}
         else:
             model, losses = fine_tune(clip, tok, px_tr, train_words, train_q, candidates, row, cfg, precision, progress)

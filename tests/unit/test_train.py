@@ -282,7 +282,7 @@ def test_candidate_cross_entropy_learns_to_tell_words_apart():
     from tokenizers import Tokenizer
 
     from clipq.models.factory import build_clip, wordpiece_tokenizer_file
-    from clipq.train.reading import ReadingConfig, candidate_scores, fine_tune
+    from clipq.train.reading import ReadingConfig, candidate_scores, fine_tune_candidates
 
     tok = Tokenizer.from_file(str(wordpiece_tokenizer_file()))
     tok.enable_truncation(max_length=32)
@@ -294,7 +294,7 @@ def test_candidate_cross_entropy_learns_to_tell_words_apart():
     words, qs = [cands[i % 4] for i in range(8)], ["what does it say ?"] * 8
     y = np.array([i % 4 for i in range(8)])
     cfg = ReadingConfig(ce_steps=60, ce_batch_size=8, ce_warmup=5, ce_lr=3e-3, ce_text_lr=3e-3, precision="fp32")
-    model, losses = fine_tune(clip, tok, px, words, qs, cands, "candidates", cfg, "fp32")
+    model, losses = fine_tune_candidates(clip, tok, px, words, qs, cands, cfg, "fp32")
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert (candidate_scores(model, tok, px, qs, cands).argmax(1) == y).mean() == 1.0
 
