@@ -128,7 +128,9 @@ def headline(eval: dict[str, Any]) -> str:
     rd = eval["reading"]
     ft = rd.get("fine_tuned")
     best = rd.get("fine_tuned_row", "naive")
-    steps = rd.get("rows", {}).get(best, {}).get("steps", rd["steps"])  # synthetic_ce has its own steps
+    r_best = rd.get("rows", {}).get(best, {})
+    steps = r_best.get("steps", rd["steps"])  # synthetic_ce has its own steps, in two stages
+    steps = f"{steps} + {r_best['text_steps']}" if r_best.get("text_steps") else steps
     rows.append([f"reading: zero-shot / fine-tuned ({best}, {steps} steps) / "
                  f"chance, {rd['candidates']} candidates", "accuracy %",
                  f"{rd['zero_shot']:.1f} / {'-' if ft is None else f'{ft:.1f}'} / {rd['chance']:.1f}",
@@ -266,7 +268,8 @@ READING_LABELS = {"zero_shot": "zero-shot", "zero_shot_crops": "zero-shot, best 
                   "naive": "naive fine-tune", "hard_images": "hard negatives: similar images",
                   "hard_texts": "hard negatives: similar answer texts", "hard_both": "hard negatives: both",
                   "synthetic": "fine-tune on the synthetic-word set",
-                  "synthetic_ce": "world + synthetic words, cross-entropy over every candidate",
+                  "synthetic_ce": "world + synthetic words, cross-entropy over every candidate (image tower to "
+                                  "candidate anchors, then the text tower to the anchors)",
                   "crops": "best fine-tune, best of crops"}
 
 

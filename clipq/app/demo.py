@@ -19,10 +19,10 @@ from clipq.runtime.errors import ClipqError
 #: the demo's training budget: the whole demo in under 10 minutes on 2 quiet CPU cores
 #: (measured on 2 cores, seed 0, bf16, ResNet-tower CLIP: CLIP 700 steps 124 s, VQA's five variants about
 #: 120 s, image -> prompt 43 s, reading's five 50-step rows 20 s, the demo 6 min 47 s without synthetic_ce;
-#: synthetic_ce's 500 steps on 1,350 + 13,500 word images add about 2.5 minutes; docs/training.md)
+#: synthetic_ce's 800 + 200 steps on 1,350 + 13,500 word images add about 75 s with the rendering; docs/training.md)
 DEMO_TRAIN: dict[str, Any] = dict(clip_steps=700, questions_per_epoch=3500, vqa_batch_size=96, vqa_lr=1e-3,
                                   img2prompt_epochs=2, reading_steps=50, clip=dict(recluster_every=125),
-                                  reading=dict(ce_steps=500, ce_synthetic_factor=10.0))
+                                  reading=dict(ce_steps=800, ce_text_steps=200, ce_synthetic_factor=10.0))
 #: the tasks the demo trains, in order (``baseline``: seed 003's dual encoder on CLIP's time budget)
 DEMO_TASKS = ["clip", "vqa", "img2prompt", "reading"]
 

@@ -81,9 +81,9 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
         results["img2prompt"] = train_img2prompt(data, out, cfg=cfg_i, threads=s.threads, progress=s.progress)
     if "reading" in tasks:
         cfg_r = replace(ReadingConfig(seed=s.seed, precision=s.precision), **s.reading)
-        if s.reading_steps is not None:  # every row's steps, the cross-entropy row's too unless set apart
-            cfg_r = replace(cfg_r, steps=s.reading_steps,
-                            ce_steps=s.reading.get("ce_steps", s.reading_steps))
+        if s.reading_steps is not None:  # every row's steps, the cross-entropy row's stages too unless set apart
+            cfg_r = replace(cfg_r, steps=s.reading_steps, ce_steps=s.reading.get("ce_steps", s.reading_steps),
+                            ce_text_steps=s.reading.get("ce_text_steps", s.reading_steps))
         results["reading"] = train_reading(data, out, cfg=cfg_r, threads=s.threads, progress=s.progress)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results

@@ -16,9 +16,14 @@ seed's Table 2 plus its two proposed directions:
 * ``synthetic``: naive batches from a larger synthetic-word set (``clipq.world.render_word``,
   never the world's own images) instead of the training word images;
 * ``synthetic_ce``: the remedy that reads: a large synthetic-word set (``ce_synthetic_factor`` times the
-  training word images) and a 40-way cross-entropy of each image against *every* candidate text (the
-  zero-shot classifier, trained), with a fixed logit scale and a higher learning rate for the text
-  tower, which has to learn the new words (they never occur in CLIP's captions);
+  training word images) and a 40-way cross-entropy of each image against *every* candidate, in two
+  stages (``fine_tune_candidates``). First the image tower learns against one anchor vector per
+  candidate, initialised from the text tower's own embeddings of the candidates (the zero-shot
+  classifier, as a linear probe then fine-tune starts from it); then the text tower is taught the
+  anchors (cosine regression of "question + candidate" onto the candidate's anchor, for every
+  question), so the model that is saved and served is a plain CLIP scoring (image, question + answer).
+  The candidate words never occur in CLIP's shape captions, so the text tower embeds them alike;
+  training it jointly with the images (one stage) learnt slowly and was unstable (docs/training.md);
 * ``crops``: any model scored over crops of the image as well (max over crops per candidate).
 
 The fine-tuned row with the best val accuracy is saved as ``checkpoints/clip_reading``; its candidate
@@ -68,14 +73,19 @@ class ReadingConfig:
     rows: tuple[str, ...] = ROWS
     synthetic_factor: float = 3.0  # the synthetic-word set holds this many times the training word images
     crop: float = 0.75  # crop side as a share of the image side (3 x 3 crops + the full image)
-    # synthetic_ce (cross-entropy over every candidate): measured on 2 cores, 800 steps on 21,350 word
-    # images reached 43.7 % (docs/training.md); lr 1e-3 on the image tower collapsed over a long schedule
-    ce_steps: int = 800
+    # synthetic_ce (cross-entropy over every candidate, two stages): measured on 2 cores, 800 image steps +
+    # 200 text steps on 14,850 word images reached 84.7 % in 60 s (500 image steps: 57-63 %), where the
+    # one-stage joint fine-tune reached 19.3 % in 117 s (docs/training.md#reading)
+    ce_steps: int = 800  # stage 1: image tower + candidate anchors
     ce_batch_size: int = 64
-    ce_lr: float = 3e-4  # image tower
-    ce_text_lr: float = 1e-3  # text tower: the candidate words are new tokens to it
+    ce_lr: float = 1e-3  # image tower
+    ce_anchor_lr: float = 1e-2  # the candidate anchors
     ce_warmup: int = 50
     ce_scale: float = 50.0  # fixed logit scale of the cross-entropy
+    ce_text_steps: int = 200  # stage 2: the text tower regresses onto the anchors
+    ce_text_lr: float = 1e-3  # text transformer and projection
+    ce_embed_lr: float = 1e-2  # token embeddings: the candidate words are new tokens to the text tower
+    ce_text_questions: int = 2  # questions (x every candidate) per stage-2 step
     ce_synthetic_factor: float = 15.0
     precision: str = "auto"
     seed: int = 0
@@ -203,39 +213,67 @@ def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list
 
 def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], questions: list[str],
                          candidates: list[str], cfg: ReadingConfig, precision: str,
-                         progress: bool = False) -> tuple[torch.nn.Module, list]:
-    """sim(image, question + c) over every candidate c, cross-entropy against the image's word.
+                         progress: bool = False) -> tuple[torch.nn.Module, dict[str, list[float]]]:
+    """Cross-entropy of each image over every candidate, in two stages; returns the model and both loss curves.
 
-    The image tower and the text tower get their own learning rates (``ce_lr``, ``ce_text_lr``); the
-    logit scale is fixed (``ce_scale``). Each step embeds the candidates once per distinct question.
+    1. ``ce_steps``: the image tower (lr ``ce_lr``) and one anchor per candidate (lr ``ce_anchor_lr``),
+       initialised from the text tower's embeddings of "question + candidate" averaged over the
+       questions; logits ``ce_scale * cos(image, anchor)``.
+    2. ``ce_text_steps``: the text tower alone (``ce_text_lr``, token embeddings ``ce_embed_lr``)
+       learns ``1 - cos(text("question + c"), anchor_c)`` for ``ce_text_questions`` random questions
+       x every candidate per step, so the anchors end up in the text tower and the saved model is a
+       plain CLIP.
+
+    Returns:
+        (model, {"image": stage-1 cross-entropies, "text": stage-2 cosine losses}).
     """
     model = copy.deepcopy(clip).train()
+    img_tower, txt_tower = ClipImageTower(model), ClipTextTower(model)
+    qset = sorted(set(questions))
+    with torch.no_grad():  # fp32: a one-off forward, and the start it gives matters (docs/training.md#reading)
+        init = torch.stack([txt_tower(*tokenize(tok, [f"{q} {c}" for c in candidates])).float() for q in qset]).mean(0)
+    anchors = torch.nn.Parameter(F.normalize(init, dim=-1))
     vision = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
-    text = [p for n, p in model.named_parameters() if n.startswith(("text_model.", "text_projection."))]
-    opt = torch.optim.AdamW([{"params": vision, "lr": cfg.ce_lr}, {"params": text, "lr": cfg.ce_text_lr}],
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([{"params": vision, "lr": cfg.ce_lr, "weight_decay": cfg.weight_decay},
+                             {"params": [anchors], "lr": cfg.ce_anchor_lr, "weight_decay": 0.0}])
     sched = cosine_with_warmup(opt, cfg.ce_steps, cfg.ce_warmup)
     c2i = {c: i for i, c in enumerate(candidates)}
     y = torch.tensor([c2i[w] for w in words])
     rng = np.random.default_rng(cfg.seed)
     bs = min(cfg.ce_batch_size, len(words))
-    img_tower, txt_tower = ClipImageTower(model), ClipTextTower(model)
-    losses: list[float] = []
-    for _ in tqdm(range(cfg.ce_steps), desc="reading synthetic_ce", disable=not progress, mininterval=1.0):
+    curves: dict[str, list[float]] = {"image": [], "text": []}
+    for _ in tqdm(range(cfg.ce_steps), desc="reading synthetic_ce: image", disable=not progress, mininterval=1.0):
         idx = rng.choice(len(words), size=bs, replace=False)
         with autocast(precision):
             v = img_tower(pixels[idx]).float()  # [B, D], L2-normalised
-            t = {q: txt_tower(*tokenize(tok, [f"{q} {c}" for c in candidates])).float()
-                 for q in sorted({questions[i] for i in idx})}  # [C, D] per question
-        logits = cfg.ce_scale * torch.stack([v[j] @ t[questions[i]].T for j, i in enumerate(idx)])
-        loss = F.cross_entropy(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return model.eval(), losses
+        loss = F.cross_entropy(cfg.ce_scale * v @ F.normalize(anchors, dim=-1).T, y[idx])
+        _step(opt, sched, loss, clip=vision)  # the anchors' steps are Adam's own, unclipped
+        curves["image"].append(loss.item())
+    target = F.normalize(anchors.detach(), dim=-1)
+    text = [p for n, p in model.named_parameters() if n.startswith(("text_model.", "text_projection."))
+            and "token_embedding" not in n]
+    embed = [p for n, p in model.named_parameters() if "token_embedding" in n]
+    opt = torch.optim.AdamW([{"params": text, "lr": cfg.ce_text_lr, "weight_decay": cfg.weight_decay},
+                             {"params": embed, "lr": cfg.ce_embed_lr, "weight_decay": 0.0}])
+    sched = cosine_with_warmup(opt, cfg.ce_text_steps, min(10, cfg.ce_text_steps // 10))
+    n_q = min(cfg.ce_text_questions, len(qset))
+    for _ in tqdm(range(cfg.ce_text_steps), desc="reading synthetic_ce: text", disable=not progress, mininterval=1.0):
+        qs = [qset[i] for i in rng.choice(len(qset), size=n_q, replace=False)]
+        with autocast(precision):
+            t = torch.cat([txt_tower(*tokenize(tok, [f"{q} {c}" for c in candidates])).float() for q in qs])
+        loss = (1 - (t * target.repeat(n_q, 1)).sum(-1)).mean()
+        _step(opt, sched, loss)
+        curves["text"].append(loss.item())
+    return model.eval(), curves
+
+
+def _step(opt, sched, loss: torch.Tensor, clip: list | None = None) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
 
 
 @torch.inference_mode()
@@ -312,9 +350,11 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
                 continue
             n_syn = int(round(cfg.ce_synthetic_factor * len(tr.words)))
             px_s, w_s, q_s = _synthetic_set(cfg.seed + 1, n_syn, candidates, size)
-            model, losses = fine_tune_candidates(clip, tok, torch.cat([px_tr, px_s]), train_words + w_s,
+            model, curves = fine_tune_candidates(clip, tok, torch.cat([px_tr, px_s]), train_words + w_s,
                                                  train_q + q_s, candidates, cfg, precision, progress)
-            extra = {"images": len(train_words) + n_syn, "steps": cfg.ce_steps}
+            losses = curves["image"]
+            extra = {"images": len(train_words) + n_syn, "steps": cfg.ce_steps, "text_steps": cfg.ce_text_steps,
+                     "text_loss_last": round(float(np.mean(curves["text"][-10:])), 4) if curves["text"] else None}
         else:
             model, losses = fine_tune(clip, tok, px_tr, train_words, train_q, candidates, row, cfg, precision, progress)
             extra = {"images": len(train_words)}

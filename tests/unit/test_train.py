@@ -269,7 +269,8 @@ def test_reading_rows_and_list_sizes(trained_artifacts):
     assert r["fine_tuned_row"] in rows
     ce = r["rows"]["synthetic_ce"]  # the world's training words + 15x as many synthetic ones
     assert ce["images"] == r["train_items"] + round(15 * r["train_items"]) and ce["steps"] == r["steps"]
-    assert np.isfinite(ce["loss_first"]) and np.isfinite(ce["loss_last"])  # learning: the test below
+    assert ce["text_steps"] == r["steps"]  # both stages follow reading_steps unless set apart
+    assert np.isfinite(ce["loss_first"]) and np.isfinite(ce["loss_last"]) and np.isfinite(ce["text_loss_last"])  # learning: the test below
     assert r["chance"] == pytest.approx(100 / r["candidates"])
     m = Manifest.load(out)
     assert "clip_reading" in m.checkpoints and m.extra["reading"]["candidates"]
@@ -277,7 +278,11 @@ def test_reading_rows_and_list_sizes(trained_artifacts):
 
 
 def test_candidate_cross_entropy_learns_to_tell_words_apart():
-    """The synthetic_ce objective fits a handful of word images that CLIP could not tell apart."""
+    """The synthetic_ce objective fits a handful of word images that CLIP could not tell apart.
+
+    Both stages must work: stage 1 fits the image tower to the anchors, stage 2 moves them into the
+    text tower; the read goes through the text tower only, so a stage 2 that did not learn fails it.
+    """
     import torch
     from tokenizers import Tokenizer
 
@@ -293,9 +298,11 @@ def test_candidate_cross_entropy_learns_to_tell_words_apart():
     px = torch.randn(8, 3, 32, 32)
     words, qs = [cands[i % 4] for i in range(8)], ["what does it say ?"] * 8
     y = np.array([i % 4 for i in range(8)])
-    cfg = ReadingConfig(ce_steps=60, ce_batch_size=8, ce_warmup=5, ce_lr=3e-3, ce_text_lr=3e-3, precision="fp32")
-    model, losses = fine_tune_candidates(clip, tok, px, words, qs, cands, cfg, "fp32")
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert (candidate_scores(clip, tok, px, qs, cands).argmax(1) == y).mean() < 1.0  # not read before
+    cfg = ReadingConfig(ce_steps=60, ce_batch_size=8, ce_warmup=5, ce_lr=3e-3, ce_text_steps=60, precision="fp32")
+    model, curves = fine_tune_candidates(clip, tok, px, words, qs, cands, cfg, "fp32")
+    for stage in ("image", "text"):
+        assert len(curves[stage]) == 60 and np.mean(curves[stage][-5:]) < 0.5 * np.mean(curves[stage][:5]), stage
     assert (candidate_scores(model, tok, px, qs, cands).argmax(1) == y).mean() == 1.0
 
 
