@@ -21,7 +21,14 @@ from clipq.models.io import load_tokenizer, tokenize
 from clipq.runtime.manifest import Manifest
 
 from .clip import clip_loss
-from .common import autocast, cosine_with_warmup, resolve_precision, seed_everything, set_threads
+from .common import (
+    autocast,
+    cosine_with_warmup,
+    optimizer_step,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
 from .data import SplitData, load_split
 
 
@@ -116,11 +123,7 @@ def train_baseline(data: str, artifacts: str, *, cfg: BaselineConfig | None = No
         with autocast(precision):
             v, t = model.encode_image(train.pixels[idx]), model.encode_text(ids, mask)
         loss = clip_loss(v, t, model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, loss, clip=list(model.parameters()))
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())

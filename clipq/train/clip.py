@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 from clipq.models.factory import image_features, text_features
 from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, tokenize
 
-from .common import autocast, cosine_with_warmup, resolve_precision, seed_everything, set_threads
+from .common import (
+    autocast,
+    cosine_with_warmup,
+    optimizer_step,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
 from .data import load_split
 from .negatives import caption_clusters, kmeans, swapped_captions
 
@@ -172,11 +179,7 @@ def train_clip(
             img = image_features(clip, train.pixels[idx])
             txt = text_features(clip, input_ids, attention_mask)
         loss = clip_loss(img, txt[: len(texts)], clip.logit_scale.exp(), txt[len(texts):] if negs else None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, loss, clip=list(clip.parameters()))
         with torch.no_grad():  # as in CLIP: the temperature may not exceed 100
             clip.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())

@@ -54,6 +54,16 @@ def resolve_precision(precision: str = "auto") -> str:
     return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
+def optimizer_step(opt, sched, loss: torch.Tensor, clip: list | None = None) -> None:
+    """One training step: backward, gradient-norm clipping of ``clip`` to 1.0 (none if empty), step, schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+
+
 def autocast(precision: str):
     """``torch.autocast`` on CPU for bf16, a no-op context for fp32."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -50,6 +50,7 @@ from .clip import clip_loss
 from .common import (
     autocast,
     cosine_with_warmup,
+    optimizer_step,
     resolve_precision,
     seed_everything,
     set_threads,
@@ -200,11 +201,7 @@ def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list
             v = img_tower(pixels[idx])
             t = txt_tower(ids, mask)
         loss = clip_loss(v, t, model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, loss, clip=list(model.parameters()))
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())
@@ -230,8 +227,9 @@ def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], ques
     model = copy.deepcopy(clip).train()
     img_tower, txt_tower = ClipImageTower(model), ClipTextTower(model)
     qset = sorted(set(questions))
+    texts = {q: tokenize(tok, [f"{q} {c}" for c in candidates]) for q in qset}  # every candidate, per question
     with torch.no_grad():  # fp32: a one-off forward, and the start it gives matters (docs/training.md#reading)
-        init = torch.stack([txt_tower(*tokenize(tok, [f"{q} {c}" for c in candidates])).float() for q in qset]).mean(0)
+        init = torch.stack([txt_tower(*texts[q]).float() for q in qset]).mean(0)
     anchors = torch.nn.Parameter(F.normalize(init, dim=-1))
     vision = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
     opt = torch.optim.AdamW([{"params": vision, "lr": cfg.ce_lr, "weight_decay": cfg.weight_decay},
@@ -247,7 +245,7 @@ def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], ques
         with autocast(precision):
             v = img_tower(pixels[idx]).float()  # [B, D], L2-normalised
         loss = F.cross_entropy(cfg.ce_scale * v @ F.normalize(anchors, dim=-1).T, y[idx])
-        _step(opt, sched, loss, clip=vision)  # the anchors' steps are Adam's own, unclipped
+        optimizer_step(opt, sched, loss, clip=vision)  # the anchors' steps are Adam's own, unclipped
         curves["image"].append(loss.item())
     target = F.normalize(anchors.detach(), dim=-1)
     text = [p for n, p in model.named_parameters() if n.startswith(("text_model.", "text_projection."))
@@ -260,20 +258,11 @@ def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], ques
     for _ in tqdm(range(cfg.ce_text_steps), desc="reading synthetic_ce: text", disable=not progress, mininterval=1.0):
         qs = [qset[i] for i in rng.choice(len(qset), size=n_q, replace=False)]
         with autocast(precision):
-            t = torch.cat([txt_tower(*tokenize(tok, [f"{q} {c}" for c in candidates])).float() for q in qs])
+            t = torch.cat([txt_tower(*texts[q]).float() for q in qs])
         loss = (1 - (t * target.repeat(n_q, 1)).sum(-1)).mean()
-        _step(opt, sched, loss)
+        optimizer_step(opt, sched, loss)
         curves["text"].append(loss.item())
     return model.eval(), curves
-
-
-def _step(opt, sched, loss: torch.Tensor, clip: list | None = None) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(clip, 1.0)
-    opt.step()
-    sched.step()
 
 
 @torch.inference_mode()
