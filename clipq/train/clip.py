@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from clipq.models.factory import image_features, text_features
 from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, tokenize
 
+from .augment import AUGMENTS, augment_batch
 from .common import (
     autocast,
     cosine_with_warmup,
@@ -53,6 +54,11 @@ class ClipTrainConfig:
     cluster_size: int = 0  # images per cluster (0: one cluster fills the hard share)
     recluster_every: int = 100  # image clusters only: re-embed and re-cluster this often
     text_negatives: float = 0.0  # share of captions that get a word-swapped negative
+    augment: str = "none"  # "none" | "mirror" | "mirror_shift" (clipq.train.augment; measured in docs/training.md)
+    #: weight of the caption-word loss: a linear head on the image embedding predicts which words its
+    #: caption uses (multi-label, CapPa/VirTex-style bag of words); 0 turns it off. The head is used in
+    #: training only and is not saved.
+    word_loss: float = 0.0
     seed: int = 0
     log_every: int = 20
 
@@ -103,6 +109,39 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
     return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(logits.T, labels))
 
 
+class CaptionWords:
+    """The caption-word loss: which of the training captions' word pieces does an image's caption use?
+
+    Why: the contrastive loss is satisfied once a batch's captions can be told apart, and on the
+    embedded world colour, place and count already do that, so CLIP never learns what the rarest
+    visual cue (a shape's kind) looks like. Predicting the caption's words from the image (a bag of
+    words, as the captioning objectives of VirTex and CapPa) asks for every word in every step; it
+    needs no labels beyond the captions, so real caption sets get it too.
+    """
+
+    def __init__(self, tok, captions: list[str], dim: int) -> None:
+        self.tok = tok
+        vocab = sorted({i for e in self._encode(captions) for i in e})
+        self.column = {i: j for j, i in enumerate(vocab)}
+        self.head = torch.nn.Linear(dim, len(vocab))
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def targets(self, texts: list[str]) -> torch.Tensor:
+        """Multi-hot [B, V] of the word pieces each text uses (pieces no training caption has are ignored)."""
+        out = torch.zeros(len(texts), len(self.column))
+        for r, ids in enumerate(self._encode(texts)):
+            cols = [self.column[i] for i in ids if i in self.column]
+            out[r, cols] = 1.0
+        return out
+
+    def loss(self, img: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Binary cross-entropy of the head's word logits on the unit image embeddings, summed over words."""
+        logits = self.head(F.normalize(img.float(), dim=-1) * 10.0)
+        return F.binary_cross_entropy_with_logits(logits, self.targets(texts), reduction="sum") / len(img)
+
+
 def train_clip(
     data: str,
     out: str,
@@ -134,6 +173,8 @@ def train_clip(
     cfg = cfg or ClipTrainConfig()
     if cfg.batch_mode not in BATCH_MODES:
         raise ClipqError(f"unknown batch mode {cfg.batch_mode!r}; choose from {', '.join(BATCH_MODES)}")
+    if cfg.augment not in AUGMENTS:
+        raise ClipqError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTS)}")
     n_threads = set_threads(threads)
     precision = resolve_precision(cfg.precision)
     seed_everything(cfg.seed)
@@ -150,9 +191,11 @@ def train_clip(
 
     decay = [p for nme, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in nme]
     no_decay = [p for nme, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in nme)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    words = CaptionWords(tok, [t for c in train.captions for t in c], clip.config.projection_dim) if cfg.word_loss else None
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if words is not None:
+        groups.append({"params": list(words.head.parameters()), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
     clip.train()
     clusters = None
@@ -170,15 +213,18 @@ def train_clip(
         picked = _sample_batch(rng, len(usable), bs, clusters, cfg.hard_share, cfg.cluster_size)
         idx = usable[picked]
         texts = [train.captions[i][rng.integers(len(train.captions[i]))] for i in idx]
+        pixels, texts = augment_batch(train.pixels[idx], texts, rng, cfg.augment)
         negs: list[str] = []  # each counts as a negative for every image of the batch (clip_loss)
         if cfg.hard_negatives and cfg.text_negatives > 0:
             chosen = np.flatnonzero(rng.random(len(texts)) < cfg.text_negatives)
             negs, _ = swapped_captions([texts[i] for i in chosen], rng)
         input_ids, attention_mask = tokenize(tok, texts + negs)  # padded to the batch's longest
         with autocast(precision):
-            img = image_features(clip, train.pixels[idx])
+            img = image_features(clip, pixels)
             txt = text_features(clip, input_ids, attention_mask)
         loss = clip_loss(img, txt[: len(texts)], clip.logit_scale.exp(), txt[len(texts):] if negs else None)
+        if words is not None:
+            loss = loss + cfg.word_loss * words.loss(img, texts)
         optimizer_step(opt, sched, loss, clip=list(clip.parameters()))
         with torch.no_grad():  # as in CLIP: the temperature may not exceed 100
             clip.logit_scale.clamp_(0, 4.6052)

@@ -186,6 +186,64 @@ def test_swapped_captions_change_one_word_of_a_class():
     assert list(rows) == [0, 2] and len(neg) == 2
 
 
+def test_mirror_augmentation_swaps_left_and_right_with_the_image():
+    import torch
+
+    from clipq.train.augment import augment_batch, mirror_caption
+    from clipq.world import render_scene
+
+    assert mirror_caption("Left of two red stars, right side") == "Right of two red stars, left side"
+    assert mirror_caption("bright lights at the top") == "bright lights at the top"  # whole words only
+    # a real scene: a group "on the left" lies in the right half of the mirrored image, and its caption says so
+    scene, img = next((s, i) for s, i in (render_scene(0, "train", k) for k in range(50))
+                      if s.place == "left" and s.distractor is None)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None].repeat(8, 1, 1, 1)
+    texts = [next(c for c in scene.captions if "left" in c)] * 8
+    rng = np.random.default_rng(1)
+    out, new = augment_batch(x, texts, rng, "mirror")
+    flipped = [t != texts[0] for t in new]
+    assert 0 < sum(flipped) < 8 and torch.equal(x[0], x[1])  # the input is left as it was
+    for o, t, f in zip(out, new, flipped):
+        assert torch.equal(o, x[0].flip(-1) if f else x[0])
+        assert ("right" in t and "left" not in t) if f else t == texts[0]
+    shifted, _ = augment_batch(x, texts, rng, "mirror_shift", shift=3)
+    assert shifted.shape == x.shape and not torch.equal(shifted, out)
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
+        augment_batch(x, texts, rng, "rotate")
+
+
+def test_caption_words_targets_and_loss_learn_the_words(small_world, trained_artifacts, tmp_path):
+    import torch
+
+    from clipq.models.io import load_tokenizer
+    from clipq.runtime.errors import ClipqError
+    from clipq.train.clip import CaptionWords, ClipTrainConfig, train_clip
+
+    tok = load_tokenizer(Manifest.load(trained_artifacts[0]), "clip")
+    words = CaptionWords(tok, ["two red circles on the left", "a blue star at the top"], 16)
+    t = words.targets(["red star", "hello green", ""])
+    assert t.shape == (3, len(words.column)) and t.sum(1).tolist() == [2.0, 0.0, 0.0]  # unseen pieces ignored
+    torch.manual_seed(0)
+    img = torch.randn(4, 16, requires_grad=True)
+    texts = ["red star", "blue circles", "red star", "blue circles"]
+    opt = torch.optim.Adam([img, *words.head.parameters()], lr=0.05)
+    first = words.loss(img, texts).item()
+    for _ in range(100):
+        loss = words.loss(img, texts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    # both options run inside the trainer and are recorded
+    cfg = ClipTrainConfig(steps=2, batch_size=16, word_loss=1.0, augment="mirror_shift", hard_negatives=False)
+    summary = train_clip(str(small_world), str(tmp_path / "a"), preset="test", cfg=cfg, progress=False)
+    assert summary["config"]["word_loss"] == 1.0 and summary["config"]["augment"] == "mirror_shift"
+    assert np.isfinite(summary["final_loss"])
+    with pytest.raises(ClipqError, match="unknown augmentation 'rotate'"):
+        train_clip(str(small_world), str(tmp_path / "b"), preset="test", cfg=ClipTrainConfig(steps=1, augment="rotate"),
+                   progress=False)
+
+
 def test_clip_loss_is_clips_and_extra_negatives_only_add():
     import torch
 
