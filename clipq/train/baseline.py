@@ -23,8 +23,8 @@ from clipq.runtime.manifest import Manifest
 from .clip import clip_loss
 from .common import (
     autocast,
+    contrastive_step,
     cosine_with_warmup,
-    optimizer_step,
     resolve_precision,
     seed_everything,
     set_threads,
@@ -123,9 +123,7 @@ def train_baseline(data: str, artifacts: str, *, cfg: BaselineConfig | None = No
         with autocast(precision):
             v, t = model.encode_image(train.pixels[idx]), model.encode_text(ids, mask)
         loss = clip_loss(v, t, model.logit_scale.exp())
-        optimizer_step(opt, sched, loss, clip=list(model.parameters()))
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)
+        contrastive_step(opt, sched, loss, model)
         losses.append(loss.item())
     model.eval()
     cfg_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

@@ -25,8 +25,8 @@ from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, toke
 from .augment import AUGMENTS, augment_batch
 from .common import (
     autocast,
+    contrastive_step,
     cosine_with_warmup,
-    optimizer_step,
     resolve_precision,
     seed_everything,
     set_threads,
@@ -225,9 +225,7 @@ def train_clip(
         loss = clip_loss(img, txt[: len(texts)], clip.logit_scale.exp(), txt[len(texts):] if negs else None)
         if words is not None:
             loss = loss + cfg.word_loss * words.loss(img, texts)
-        optimizer_step(opt, sched, loss, clip=list(clip.parameters()))
-        with torch.no_grad():  # as in CLIP: the temperature may not exceed 100
-            clip.logit_scale.clamp_(0, 4.6052)
+        contrastive_step(opt, sched, loss, clip)
         losses.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             recent = float(np.mean(losses[-cfg.log_every:]))

@@ -64,6 +64,14 @@ def optimizer_step(opt, sched, loss: torch.Tensor, clip: list | None = None) -> 
     sched.step()
 
 
+def contrastive_step(opt, sched, loss: torch.Tensor, model: torch.nn.Module) -> None:
+    """``optimizer_step`` for a model with CLIP's learned temperature: every parameter's gradient clipped,
+    then ``model.logit_scale`` clamped so that the temperature exp(logit_scale) stays at most 100, as in CLIP."""
+    optimizer_step(opt, sched, loss, clip=list(model.parameters()))
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, 4.6052)
+
+
 def autocast(precision: str):
     """``torch.autocast`` on CPU for bf16, a no-op context for fp32."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

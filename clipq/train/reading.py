@@ -49,6 +49,7 @@ from clipq.runtime.metrics import accuracy
 from .clip import clip_loss
 from .common import (
     autocast,
+    contrastive_step,
     cosine_with_warmup,
     optimizer_step,
     resolve_precision,
@@ -201,9 +202,7 @@ def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list
             v = img_tower(pixels[idx])
             t = txt_tower(ids, mask)
         loss = clip_loss(v, t, model.logit_scale.exp())
-        optimizer_step(opt, sched, loss, clip=list(model.parameters()))
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)
+        contrastive_step(opt, sched, loss, model)
         losses.append(loss.item())
     return model.eval(), losses
 
