@@ -32,11 +32,11 @@ from .common import (
     set_threads,
 )
 from .data import load_split
-from .negatives import caption_clusters, kmeans, swapped_captions
+from .negatives import VARY_CLASSES, caption_clusters, kmeans, swapped_captions, word_class_groups
 
 log = logging.getLogger(__name__)
 __all__ = ["ClipTrainConfig", "kmeans", "train_clip"]
-BATCH_MODES = ("random", "caption_clusters", "image_clusters")
+BATCH_MODES = ("random", "caption_clusters", "image_clusters", "word_groups")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +53,9 @@ class ClipTrainConfig:
     hard_share: float = 0.5  # share of each batch drawn from clusters
     cluster_size: int = 0  # images per cluster (0: one cluster fills the hard share)
     recluster_every: int = 100  # image clusters only: re-embed and re-cluster this often
+    #: word groups only: the word class a group's captions differ in (negatives.word_class_groups);
+    #: measured with "shape" in docs/training.md (pair with cluster_size, e.g. 8 images per group)
+    group_vary: str = "shape"
     text_negatives: float = 0.0  # share of captions that get a word-swapped negative
     augment: str = "none"  # "none" | "mirror" | "mirror_shift" (clipq.train.augment; measured in docs/training.md)
     #: weight of the caption-word loss: a linear head on the image embedding predicts which words its
@@ -173,6 +176,8 @@ def train_clip(
     cfg = cfg or ClipTrainConfig()
     if cfg.batch_mode not in BATCH_MODES:
         raise ClipqError(f"unknown batch mode {cfg.batch_mode!r}; choose from {', '.join(BATCH_MODES)}")
+    if cfg.group_vary not in VARY_CLASSES:
+        raise ClipqError(f"unknown group_vary {cfg.group_vary!r}; choose from {', '.join(VARY_CLASSES)}")
     if cfg.augment not in AUGMENTS:
         raise ClipqError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTS)}")
     n_threads = set_threads(threads)
@@ -266,6 +271,11 @@ def _clusters(clip, train, usable: np.ndarray, bs: int, cfg: ClipTrainConfig, st
     size = cfg.cluster_size or bs
     if cfg.batch_mode == "caption_clusters":
         return caption_clusters([train.captions[i] for i in usable], size, seed=cfg.seed)
+    if cfg.batch_mode == "word_groups":
+        groups = word_class_groups([train.captions[i] for i in usable], cfg.group_vary)
+        if not groups:  # an empty list (not None) so the captions are grouped once, not every step
+            log.warning("no groups of captions that differ only in %s words: random batches instead", cfg.group_vary)
+        return groups
     if cfg.batch_mode == "random":
         return None  # type: ignore[return-value]
     return _image_clusters(clip, train.pixels[usable], size, cfg.seed + step, precision)

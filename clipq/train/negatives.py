@@ -6,6 +6,9 @@ tests (count, place, and which attribute belongs to which object):
 * **caption-cluster batches**: captions are clustered on their words (TF-IDF bag of words, cosine
   k-means); a batch is drawn from a few clusters, so its captions share kind and colour words and
   differ in the rest. Needs no model and works on any caption set.
+* **word-class groups**: images whose captions name the same words of every class but one (say the
+  same count, colour and place, any shape); a batch drawn from such groups has negatives that differ
+  from the positive only in that one class, so the loss must read it.
 * **swapped captions** (NegCLIP-style text negatives): a caption with one count, colour, place or
   shape word replaced by another of the same class ("two red circles on the left" -> "three red
   circles on the left"); the image must score its own caption above that one. The word classes
@@ -72,6 +75,39 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0) -> torch.Ten
             if len(sel):
                 centers[j] = F.normalize(sel.mean(0), dim=0)
     return labels
+
+
+#: the classes ``word_class_groups`` can vary, each with the word classes it merges
+VARY_CLASSES: dict[str, tuple[str, ...]] = {"count": ("count", "digit"), "color": ("color",), "place": ("place",),
+                                            "shape": ("shape", "shapes")}
+#: one spelling per meaning, so "2"/"two", "middle"/"center" and "circles"/"circle" key alike
+_CANONICAL = {**{d: c for d, c in zip(WORD_CLASSES["digit"], WORD_CLASSES["count"])}, "middle": "center",
+              **{p: s for p, s in zip(WORD_CLASSES["shapes"], WORD_CLASSES["shape"])}}
+
+
+def word_class_groups(captions: list[list[str]], vary: str = "shape", min_size: int = 4) -> list[np.ndarray]:
+    """Groups of images whose captions agree on every class word except those of class ``vary``.
+
+    Args:
+        captions: per image, its captions (the class words of all its phrasings form its key).
+        vary: the class the members may differ in: "count", "color", "place" or "shape".
+        min_size: groups with fewer members are dropped.
+    Returns:
+        index arrays of the groups; images whose captions have no class word outside ``vary`` form
+        no group.
+    Raises:
+        ValueError: ``vary`` is not one of ``VARY_CLASSES``.
+    """
+    if vary not in VARY_CLASSES:
+        raise ValueError(f"unknown word class {vary!r} to vary; choose from {', '.join(VARY_CLASSES)}")
+    ignored = VARY_CLASSES[vary]
+    groups: dict[frozenset[str], list[int]] = {}
+    for i, caps in enumerate(captions):
+        words = (p for p in _TOKEN.findall(" ".join(caps).lower()) if p in _CLASS_OF and _CLASS_OF[p] not in ignored)
+        key = frozenset(_CANONICAL.get(w, w) for w in words)
+        if key:
+            groups.setdefault(key, []).append(i)
+    return [np.asarray(g, dtype=np.int64) for g in groups.values() if len(g) >= min_size]
 
 
 def caption_clusters(captions: list[list[str]], size: int, seed: int = 0, iters: int = 12) -> list[np.ndarray]:

@@ -269,6 +269,35 @@ def test_caption_clusters_group_captions_that_share_words():
     assert all(len({"red" in caps[i][0] for i in g}) == 1 for g in groups)
 
 
+def test_word_class_groups_differ_only_in_the_varied_class():
+    from clipq.train.negatives import word_class_groups
+
+    kinds = ("circles", "stars", "rings", "hearts")
+    caps = [[f"two red {k} on the left", f"2 red {k} in the middle"] for k in kinds] + \
+           [[f"two red {k} on the left", f"two red {k} at the center"] for k in kinds] + \
+           [[f"three blue {k} at the top"] for k in kinds] + [["a picture"]] + [["one green cross on the right"]]
+    groups = word_class_groups(caps, vary="shape")
+    # digits / number words, "middle" / "center" and plural / singular key alike; the lone green
+    # cross is a group of one (dropped) and "a picture" has no class word at all
+    assert sorted(sorted(g.tolist()) for g in groups) == [list(range(8)), list(range(8, 12))]
+    by_count = word_class_groups([["two red circles on the left"], ["three red circles on the left"],
+                                  ["4 red circles on the left"], ["one red circle on the left"],
+                                  ["two red stars on the left"]], vary="count")
+    assert [g.tolist() for g in by_count] == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="unknown word class 'size'"):
+        word_class_groups(caps, vary="size")
+
+
+def test_sample_batch_with_no_groups_draws_at_random():
+    from clipq.train.clip import _sample_batch
+
+    idx = _sample_batch(np.random.default_rng(0), 50, 16, [], 0.5, 8)
+    assert len(set(idx.tolist())) == 16 and idx.max() < 50
+    groups = [np.arange(10), np.arange(10, 20)]
+    idx = _sample_batch(np.random.default_rng(0), 50, 16, groups, 0.5, 4)
+    assert len(set(idx.tolist())) == 16 and sum(int(i) < 20 for i in idx[:8]) == 8
+
+
 def test_clip_training_records_precision_and_curve(trained_artifacts):
     out, summary = trained_artifacts
     c = summary["clip"]
