@@ -25,6 +25,7 @@ from clipq.models.io import init_clip_artifacts, load_tokenizer, save_clip, toke
 from .augment import AUGMENTS, augment_batch
 from .common import (
     autocast,
+    channels_last,
     contrastive_step,
     cosine_with_warmup,
     resolve_precision,
@@ -184,6 +185,7 @@ def train_clip(
     precision = resolve_precision(cfg.precision)
     seed_everything(cfg.seed)
     m, clip = init_clip_artifacts(out, preset, pretrained)
+    channels_last(clip)
     size = m.preprocessing["size"]
     train = load_split(str(data), "train", size)
     tok = load_tokenizer(m, "clip")

@@ -72,6 +72,17 @@ def contrastive_step(opt, sched, loss: torch.Tensor, model: torch.nn.Module) -> 
         model.logit_scale.clamp_(0, 4.6052)
 
 
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put the model's 4-d (convolution) weights in channels-last memory order, in place.
+
+    oneDNN's CPU convolutions run natively on NHWC: with channels-last weights the ResNet tower's
+    forward + backward at batch 128 took 80 ms instead of 143 (bf16, 2-core EPYC; docs/training.md).
+    The inputs may stay NCHW (the first convolution's output follows the weights), and
+    ``save_pretrained`` writes the weights contiguous, so checkpoints are unchanged.
+    """
+    return model.to(memory_format=torch.channels_last)
+
+
 def autocast(precision: str):
     """``torch.autocast`` on CPU for bf16, a no-op context for fp32."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

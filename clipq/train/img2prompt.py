@@ -31,6 +31,7 @@ from clipq.runtime.metrics import mean_cosine
 from .common import (
     autocast,
     batched,
+    channels_last,
     cosine_with_warmup,
     encode_texts,
     resolve_precision,
@@ -154,7 +155,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     t0 = time.perf_counter()
     encoder = SentenceEncoder.pretrained()
     y_tr, y_va, y_te = (prompt_embeddings(m, p, encoder) for p in (p_tr, p_va, p_te))
-    clip = load_clip(m).eval()
+    clip = channels_last(load_clip(m).eval())
     # CLIP's projected image features (Model A's head input) and their normalised form (CLIP's embedding)
     feats = tuple(batched(lambda x: image_features(clip, x), s.pixels)
                   for s in (tr, va, te))

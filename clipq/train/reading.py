@@ -49,6 +49,7 @@ from clipq.runtime.metrics import accuracy
 from .clip import clip_loss
 from .common import (
     autocast,
+    channels_last,
     contrastive_step,
     cosine_with_warmup,
     optimizer_step,
@@ -309,7 +310,7 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
     have_val = bool(va.words) and all(r.answers[0] in c2i for r in va.words)
     px_va = load_word_images(data, va.words, size) if have_val else None
     y_va = np.array([c2i[r.answers[0]] for r in va.words]) if have_val else None
-    clip = load_clip(m).eval()
+    clip = channels_last(load_clip(m).eval())
     t0 = time.perf_counter()
 
     def score(model, crops: float | None = None) -> dict:

@@ -26,7 +26,7 @@ from clipq.runtime.errors import ClipqError, DataFormatError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.metrics import accuracy
 
-from .common import autocast, batched, resolve_precision, seed_everything, set_threads
+from .common import autocast, batched, channels_last, resolve_precision, seed_everything, set_threads
 from .data import load_split
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def encode_questions(questions, split, tok, vocab: list[str]) -> EncodedQA:
 
 @torch.inference_mode()
 def image_embeddings(m: Manifest, pixels: torch.Tensor) -> torch.Tensor:
-    tower = ClipImageTower(load_clip(m)).eval()
+    tower = channels_last(ClipImageTower(load_clip(m)).eval())
     return batched(tower, pixels, batch_size=256)
 
 

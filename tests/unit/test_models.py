@@ -63,6 +63,38 @@ def test_pretrained_checkpoint_roundtrip(tmp_path):
         assert torch.allclose(ClipImageTower(clip)(x), ClipImageTower(again)(x), atol=1e-6)
 
 
+def test_stem_pool_flag_and_channels_last_survive_a_checkpoint(tmp_path):
+    """The no-max-pool stem is a config flag: built, saved and loaded it keeps stage 1 at the stem's
+    resolution; channels-last weights (how the trainers run) save and reload to the same features."""
+    import dataclasses
+
+    from clipq.models import factory
+    from clipq.train.common import channels_last
+
+    pr = get_preset("test")
+    for pool in (True, False):
+        name = f"test-pool-{pool}"
+        factory.PRESETS[name] = dataclasses.replace(pr, name=name, clip_vision=dict(pr.clip_vision, clipq_stem_pool=pool))
+        try:
+            clip = build_clip(name, seed=1).eval()
+        finally:
+            del factory.PRESETS[name]
+        x = torch.randn(3, 3, 32, 32)
+        with torch.inference_mode():
+            maps = clip.vision_model(pixel_values=x, output_hidden_states=True).hidden_states
+            ref = ClipImageTower(clip)(x)
+        # 32 px: stem conv /2, then the max-pool /2 or not
+        assert maps[0].shape[-1] == (8 if pool else 16)
+        channels_last(clip)
+        assert clip.vision_model.embedder.embedder.convolution.weight.is_contiguous(memory_format=torch.channels_last)
+        clip.save_pretrained(tmp_path / f"ckpt-{pool}")
+        again = build_clip(pretrained=tmp_path / f"ckpt-{pool}").eval()
+        assert isinstance(again.vision_model.embedder.pooler, torch.nn.MaxPool2d) is pool
+        with torch.inference_mode():
+            assert torch.allclose(ClipImageTower(again)(x), ref, atol=1e-5)
+            assert torch.allclose(ClipImageTower(clip)(x), ref, atol=1e-5)  # channels-last: same numbers
+
+
 def test_pretrained_path_through_artifacts(tmp_path):
     """A real-checkpoint directory (with its own tokenizer.json) initialises an artifact directory."""
     import shutil

@@ -45,10 +45,14 @@ def _manifest(root: str) -> Any:
 
 
 def _hf_clip(m: Any) -> Any:
-    """The checkpoint as plain transformers loads it (CLIPModel: its default attention, not clipq's eager)."""
+    """The checkpoint as plain transformers loads it (CLIPModel: its default attention, not clipq's eager),
+    with the ResNet tower's stem flag applied (transformers' ResNet has no such option: without it the
+    peers would run a different, max-pooled network from the same weights)."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(m.resolve_dir(m.checkpoints["clip"])).eval()
+    from clipq.models.factory import apply_stem_pool
+
+    return apply_stem_pool(AutoModel.from_pretrained(m.resolve_dir(m.checkpoints["clip"]))).eval()
 
 
 def _torch_module(m: Any, name: str) -> Any:
