@@ -17,15 +17,16 @@ from typing import Any
 from clipq.runtime.errors import ClipqError
 
 #: the demo's training budget: the whole demo in under 10 minutes on 2 quiet CPU cores
-#: (measured 2026-12-03 on a 2-core EPYC, seed 0, bf16, channels-last: CLIP 700 steps 172 s, VQA's five
-#: variants 127 s, image -> prompt 59 s, reading 125 s of which synthetic_ce's 800 + 200 steps 94 s;
-#: docs/training.md). CLIP's hard batches are word groups: images whose captions differ only in the shape
-#: word (the embedded world's captions; the library default stays image clusters, which need no
+#: (measured 2026-12-03 on a 2-core EPYC, seed 0, bf16, channels-last, before fused Adam and with
+#: synthetic_ce at 800 steps: CLIP 700 steps 193 s, VQA's five variants 128 s, image -> prompt 57 s,
+#: reading 138 s of which synthetic_ce 110 s, the whole demo 10 min 47 s: hence fused Adam and 500 steps;
+#: docs/training.md#time). CLIP's hard batches are word groups: images whose captions differ only in the
+#: shape word (the embedded world's captions; the library default stays image clusters, which need no
 #: vocabulary): kind probe 41.6 -> 47.7 %, top-3 all right in kind 11.2 -> 21.2 %, R@1 72.8 -> 70.3 %.
 DEMO_TRAIN: dict[str, Any] = dict(clip_steps=700, questions_per_epoch=3500, vqa_batch_size=96, vqa_lr=1e-3,
                                   img2prompt_epochs=2, reading_steps=50,
                                   clip=dict(batch_mode="word_groups", group_vary="shape", cluster_size=8),
-                                  reading=dict(ce_steps=800, ce_text_steps=200, ce_synthetic_factor=10.0))
+                                  reading=dict(ce_steps=500, ce_text_steps=200, ce_synthetic_factor=10.0))
 #: the tasks the demo trains, in order (``baseline``: seed 003's dual encoder on CLIP's time budget)
 DEMO_TASKS = ["clip", "vqa", "img2prompt", "reading"]
 
@@ -167,9 +168,10 @@ def stage_index(ctx: DemoContext) -> None:
             print(f"search {q!r}: " + ", ".join(f"{x.id} ({x.score:.3f})" for x in r))
         sheet = contact_sheet(queries, results, ctx.out / "search_contact_sheet.png")
         print(f"contact sheet: {sheet}")
-        check = _check_searches(ctx, queries, results)
+        check = _check_searches(ctx, queries, results, ids)
         for q, c in check.items():
-            print(f"  {q!r}: top 3 right in kind, colour and count: {c['top3_right']} of 3")
+            print(f"  {q!r}: top 3 right in kind, colour and count: {c['top3_right']} of 3 "
+                  f"({c['possible']} possible: {c['in_index']} such images indexed)")
         ctx.report["index"] = {"path": str(index_dir), "recall@10": rep.recall,
                                "searches": {q: [x.id for x in r] for q, r in zip(queries, results)},
                                "searches_checked": check}
@@ -184,10 +186,17 @@ _QUERY_LABELS = {
 }
 
 
-def _check_searches(ctx: DemoContext, queries: list[str], results: list) -> dict[str, dict]:
-    """Whether each search's top results show what the query names (the world's own labels of the scene)."""
+def _check_searches(ctx: DemoContext, queries: list[str], results: list, ids: list[str]) -> dict[str, dict]:
+    """Whether each search's top results show what the query names (the world's own labels of the scene),
+    and how many could: the indexed images whose main group has the query's kind, colour and count."""
     from clipq.world import render_scene
 
+    def group(image_id: str) -> tuple:
+        stream, _, num = str(image_id).rpartition("_")
+        scene, _ = render_scene(ctx.seed, "test" if stream == "test" else "train", int(num))
+        return scene.kind, scene.color, scene.count, scene.place
+
+    indexed = [group(i) for i in ids]
     out = {}
     for q, r in zip(queries, results):
         want = _QUERY_LABELS.get(q)
@@ -195,12 +204,10 @@ def _check_searches(ctx: DemoContext, queries: list[str], results: list) -> dict
             continue
         got = []
         for x in r[:3]:
-            stream, _, num = str(x.id).rpartition("_")
-            scene, _ = render_scene(ctx.seed, "test" if stream == "test" else "train", int(num))
-            group = (scene.kind, scene.color, scene.count, scene.place)
-            got.append({"id": x.id, "scene": list(group), "kind_color_count": group[:3] == want[:3],
-                        "place": group[3] == want[3]})
-        out[q] = {"top3_right": sum(g["kind_color_count"] for g in got),
+            g = group(x.id)
+            got.append({"id": x.id, "scene": list(g), "kind_color_count": g[:3] == want[:3], "place": g[3] == want[3]})
+        n = sum(g[:3] == want[:3] for g in indexed)
+        out[q] = {"top3_right": sum(g["kind_color_count"] for g in got), "in_index": n, "possible": min(3, n),
                   "top3_right_with_place": sum(g["kind_color_count"] and g["place"] for g in got), "top3": got}
     return out
 

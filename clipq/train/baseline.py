@@ -109,7 +109,7 @@ def train_baseline(data: str, artifacts: str, *, cfg: BaselineConfig | None = No
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=cfg.lr)
+                            lr=cfg.lr, fused=True)
     sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
     rng = np.random.default_rng(cfg.seed)
     losses: list[float] = []

@@ -202,7 +202,7 @@ def train_clip(
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if words is not None:
         groups.append({"params": list(words.head.parameters()), "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
     clip.train()
     clusters = None

@@ -92,7 +92,7 @@ def _head_only_a(feats_tr: torch.Tensor, y_tr: torch.Tensor, keep: np.ndarray, f
     """Model A's head on the frozen tower's features, trained on the ``keep`` pairs (the sweep's cheap A)."""
     torch.manual_seed(cfg.seed)
     head = PromptRegressorA.make_head(feats_tr.shape[1])
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01, fused=True)
     rng = np.random.default_rng(cfg.seed)
     for _ in range(cfg.sweep_epochs):
         order = rng.permutation(keep)
@@ -186,7 +186,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     opt = torch.optim.AdamW(
         [{"params": model.backbone_parameters(), "lr": cfg.backbone_lr},
          {"params": model.head.parameters(), "lr": cfg.head_lr}],
-        weight_decay=0.01,
+        weight_decay=0.01, fused=True,
     )
     steps_per_epoch = max(1, int(np.ceil(len(keep) / cfg.batch_size)))
     sched = cosine_with_warmup(opt, cfg.epochs * steps_per_epoch, warmup=max(1, steps_per_epoch // 4))

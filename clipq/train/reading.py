@@ -173,7 +173,7 @@ def fine_tune(clip, tok, pixels: torch.Tensor, words: list[str], questions: list
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=cfg.lr)
+                            lr=cfg.lr, fused=True)
     sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
     rng = np.random.default_rng(cfg.seed)
     w = np.asarray(words)
@@ -233,7 +233,7 @@ def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], ques
     anchors = torch.nn.Parameter(F.normalize(init, dim=-1))
     vision = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
     opt = torch.optim.AdamW([{"params": vision, "lr": cfg.ce_lr, "weight_decay": cfg.weight_decay},
-                             {"params": [anchors], "lr": cfg.ce_anchor_lr, "weight_decay": 0.0}])
+                             {"params": [anchors], "lr": cfg.ce_anchor_lr, "weight_decay": 0.0}], fused=True)
     sched = cosine_with_warmup(opt, cfg.ce_steps, cfg.ce_warmup)
     c2i = {c: i for i, c in enumerate(candidates)}
     y = torch.tensor([c2i[w] for w in words])
@@ -252,7 +252,7 @@ def fine_tune_candidates(clip, tok, pixels: torch.Tensor, words: list[str], ques
             and "token_embedding" not in n]
     embed = [p for n, p in model.named_parameters() if "token_embedding" in n]
     opt = torch.optim.AdamW([{"params": text, "lr": cfg.ce_text_lr, "weight_decay": cfg.weight_decay},
-                             {"params": embed, "lr": cfg.ce_embed_lr, "weight_decay": 0.0}])
+                             {"params": embed, "lr": cfg.ce_embed_lr, "weight_decay": 0.0}], fused=True)
     sched = cosine_with_warmup(opt, cfg.ce_text_steps, min(10, cfg.ce_text_steps // 10))
     n_q = min(cfg.ce_text_questions, len(qset))
     for _ in tqdm(range(cfg.ce_text_steps), desc="reading synthetic_ce: text", disable=not progress, mininterval=1.0):

@@ -215,7 +215,7 @@ def train_vqa(
         if frozen_epochs:
             model.freeze_lm(True)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+            opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
             e = 0
             while e < frozen_epochs and (budget is None or e == 0 or time.perf_counter() - t0 < budget):
                 left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
@@ -230,7 +230,7 @@ def train_vqa(
             rest = [p for p in model.parameters() if id(p) not in lm_ids]
             opt = torch.optim.Adam(
                 [{"params": rest, "lr": cfg.lr}, {"params": lm_params, "lr": cfg.lm_lr}],
-                betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True,
             )
             for e in range(spec.epochs_unfrozen):
                 loss, k = _run_epoch(model, opt, emb_train, qa_train, cfg, rng,

@@ -277,3 +277,29 @@ def test_render_word_is_deterministic_and_uses_the_given_words():
     assert im1.size == (IMAGE_SIZE, IMAGE_SIZE) and q1.endswith("?")
     assert {render_word(0, i, ("stop", "exit"))[0] for i in range(20)} == {"stop", "exit"}
     assert not np.array_equal(np.asarray(render_word(1, 3)[2]), np.asarray(im1))
+
+
+def test_demo_search_check_counts_hits_and_what_the_index_allows(tmp_path):
+    """The demo's contact-sheet check: top-3 hits by the world's labels, and the ceiling the index sets."""
+    from types import SimpleNamespace
+
+    from clipq.app.demo import DemoContext, _check_searches
+    from clipq.world import render_scene
+
+    ids = [f"test_{i:06d}" for i in range(1000)]
+    labels = {i: render_scene(0, "test", int(i[-6:]))[0] for i in ids}
+    query = "two red circles on the left"
+    same = [i for i in ids if (labels[i].kind, labels[i].color, labels[i].count) == ("circle", "red", 2)]
+    other = [i for i in ids if i not in same]
+    assert len(same) >= 2  # seed 0's test split has such scenes (the demo's first query)
+    top = [SimpleNamespace(id=x) for x in (same[:2] + other[:1])]
+    ctx = DemoContext(out=tmp_path, data=tmp_path, artifacts=tmp_path, seed=0, size="medium", progress=False,
+                      timings={}, report={})
+    got = _check_searches(ctx, [query], [top], ids)[query]
+    assert got["in_index"] == len(same) and got["possible"] == min(3, len(same))
+    assert got["top3_right"] == 2
+    assert [g["id"] for g in got["top3"]] == [x.id for x in top]
+    assert got["top3"][2]["scene"][:3] != ["circle", "red", 2]
+    # an index of only the wrong images: nothing right is possible
+    none = _check_searches(ctx, [query], [top[2:]], other)[query]
+    assert none["in_index"] == 0 and none["possible"] == 0 and none["top3_right"] == 0
