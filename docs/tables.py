@@ -214,7 +214,8 @@ def clip_training(eval: dict[str, Any]) -> str:
     rows = [["steps x batch", f"{c['steps']} x {c['batch_size']}"], ["precision", c.get("precision", "fp32")],
             ["threads", c.get("threads", "-")], ["seconds (steps/s)", f"{secs(c['seconds'])} ({c.get('steps_per_s', '-')})"],
             ["learning rate, warm-up", f"{cfg.get('lr', '-')}, {cfg.get('warmup', '-')} steps"],
-            ["hard negatives", (f"{cfg.get('batch_mode')} from {cfg.get('hard_start')} of the run; swapped captions "
+            ["hard negatives", (f"{cfg.get('batch_mode')} fill {cfg.get('hard_share', 0.5):.0%} of each batch from "
+                                f"{cfg.get('hard_start')} of the run; swapped captions "
                                 f"for {cfg.get('text_negatives', 0):.0%} of rows") if c.get("hard_negatives") else "none"],
             ["loss (step: value)", ", ".join(f"{x['step']}: {x['loss']:.2f}" for x in marks)]]
     return md(["CLIP training", "value"], rows)

@@ -52,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def world_again(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world") / "seed0-again"
-    generate_world(out, seed=0, size="small", progress=False)
+    generate_world(out, seed=0, size="small", progress=False, workers=2)  # the other run is in-process
     return out
 
 
@@ -76,6 +76,20 @@ def test_same_seed_gives_identical_bytes(world, world_again):
     root, _ = world
     for rel in SAME_BYTES:
         assert (root / rel).read_bytes() == (world_again / rel).read_bytes(), rel
+
+
+def test_two_worker_processes_write_the_same_world_as_one(world, world_again):
+    root, _ = world
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    again = sorted(p.relative_to(world_again) for p in world_again.rglob("*") if p.is_file())
+    assert files == again and len(files) > 300
+    differ = [str(rel) for rel in files if (root / rel).read_bytes() != (world_again / rel).read_bytes()]
+    assert differ == []
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(InvalidInputError, match="workers"):
+        generate_world(tmp_path / "w", size="small", progress=False, workers=0)
 
 
 def test_other_seed_gives_other_files(world, world_cli):

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, metavar="N", help="world seed (default 0)")
     s.add_argument("--size", choices=("small", "medium"), default="medium",
                    help="small: 250 scenes (tests); medium: 6000 scenes (the embedded default)")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that draw the images (default: one per core for the medium world; "
+                   "the files are the same for any N)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = actions.add_parser(
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from clipq.world import generate_world
 
-    summary = generate_world(args.out, seed=args.seed, size=args.size, progress=not args.no_progress)
+    summary = generate_world(args.out, seed=args.seed, size=args.size, progress=not args.no_progress,
+                             workers=args.workers)
     print(f"world (seed {summary['seed']}, {summary['size']}) written to {args.out}")
     for split, n in summary["splits"].items():
         print(f"  {split:<5} {n['images']:>5} scenes  {n['captions']:>6} captions  "
