@@ -56,6 +56,7 @@ __all__ = [
     "generate_world",
     "render_scene",
     "render_word",
+    "render_words",
 ]
 
 GENERATOR_VERSION = 2
@@ -598,6 +599,36 @@ def render_word(seed: int, index: int, words: Sequence[str] = WORDS) -> tuple[st
     rng = np.random.default_rng([seed, _STREAM_IDS["words_synth"], index])
     item, image = _draw_word(rng, f"word_synth_{index:06d}", find_fonts(), words)
     return item.word, item.question, image
+
+
+def _synth_word_job(job: tuple[int, int, tuple[str, ...], int]) -> tuple[str, str, np.ndarray]:
+    seed, index, words, size = job
+    word, question, image = render_word(seed, index, words)
+    if image.size != (size, size):
+        image = image.resize((size, size))
+    return word, question, np.asarray(image.convert("RGB"))
+
+
+def render_words(seed: int, n: int, words: Sequence[str] = WORDS, size: int = IMAGE_SIZE,
+                 workers: int | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Word images ``0 .. n-1`` of the synthetic-word set (:func:`render_word`), drawn in worker
+    processes as the world is (one per core for a large set; identical for any number).
+
+    Returns:
+        (uint8 images [n, size, size, 3], words, questions).
+    """
+    n_workers = _default_workers(n) if workers is None else int(workers)
+    if n_workers < 1:
+        raise InvalidInputError(f"workers must be >= 1, got {workers}")
+    jobs = [(int(seed), i, tuple(words), int(size)) for i in range(n)]
+    if n_workers == 1:
+        items = list(map(_synth_word_job, jobs))
+    else:
+        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            items = list(pool.map(_synth_word_job, jobs, chunksize=64))
+    if not items:
+        return np.zeros((0, size, size, 3), np.uint8), [], []
+    return np.stack([a for _, _, a in items]), [w for w, _, _ in items], [q for _, q, _ in items]
 
 
 def _draw_word(rng: np.random.Generator, image_id: str, fonts: Sequence[str],

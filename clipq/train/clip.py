@@ -63,6 +63,11 @@ class ClipTrainConfig:
     #: caption uses (multi-label, CapPa/VirTex-style bag of words); 0 turns it off. The head is used in
     #: training only and is not saved.
     word_loss: float = 0.0
+    #: wall-clock budget of the run: after ``calibrate_steps`` steps the run measures its own step time
+    #: and shortens itself to what fits (never beyond ``steps``); the schedule, ``hard_start`` and the
+    #: warm-up follow the new length. None: exactly ``steps`` steps, on any machine.
+    max_seconds: float | None = None
+    calibrate_steps: int = 20
     seed: int = 0
     log_every: int = 20
 
@@ -157,6 +162,7 @@ def train_clip(
     progress: bool = True,
     monitor: Callable[[int, torch.nn.Module], dict] | None = None,
     monitor_every: int = 0,
+    fit_steps: Callable[[float], int] | None = None,
 ) -> dict:
     """Train CLIP contrastively on the captions of ``data`` and write it to the artifacts ``out``.
 
@@ -167,6 +173,9 @@ def train_clip(
         cfg: training settings.
         monitor: called as ``monitor(step, clip)`` every ``monitor_every`` steps and at the end (for
             learning curves); what it returns is recorded in the summary.
+        fit_steps: called once with the measured seconds per step after ``cfg.calibrate_steps``
+            steps; returns how many steps to run (capped at ``cfg.steps``). A budget for a whole
+            pipeline (``TrainSettings.train_seconds``); ``cfg.max_seconds`` is CLIP's own.
     Returns:
         summary dict (steps, seconds, steps/s, precision, loss curve, final loss).
     Raises:
@@ -203,16 +212,20 @@ def train_clip(
     if words is not None:
         groups.append({"params": list(words.head.parameters()), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-    sched = cosine_with_warmup(opt, cfg.steps, cfg.warmup)
+    plan = _Plan(cfg, fit_steps)
+    sched = cosine_with_warmup(opt, lambda: plan.total, cfg.warmup)
     clip.train()
     clusters = None
-    hard_from = int(cfg.hard_start * cfg.steps) if cfg.hard_negatives else cfg.steps + 1
     t0 = time.perf_counter()
     losses: list[float] = []
     curve: list[dict] = []
     monitored: list[dict] = []
-    bar = tqdm(range(cfg.steps), desc="train clip", disable=not progress, mininterval=1.0)
-    for step in bar:
+    bar = tqdm(total=cfg.steps, desc="train clip", disable=not progress, mininterval=1.0)
+    step = -1
+    while step + 1 < plan.total:
+        step += 1
+        bar.update(1)
+        hard_from = plan.hard_from
         if step >= hard_from and (
             clusters is None or (cfg.batch_mode == "image_clusters" and (step - hard_from) % cfg.recluster_every == 0)
         ):
@@ -234,20 +247,29 @@ def train_clip(
             loss = loss + cfg.word_loss * words.loss(img, texts)
         contrastive_step(opt, sched, loss, clip)
         losses.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        plan.measured(step + 1, time.perf_counter() - t0)
+        if plan.total != bar.total:
+            bar.total = plan.total
+            bar.refresh()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == plan.total:
             recent = float(np.mean(losses[-cfg.log_every:]))
             curve.append({"step": step + 1, "loss": round(recent, 4), "s": round(time.perf_counter() - t0, 1)})
             bar.set_postfix(loss=f"{recent:.3f}")
-        if monitor is not None and monitor_every and (step + 1) % monitor_every == 0 and step + 1 < cfg.steps:
+        if monitor is not None and monitor_every and (step + 1) % monitor_every == 0 and step + 1 < plan.total:
             monitored.append({"step": step + 1, "s": round(time.perf_counter() - t0, 1), **_monitor(monitor, step + 1, clip)})
+    bar.close()
     seconds = time.perf_counter() - t0
+    steps = plan.total
     clip.eval()
     if monitor is not None:
-        monitored.append({"step": cfg.steps, "s": round(seconds, 1), **_monitor(monitor, cfg.steps, clip)})
+        monitored.append({"step": steps, "s": round(seconds, 1), **_monitor(monitor, steps, clip)})
     save_clip(m, clip)
     summary = {
-        "steps": cfg.steps, "batch_size": bs, "seconds": round(seconds, 1),
-        "steps_per_s": round(cfg.steps / max(seconds, 1e-9), 3), "precision": precision, "threads": n_threads,
+        "steps": steps, "steps_planned": cfg.steps, "max_seconds": cfg.max_seconds,
+        "budgeted": cfg.max_seconds is not None or fit_steps is not None,
+        "calibrated_s_per_step": None if plan.per_step is None else round(plan.per_step, 4), "batch_size": bs,
+        "seconds": round(seconds, 1), "hard_from_step": plan.hard_from if cfg.hard_negatives else None,
+        "steps_per_s": round(steps / max(seconds, 1e-9), 3), "precision": precision, "threads": n_threads,
         "final_loss": round(float(np.mean(losses[-20:])), 4), "hard_negatives": cfg.hard_negatives,
         "train_images": len(train.image_ids), "config": asdict(cfg), "loss_curve": curve,
     }
@@ -256,6 +278,37 @@ def train_clip(
     m.extra.setdefault("training", {})["clip"] = summary
     m.save()
     return summary
+
+
+class _Plan:
+    """The run's length: ``cfg.steps``, or what fits ``cfg.max_seconds`` once the first
+    ``cfg.calibrate_steps`` steps have been timed (decided once, before any hard batch is drawn)."""
+
+    def __init__(self, cfg: ClipTrainConfig, fit: Callable[[float], int] | None = None) -> None:
+        self.cfg = cfg
+        self.total = cfg.steps
+        self.fit = fit
+        self.decided = cfg.max_seconds is None and fit is None
+        self.per_step: float | None = None
+
+    @property
+    def hard_from(self) -> int:
+        c = self.cfg
+        return int(c.hard_start * self.total) if c.hard_negatives else self.total + 1
+
+    def measured(self, done: int, elapsed: float) -> None:
+        c = self.cfg
+        if self.decided or done < min(c.calibrate_steps, c.steps):
+            return
+        self.decided = True
+        per_step = self.per_step = elapsed / max(1, done)
+        fits = c.steps if self.fit is None else int(self.fit(per_step))
+        if c.max_seconds is not None:
+            fits = min(fits, int(float(c.max_seconds) / max(per_step, 1e-9)))
+        # at least one step past calibration and past the warm-up, so the cosine still decays
+        self.total = max(done + 1, min(c.steps, max(fits, c.warmup + 1)))
+        if self.total < c.steps:
+            log.info("CLIP: %.3f s per step: %d of %d steps fit the budget", per_step, self.total, c.steps)
 
 
 def _monitor(fn: Callable[[int, torch.nn.Module], dict], step: int, clip: torch.nn.Module) -> dict:

@@ -88,11 +88,19 @@ def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int | Callable[[], int],
+                       warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then a cosine down to 5 % of the learning rate at step ``total``.
+
+    ``total`` may be a callable, read at every step: a trainer with a time budget sets its length
+    once it has measured its own steps (``ClipTrainConfig.max_seconds``).
+    """
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        t = (step - warmup) / max(1, total - warmup)
+        n = total() if callable(total) else total
+        t = (step - warmup) / max(1, n - warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)

@@ -24,6 +24,16 @@ class TrainSettings:
     hard_negatives: bool = True
     precision: str = "auto"  # every trainer: bf16 autocast where the CPU has bf16 units, else fp32
     clip: dict[str, Any] = field(default_factory=dict)  # further ClipTrainConfig fields
+    #: a wall-clock budget for the whole run (None: the plan as set, however long). CLIP times its
+    #: first steps, the plan's full time is predicted from them (:func:`fit_share`), and CLIP and every
+    #: later trainer run the share of their steps that fits, so a slower CPU gets fewer steps, not a
+    #: longer run (the demo's 10 minutes)
+    train_seconds: float | None = None
+    #: the prediction's two measured ratios (docs/training.md#time): the whole plan's time over CLIP's
+    plan_over_clip: float = 2.6
+    #: and the share of the whole plan's time that does not shrink with the steps (scoring, embedding
+    #: the prompts, drawing the synthetic words)
+    fixed_share: float = 0.25
     vqa_variants: list[str] | None = None
     questions_per_epoch: int | None = None
     vqa_lr: float | None = None
@@ -49,8 +59,22 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
             cfg = replace(cfg, steps=s.clip_steps, warmup=min(cfg.warmup, max(1, s.clip_steps // 10)))
         if s.batch_size is not None:
             cfg = replace(cfg, batch_size=s.batch_size)
+        fit = None
+        if s.train_seconds is not None:
+            steps, budget = cfg.steps, float(s.train_seconds)
+
+            def fit(per_step: float) -> int:
+                return round(steps * fit_share(budget, per_step * steps * s.plan_over_clip, s.fixed_share))
+
         results["clip"] = train_clip(data, out, preset=s.preset, pretrained=s.pretrained, cfg=cfg,
-                                     threads=s.threads, progress=s.progress)
+                                     threads=s.threads, progress=s.progress, fit_steps=fit)
+    share = work_share(results.get("clip")) if s.train_seconds is not None else 1.0
+    if share < 1.0:
+        s = scaled_settings(s, share)
+        results["scaled"] = {"share": round(share, 3), "train_seconds": s.train_seconds,
+                             "why": "the whole plan, predicted from CLIP's measured steps, would not fit train_seconds",
+                             "settings": {k: getattr(s, k) for k in ("questions_per_epoch", "img2prompt_epochs")}
+                             | {"reading": s.reading}}
     if "baseline" in tasks:
         from .baseline import BaselineConfig, train_baseline
 
@@ -87,6 +111,48 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
         results["reading"] = train_reading(data, out, cfg=cfg_r, threads=s.threads, progress=s.progress)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def fit_share(budget: float, predicted: float, fixed_share: float) -> float:
+    """The share of every trainer's steps that fits ``budget`` seconds, where the whole plan is
+    predicted to take ``predicted`` seconds of which ``fixed_share`` does not shrink with the steps:
+    budget = predicted * (fixed + (1 - fixed) * share). Between 0.05 and 1."""
+    if predicted <= budget:
+        return 1.0
+    share = (budget / predicted - fixed_share) / max(1e-9, 1.0 - fixed_share)
+    return float(min(1.0, max(0.05, share)))
+
+
+def work_share(clip_run: dict | None) -> float:
+    """The share of its planned steps that CLIP's time budget let it run (1.0: all, or no budget)."""
+    if not clip_run or not clip_run.get("budgeted"):
+        return 1.0
+    return min(1.0, clip_run["steps"] / max(1, clip_run.get("steps_planned") or clip_run["steps"]))
+
+
+def scaled_settings(s: TrainSettings, share: float) -> TrainSettings:
+    """``s`` with the later trainers' amounts of work times ``share``: VQA's questions per epoch, the
+    reading rows' steps (each stage of the cross-entropy row too) and image -> prompt's epochs
+    (rounded, at least 1). Learning rates and schedules are left as they are: each trainer's
+    schedule is relative to its own length."""
+    from .img2prompt import Img2PromptConfig
+    from .reading import ReadingConfig
+    from .vqa import VQATrainConfig
+
+    def times(n: int) -> int:
+        return max(1, round(n * share))
+
+    rd, r = ReadingConfig(), dict(s.reading)
+    for key in ("ce_steps", "ce_text_steps"):
+        r[key] = times(r.get(key, s.reading_steps if s.reading_steps is not None else getattr(rd, key)))
+    q = s.questions_per_epoch or VQATrainConfig().questions_per_epoch
+    return replace(
+        s,
+        questions_per_epoch=times(q) if q else None,
+        img2prompt_epochs=times(s.img2prompt_epochs or Img2PromptConfig().epochs),
+        reading_steps=times(s.reading_steps if s.reading_steps is not None else rd.steps),
+        reading=r,
+    )
 
 
 def _recorded_clip_run(out: str) -> dict | None:

@@ -92,6 +92,22 @@ def test_workers_must_be_positive(tmp_path):
         generate_world(tmp_path / "w", size="small", progress=False, workers=0)
 
 
+def test_synthetic_words_are_the_same_in_worker_processes_and_match_render_word():
+    import numpy as np
+
+    from clipq.world import render_word, render_words
+
+    one, w1, q1 = render_words(3, 6, ("stop", "open", "exit"), size=32, workers=1)
+    two, w2, q2 = render_words(3, 6, ("stop", "open", "exit"), size=32, workers=2)
+    assert one.shape == (6, 32, 32, 3) and one.dtype == np.uint8
+    assert np.array_equal(one, two) and w1 == w2 and q1 == q2
+    word, question, image = render_word(3, 4, ("stop", "open", "exit"))
+    assert (w1[4], q1[4]) == (word, question)
+    assert np.array_equal(one[4], np.asarray(image.convert("RGB").resize((32, 32))))
+    with pytest.raises(InvalidInputError, match="workers"):
+        render_words(3, 2, workers=0)
+
+
 def test_other_seed_gives_other_files(world, world_cli):
     root, _ = world
     other, rc = world_cli

@@ -12,6 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default="medium", choices=["small", "medium"])
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--full", action="store_true",
+                   help="train the whole plan however long it takes (default: training keeps to its time budget, "
+                        "every trainer running fewer steps on a slower CPU, so the demo stays under 10 minutes)")
     p.set_defaults(func=run)
 
 
@@ -19,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from clipq.app.demo import run_demo
 
     run_demo(args.out, seed=args.seed, size=args.size, progress=not args.quiet,
-             stages=args.stages.split(",") if args.stages else None)
+             stages=args.stages.split(",") if args.stages else None, full=args.full)
     print(app_command(args.out))
     return 0
 
