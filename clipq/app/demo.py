@@ -16,7 +16,7 @@ from typing import Any
 
 from clipq.runtime.errors import ClipqError
 
-#: the demo's training budget: the whole demo in under 10 minutes on 2 quiet CPU cores
+#: the demo's training plan: the whole demo in under 10 minutes on 2 quiet CPU cores with bf16 units
 #: (measured 2026-12-03 on a 2-core EPYC, seed 0, bf16, channels-last, before fused Adam and with
 #: synthetic_ce at 800 steps: CLIP 700 steps 193 s, VQA's five variants 128 s, image -> prompt 57 s,
 #: reading 138 s of which synthetic_ce 110 s, the whole demo 10 min 47 s: hence fused Adam and 500 steps;

@@ -249,8 +249,9 @@ class _ScriptedMetrics:
 
 @pytest.mark.parametrize("drop", [0.5, 2.0])
 def test_task_metric_gate_keeps_or_removes_int8(exported, tmp_path, drop):
-    """int8 graphs that lose <= 1 point are kept with their deltas; losing more raises ParityError,
-    and the int8 graphs are gone from the manifest and the disk (the artifact stays consistent)."""
+    """int8 graphs that lose <= 1 point are kept with their deltas; losing more removes them from the
+    manifest and the disk (the artifact stays consistent) and the export goes on, or, with
+    ``require_int8``, raises ParityError."""
     import shutil
 
     root = tmp_path / "artifacts"
@@ -264,9 +265,10 @@ def test_task_metric_gate_keeps_or_removes_int8(exported, tmp_path, drop):
         m = Manifest.load(root)
         assert "int8" in m.model("clip_image").variants
         assert m.model("clip_image").parity["int8"]["task_metrics"] == {"recall@5": -drop, "vqa_accuracy": -drop}
-    else:
-        with pytest.raises(ParityError, match="embedded tasks"):
-            export_artifacts(root, opts, modules={"clip_image": exported[1]["clip_image"]})
+    else:  # the int8 graphs are removed and the export goes on (fp32 serves); require_int8 makes it an error
+        report = export_artifacts(root, opts, modules={"clip_image": exported[1]["clip_image"]})
+        assert report.task_metrics["rejected"]["int8"]["delta"] == {"recall@5": -drop, "vqa_accuracy": -drop}
+        assert "int8 not deployed" in report.markdown()
         m = Manifest.load(root)
         m.verify_all()
         for n in gate.calls[1]:  # every int8 graph the gate judged is gone
@@ -274,6 +276,17 @@ def test_task_metric_gate_keeps_or_removes_int8(exported, tmp_path, drop):
             assert not (root / "onnx" / f"{n}.int8.onnx").exists()
     assert gate.calls[0] == {n: "fp32" for n in m.models}
     assert gate.calls[1]["clip_image"] == "int8" and set(gate.calls[1].values()) == {"int8"}
+    if drop > 1.0:
+        strict = tmp_path / "strict"
+        shutil.copytree(exported[0], strict)
+        with pytest.raises(ParityError, match="embedded tasks"):
+            export_artifacts(strict, ExportOptions(int8=True, require_int8=True, networks=["clip_image"],
+                                                   task_metrics=_ScriptedMetrics(drop), timing_rounds=2,
+                                                   int8_recipes=(DYNAMIC,)),
+                             modules={"clip_image": exported[1]["clip_image"]})
+        m = Manifest.load(strict)
+        m.verify_all()
+        assert "int8" not in m.model("clip_image").variants
 
 
 def test_reading_towers_match_their_checkpoint_at_the_served_batches(tiny_artifacts, small_world, record_property):
@@ -324,3 +337,14 @@ def test_reading_towers_match_their_checkpoint_at_the_served_batches(tiny_artifa
     backend.close()
     record_property("parity", figures)
     print(json.dumps(figures))
+
+
+def test_int8_weights_keep_to_7_bits_only_on_x86_without_vnni():
+    from clipq.export.quantize import DYNAMIC, needs_reduce_range
+
+    assert needs_reduce_range({"avx2": True}) is True  # AVX2 only: vpmaddubsw saturates with 8-bit weights
+    assert needs_reduce_range({"avx2": True, "avx512_vnni": True}) is False
+    assert needs_reduce_range({"avx2": True, "avx_vnni": True}) is False
+    assert needs_reduce_range({"avx2": True, "amx_int8": True}) is False
+    assert needs_reduce_range({}) is False  # not x86 (or unknown): full 8 bits
+    assert DYNAMIC.to_dict()["reduce_range"] == needs_reduce_range()  # recorded with every recipe

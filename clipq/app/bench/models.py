@@ -318,7 +318,8 @@ def markdown(result: dict[str, Any]) -> str:
     for net, s in result.get("summary", {}).items():
         for k, v in s.items():
             lines.append(f"| {net} | {k} | {v:.4f} |" if "cos" in k else f"| {net} | {k} | {v:.2f} |")
-    lines += ["", "Peaks used for % of peak (cores x clock x MACs/cycle/core x 2):", ""]
+    lines += ["", "Peaks used for % of peak (cores x clock x MACs/cycle/core x 2; the clock is /proc/cpuinfo's "
+              "cpu MHz, which boost may exceed, so over 100 % can happen):", ""]
     for p, pk in (result.get("peaks") or {}).items():
         lines.append(f"- {p}: {pk['peak_tops']:.3f} TOPS ({pk['cores']} cores x {pk['ghz']:.2f} GHz x "
                      f"{pk['macs_per_cycle_per_core']} MACs/cycle via {pk['isa']}): {pk['assumes']}")
