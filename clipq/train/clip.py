@@ -281,8 +281,9 @@ def train_clip(
 
 
 class _Plan:
-    """The run's length: ``cfg.steps``, or what fits ``cfg.max_seconds`` once the first
-    ``cfg.calibrate_steps`` steps have been timed (decided once, before any hard batch is drawn)."""
+    """The run's length: ``cfg.steps``, or what fits ``cfg.max_seconds`` and/or ``fit`` (a caller's
+    budget, given the measured seconds per step) once the first ``cfg.calibrate_steps`` steps have
+    been timed; decided once, and ``hard_from`` follows it."""
 
     def __init__(self, cfg: ClipTrainConfig, fit: Callable[[float], int] | None = None) -> None:
         self.cfg = cfg
