@@ -617,15 +617,13 @@ def render_words(seed: int, n: int, words: Sequence[str] = WORDS, size: int = IM
     Returns:
         (uint8 images [n, size, size, 3], words, questions).
     """
-    n_workers = _default_workers(n) if workers is None else int(workers)
-    if n_workers < 1:
-        raise InvalidInputError(f"workers must be >= 1, got {workers}")
+    pool = _worker_pool(n, workers)
     jobs = [(int(seed), i, tuple(words), int(size)) for i in range(n)]
-    if n_workers == 1:
-        items = list(map(_synth_word_job, jobs))
-    else:
-        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            items = list(pool.map(_synth_word_job, jobs, chunksize=64))
+    try:
+        items = list(_ordered_map(_synth_word_job, jobs, _NullBar(), pool))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if not items:
         return np.zeros((0, size, size, 3), np.uint8), [], []
     return np.stack([a for _, _, a in items]), [w for w, _, _ in items], [q for _, q, _ in items]
@@ -862,6 +860,19 @@ class _NullBar:
 _PARALLEL_FROM = 2000
 
 
+def _worker_pool(total: int, workers: int | None) -> ProcessPoolExecutor | None:
+    """The processes that draw ``total`` images (None: draw in this process).
+
+    Raises:
+        InvalidInputError: ``workers`` below 1.
+    """
+    n_workers = _default_workers(total) if workers is None else int(workers)
+    if n_workers < 1:
+        raise InvalidInputError(f"workers must be >= 1, got {workers}")
+    # spawn, not fork: the caller may hold torch's or BLAS's thread pools, which do not survive a fork
+    return ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) if n_workers > 1 else None
+
+
 def _default_workers(total: int) -> int:
     """One process per usable core (at most 8) for a world worth it (a worker starts in about 0.3 s)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -909,12 +920,7 @@ def generate_world(out: str | os.PathLike[str], seed: int = 0, size: str = "medi
         bar: Any = tqdm(total=total, desc=f"world {size} seed {seed}", unit="img")
     else:
         bar = _NullBar()
-    n_workers = _default_workers(total) if workers is None else int(workers)
-    if n_workers < 1:
-        raise InvalidInputError(f"workers must be >= 1, got {workers}")
-    # spawn, not fork: the caller may hold torch's or BLAS's thread pools, which do not survive a fork
-    pool = (ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-            if n_workers > 1 else None)
+    pool = _worker_pool(total, workers)
     try:
         scene_stats = _write_scenes(root, seed, scene_counts, bar, pool)
         word_stats = _write_words(root, seed, word_counts, bar, pool)

@@ -24,8 +24,8 @@ def compare_task_metrics(fp32: Mapping[str, float], other: Mapping[str, float], 
     """
     deltas = {k: float(other[k] - fp32[k]) for k in fp32 if k in other}
     failed = {k: d for k, d in deltas.items() if -d > MAX_DROP.get(k, 1.0)}
-    report = {"fp32": dict(fp32), variant: dict(other), "delta": deltas, "passed": not failed}
+    detail = ", ".join(f"{k} {fp32[k]:.2f} -> {other[k]:.2f}" for k in failed)
+    report = {"fp32": dict(fp32), variant: dict(other), "delta": deltas, "passed": not failed, "why": detail}
     if failed and raise_on_fail:
-        detail = ", ".join(f"{k} {fp32[k]:.2f} -> {other[k]:.2f}" for k in failed)
         raise ParityError(f"{variant} graphs lose more than 1 point on the embedded tasks: {detail}")
     return report

@@ -567,7 +567,7 @@ def _drop_variant(m: Manifest, variant: str, networks: Sequence[str]) -> None:
 
 
 def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict[str, Any]:
-    from .gate import MAX_DROP, compare_task_metrics
+    from .gate import compare_task_metrics
 
     task_metrics = opts.task_metrics
     assert task_metrics is not None
@@ -599,8 +599,7 @@ def _task_parity(m: Manifest, opts: ExportOptions, report: ExportReport) -> dict
             _drop_variant(m, variant, list(chosen))
             if opts.require_int8 and variant == "int8":
                 compare_task_metrics(fp32, got, variant)  # raises ParityError naming the metrics
-            detail = ", ".join(f"{k} {fp32[k]:.2f} -> {got[k]:.2f}" for k, d in cmp["delta"].items()
-                               if -d > MAX_DROP.get(k, 1.0))
+            detail = cmp["why"]
             log.warning("%s graphs lose more than the task gate allows (%s): %s not deployed, fp32 serves",
                         variant, detail, variant)
             out.setdefault("rejected", {})[variant] = {"metrics": got, "delta": cmp["delta"], "why": detail}
