@@ -8,7 +8,7 @@ network as ``tensorrt_plan`` where the manifest has a ``plan`` variant of it (a 
 the export built) and on Triton's ``onnxruntime_onnx`` platform with the TensorRT accelerator
 otherwise. Both share the helpers (image decoding, tokenisation), Model B's KNN model and the
 repository's description (``clipq`` backend, on the CPU) and the ensembles. A new flavour is one
-:func:`register`-ed class.
+:func:`register`-ed class in a module of its own (:mod:`.cpu`, :mod:`.gpu`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from clipq.runtime.backends.remote import INFO_FORMAT, INFO_SCHEMA
-from clipq.runtime.engines import CPU_DEFAULT, DEFAULT_ENGINE
+from clipq.runtime.engines import DEFAULT_ENGINE
 from clipq.runtime.errors import ArtifactError
+from clipq.runtime.fusion import SETTINGS_KEY, Img2PromptSettings
 from clipq.runtime.manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec, atomic_write_json
 from clipq.runtime.specs import ENSEMBLE_HEAD
 
@@ -440,12 +441,16 @@ class Renderer:
             files[HEAD_FILE] = Path(rel).as_posix()
             models[ENSEMBLE_HEAD] = replace(spec, file=HEAD_FILE, variants={}, default_variant="fp32",
                                             meta={**spec.meta, "variant": variant, "source_file": rel})
-        mini_manifest(self.m, vdir, files, models=models, dims=dict(self.m.dims))
-        # a real query for the warm-up: unit vectors, alpha 0.5, one prompt
+        settings = Img2PromptSettings.from_manifest(self.m)
+        # the settings record travels in this model's manifest: the server's Model B reads K there
+        mini = dict(models=models, dims=dict(self.m.dims))
+        mini_manifest(self.m, vdir, files, **mini, extra={SETTINGS_KEY: settings.to_dict()})
+        # a real query for the warm-up: unit vectors, the settings' alpha, one prompt
         d, p = (int(t.shape[-1]) for t in model.inputs[:2])
         self._warmup_files(mdir, "knn", {"image_embeds": np.eye(1, d, dtype="<f4").tobytes(),
                                          "a_embeds": np.eye(1, p, dtype="<f4").tobytes(),
-                                         "alpha": np.array([0.5], "<f4").tobytes(), "n": np.array([1], "<i4").tobytes()})
+                                         "alpha": np.array([settings.alpha], "<f4").tobytes(),
+                                         "n": np.array([1], "<i4").tobytes()})
 
     def write_info(self, model: PlannedModel, mdir: Path, vdir: Path) -> None:
         """The repository's description (:func:`server_info`) as ``info.json``, listed in its own manifest."""
@@ -480,9 +485,9 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
     nets = {n: p.spec for n, p in plan.items() if p.kind == "network" and p.spec is not None}
     files = {rel: dict(m.files[rel]) for s in nets.values() for rel in (s.file, *s.variants.values()) if rel in m.files}
     knn = None
-    if any(p.kind == "knn" for p in plan.values()):
+    if any(p.kind == "knn" for p in plan.values()):  # Model B's data; its settings are extra["img2prompt"]
         cfg = json.loads(m.resolve(f"{KNN_DIR}/knn.json").read_text(encoding="utf-8"))
-        knn = {k: cfg.get(k) for k in ("k", "weighting", "temperature", "alpha", "count", "prompt_dim")}
+        knn = {k: cfg.get(k) for k in ("count", "prompt_dim")}
     return {
         "format": INFO_FORMAT, "schema_version": INFO_SCHEMA, "flavour": opt.flavour,
         "manifest": {
@@ -490,7 +495,8 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
             "preprocessing": dict(m.preprocessing), "tokenizers": {k: dict(v) for k, v in m.tokenizers.items()},
             "dims": dict(m.dims), "answer_vocab": list(m.answer_vocab),
             "models": {n: s.to_dict() for n, s in nets.items()}, "files": files,
-            "extra": {k: m.extra[k] for k in ("clip_model_id", "img2prompt", "reading") if k in m.extra},
+            "extra": {**{k: m.extra[k] for k in ("clip_model_id", "reading") if k in m.extra},
+                      SETTINGS_KEY: Img2PromptSettings.from_manifest(m).to_dict()},
         },
         "models": {name: {"kind": p.kind, "max_batch_size": p.max_batch_size} for name, p in plan.items()},
         "knn": knn,
@@ -513,116 +519,9 @@ def renderer(m: Manifest, opt: RenderOptions, plan: Mapping[str, PlannedModel] |
     return RENDERERS[opt.flavour](m, opt, plan)
 
 
-@register
-class CpuPythonRenderer(Renderer):
-    """Networks on the ``clipq`` backend: an engine of the registry inside the Python backend stub.
 
-    With neither ``engine`` nor ``variant`` forced, a network whose manifest records a CPU default
-    ships that graph (e.g. ``model.xml`` + ``model.bin``, an OpenVINO IR) next to onnxruntime's
-    default graph (``model.onnx``), both in its small manifest with the record, and its config
-    names the engine :data:`~clipq.runtime.engines.CPU_DEFAULT`: the backend then opens
-    :func:`~clipq.runtime.engines.open_cpu_default` over that manifest, so the serving host's CPU
-    flags decide at load time exactly as in process (a mismatch runs ``model.onnx`` with a notice
-    in the server's log).
-    """
-
-    flavour = "cpu-python"
-
-    def network_head(self, model: PlannedModel) -> dict[str, Any]:
-        return {"backend": BACKEND_NAME}
-
-    def cpu_default(self, spec: ModelSpec) -> tuple[str, str] | None:
-        """The recorded (engine, variant) served for ``spec``, or None (forced options, no record, no graph)."""
-        if self.opt.engine is not None or self.opt.variant is not None:
-            return None
-        rec = spec.meta.get("cpu_default") or {}
-        eng, var = rec.get("engine"), rec.get("variant")
-        if not eng or not var or (var != "fp32" and var not in spec.variants):
-            return None
-        return str(eng), str(var)
-
-    @staticmethod
-    def _file_name(spec: ModelSpec, variant: str, first: bool) -> str:
-        if spec.file_for(variant).endswith(".xml"):
-            return "model.xml"
-        return "model.onnx" if first else f"model.{variant}.onnx"
-
-    def graph(self, model: PlannedModel) -> tuple[str, str]:
-        assert model.spec is not None
-        choice = self.cpu_default(model.spec)
-        if choice is None:
-            return self.opt.variant or model.spec.default_variant, "model.onnx"
-        return choice[1], self._chosen_name(model.spec, choice[1])
-
-    def _chosen_name(self, spec: ModelSpec, var: str) -> str:
-        fallback = spec.default_variant
-        if var == fallback:
-            return "model.onnx"
-        return self._file_name(spec, var, first=var == "fp32")
-
-    def served_graphs(self, model: PlannedModel) -> tuple[ModelSpec, dict[str, str], Served]:
-        spec = model.spec
-        assert spec is not None
-        choice = self.cpu_default(spec)
-        if choice is None:
-            return super().served_graphs(model)
-        eng, var = choice
-        fallback = spec.default_variant
-        rec = dict(spec.meta["cpu_default"])
-        rel_of = {v: Path(spec.file_for(v)).as_posix() for v in {var, fallback}}
-        if "fp32" in (var, fallback):
-            # the small manifest mirrors the source: model.onnx is the fp32 graph, the other keeps its name
-            other = fallback if var == "fp32" else var
-            names = {"fp32": "model.onnx"}
-            if other != "fp32":
-                names[other] = self._file_name(spec, other, first=False)
-            small = replace(spec, file="model.onnx", variants={v: n for v, n in names.items() if v != "fp32"},
-                            default_variant=fallback)
-            key = var
-        else:
-            # onnxruntime's default is the fp32 slot of the small manifest (as without a record)
-            names = {fallback: "model.onnx"}
-            if var != fallback:
-                names[var] = self._chosen_name(spec, var)
-            small = replace(spec, file="model.onnx", variants={v: n for v, n in names.items() if v != fallback},
-                            default_variant="fp32")
-            key = "fp32" if var == fallback else var
-        meta = {**spec.meta, "variant": var, "source_file": rel_of[var], "served_file": names[var],
-                "cpu_default": {**rec, "variant": key},
-                "fallback": {"engine": DEFAULT_ENGINE, "variant": fallback, "file": names[fallback]}}
-        if key != var and isinstance(spec.meta.get("openvino"), Mapping) and var in spec.meta["openvino"]:
-            meta["openvino"] = {**spec.meta["openvino"], key: spec.meta["openvino"][var]}
-        small = replace(small, meta=meta)
-        graphs = {names[v]: rel_of[v] for v in names}
-        return small, graphs, Served(var, self._sha(rel_of[var]))
-
-    def _engine_params(self, model: PlannedModel, served: Served | None) -> dict[str, Any]:
-        assert model.spec is not None
-        engine = self.opt.engine or (CPU_DEFAULT if self.cpu_default(model.spec) else DEFAULT_ENGINE)
-        return {"clipq_engine": engine, "clipq_threads": self.opt.intra_op_threads, "clipq_spin": int(self.opt.allow_spinning),
-                # the instances are KIND_CPU: no GPU provider, whatever the installed onnxruntime offers
-                "clipq_providers": "CPUExecutionProvider"}
-
-    def network(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
-        cfg = self._network(model, "KIND_CPU")
-        return self._tail(model, cfg, {**self._served(served), "clipq_role": "network",
-                                       **self._engine_params(model, served)})
-
-    def fused(self, model: PlannedModel, served: Served | None = None) -> dict[str, Any]:
-        """Helper and network in one instance: batched like the network, warmed up with a real request."""
-        assert model.spec is not None
-        cfg = self._network(model, "KIND_CPU")
-        params: dict[str, Any] = {**self._served(served), "clipq_role": "fused", "clipq_helper": model.fused_helper,
-                                  "clipq_network": model.spec.name, **self._engine_params(model, served)}
-        if model.fused_helper == "tokenize":
-            params.update({"clipq_tokenizer": model.tokenizer, "clipq_tokenizers": TOKENIZERS_FROM_MODEL})
-        elif self.opt.max_pixels is not None:
-            params["clipq_max_pixels"] = self.opt.max_pixels
-        return self._tail(model, cfg, params)
-
-
-# the gpu flavour registers itself; it needs the classes above
-from . import gpu  # noqa: E402,F401
+# the flavours register themselves (cpu-python, the default, first); they need the classes above
+from . import cpu, gpu  # noqa: E402,F401
 
 FLAVOURS = tuple(RENDERERS)
 
