@@ -169,7 +169,9 @@ def run_delete(args: argparse.Namespace) -> int:
     with ImageIndex.edit(args.index) as index:
         n = index.delete(args.ids)
     if args.json:
-        print_json({"action": "deleted", "index": args.index, "deleted": n, **index.info()})
+        # index.info()'s "deleted" is what awaits the graph's rebuild: this call's count goes after it
+        print_json({"action": "deleted", "index": args.index, **index.info(), "deleted": n,
+                    "awaiting_rebuild": index.deleted_count})
     else:
         print(f"deleted: {args.index}: {n} items, {len(index)} left ({index.deleted_count} awaiting rebuild)")
     return 0
