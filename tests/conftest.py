@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 
 import pytest
+from _require import SWITCH, require_module, required
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_report_header(config):
+    if required():
+        return f"{SWITCH}=1: a missing package, libpython or browser that `make install` provides fails its tests"
+    return f"{SWITCH} unset: tests whose packages or system pieces are missing are skipped (make test sets it)"
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +80,7 @@ def tiny_ov_artifacts(tmp_path_factory, tiny_artifacts):
     """
     import shutil
 
-    pytest.importorskip("openvino")
+    require_module("openvino")
     from clipq.export.openvino import OV_DIR, to_ir
     from clipq.runtime.backends.common import cpu_facts
     from clipq.runtime.manifest import Manifest

@@ -14,34 +14,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _require import CHROMEDRIVER, chromium, require_browser, require_module
 
-pytest.importorskip("fastapi", reason="the web app needs clipq[app] (fastapi)")
-pytest.importorskip("selenium", reason="the browser test needs selenium (clipq[app])")
+require_module("fastapi")
+require_module("selenium")
 
 pytestmark = pytest.mark.timeout(300)
 
-DRIVER = os.environ.get("CLIPQ_CHROMEDRIVER", "/usr/bin/chromedriver")
+DRIVER = CHROMEDRIVER  # $CLIPQ_CHROMEDRIVER, default /usr/bin/chromedriver
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
          "--disable-dev-shm-usage")
 ROOT = Path(__file__).resolve().parents[2]
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _skip_reason() -> str | None:
-    if _chromium() is None:
-        return "chromium is not installed (Debian: apt-get install chromium chromium-driver; or `make browser`)"
-    if not os.access(DRIVER, os.X_OK):
-        return f"chromedriver not found at {DRIVER} (Debian: apt-get install chromium-driver; or `make browser`)"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +37,7 @@ def app_url(tiny_artifacts, small_world, tmp_path_factory):
     from clipq.app.web.settings import AppSettings
     from clipq.runtime.index import ImageIndex
 
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_browser()
     meta = caption_metadata(small_world / "captions" / "test.csv")
     for m in meta.values():
         m["colour"] = next((w for w in m["caption"].split() if w in COLOURS), "none")
@@ -76,7 +59,7 @@ def driver(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    opts.binary_location = _chromium()
+    opts.binary_location = chromium()
     for f in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(f)
     d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)

@@ -4,19 +4,19 @@ One server (module scope) serves the repository rendered from the deploy bundle 
 artifacts (``Manifest.bundle``: no PyTorch checkpoints). The same ask, search and describe run in
 process on the bundle, through the server with the bundle's manifest, and through a thin client
 that has nothing but the URL; results agree within cosine 1e-5 and errors keep their type and the
-item's index. At the end: the remote client's tests that need no server. Server tests are skipped,
-with the reason, only where no tritonserver or no shared libpython can be found.
+item's index. At the end: the remote client's tests that need no server. Where no tritonserver or no
+shared libpython can be found the server tests are skipped, or fail under ``make test`` (tests/_require.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module, require_triton
 
 from clipq.runtime.errors import (
     ArtifactError,
@@ -27,32 +27,17 @@ from clipq.runtime.errors import (
     InvalidImageError,
     InvalidInputError,
     InvalidTextError,
-    ServerError,
     ShapeError,
 )
 from clipq.runtime.manifest import Manifest
 
 pytestmark = [pytest.mark.timeout(300)]
-pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
-pytest.importorskip("tritonclient.http", reason="the Triton client needs tritonclient[grpc,http]")
+require_module("tritonclient.grpc")
+require_module("tritonclient.http")
 triton = pytest.mark.triton
 ATOL = 1e-5
 MIN_COS = 1 - 1e-5
 TEXTS = ["a red circle on the left", "two blue squares " * 30, "green"]  # the second is cut at max_length
-
-
-def _skip_reason() -> str | None:
-    from clipq.serving.launcher import find_libpython, find_tritonserver
-
-    try:
-        inst = find_tritonserver()
-    except ServerError as e:
-        return str(e)
-    if inst.source == "pytriton" and (inst.stub_for() is None or find_libpython() is None):
-        return f"no Python backend stub or libpython{sys.version_info[0]}.{sys.version_info[1]} for {inst.binary}"
-    if inst.source != "pytriton" and not inst.has_backend("python"):
-        return f"{inst.binary} has no Python backend"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +58,7 @@ def server(bundle, tmp_path_factory):
     from clipq.serving import RenderOptions, render_repository
     from clipq.serving.server import TritonServer
 
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     # fp32, so that remote results can be compared with in-process fp32 at 1e-5
     repo = render_repository(bundle, tmp_path_factory.mktemp("repo") / "r", RenderOptions(variant="fp32"))
     with TritonServer(repo.path) as srv:

@@ -2,8 +2,8 @@
 
 One server (module scope) serves the whole repository rendered from the tiny artifacts; the
 parametrised suite at the end runs the same assertions against the in-process backend and the
-Triton backend over gRPC and HTTP. Skipped, with the reason, only where no tritonserver or no
-shared libpython can be found.
+Triton backend over gRPC and HTTP. Where no tritonserver or no shared libpython can be found the
+server tests are skipped, with the reason, or fail under ``make test`` (tests/_require.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module, require_triton
 
 from clipq.runtime.errors import (
     BackendUnavailable,
@@ -34,29 +35,12 @@ from clipq.runtime.manifest import Manifest
 from clipq.serving import RenderOptions, render_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
-pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
-pytest.importorskip("tritonclient.http", reason="the Triton client needs tritonclient[grpc,http]")
+require_module("tritonclient.grpc")
+require_module("tritonclient.http")
 
 NETWORKS = ("clip_image", "clip_text", "vqa", "img2prompt_a", "ensemble_head", "prompt_text", "reading_image",
             "reading_text")
 ATOL = 1e-5
-
-
-def _skip_reason() -> str | None:
-    from clipq.serving.launcher import find_libpython, find_tritonserver
-
-    try:
-        inst = find_tritonserver()
-    except ServerError as e:
-        return str(e)
-    if inst.source == "pytriton":
-        if inst.stub_for() is None:
-            return f"no Python backend stub for Python {sys.version_info[0]}.{sys.version_info[1]} in {inst.stubs_dir}"
-        if find_libpython() is None:
-            return f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0 not found (`make libpython`)"
-    elif not inst.has_backend("python"):
-        return f"{inst.binary} has no Python backend"
-    return None
 
 
 def _shm_left(prefix: str) -> list[str]:
@@ -78,9 +62,7 @@ def manifest(artifacts) -> Manifest:
 def server(artifacts, tmp_path_factory):
     from clipq.serving.server import TritonServer
 
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     # fp32 everywhere, so the remote results can be compared with in-process fp32 at 1e-5
     repo = render_repository(artifacts, tmp_path_factory.mktemp("repo") / "rendered", RenderOptions(variant="fp32"))
     # every Python-run model runs the one clipq backend: none carries a model.py of its own
@@ -208,8 +190,7 @@ def test_a_bad_image_fails_only_its_own_request(server, manifest):
 def test_a_model_that_fails_to_load_gives_a_clear_error(artifacts, tmp_path):
     from clipq.serving.server import TritonServer
 
-    if _skip_reason():
-        pytest.skip(_skip_reason())
+    require_triton()
     rendered = render_repository(artifacts, tmp_path / "r", RenderOptions(warmup=False), models=["clip_image"])
     repo = rendered.path
     graph = rendered.model_repository / "clip_image" / "1" / "model.onnx"
@@ -229,8 +210,7 @@ def test_a_model_that_fails_to_load_gives_a_clear_error(artifacts, tmp_path):
 def test_shutdown_leaves_no_process_behind(artifacts, tmp_path):
     from clipq.serving.server import TritonServer, _alive, _children
 
-    if _skip_reason():
-        pytest.skip(_skip_reason())
+    require_triton()
     repo = render_repository(artifacts, tmp_path / "r", models=["clip_text", "tokenize_clip", "embed_text"]).path
     with TritonServer(repo) as srv:
         pid = srv.pid
@@ -242,8 +222,7 @@ def test_shutdown_leaves_no_process_behind(artifacts, tmp_path):
 
 
 def test_clipq_serve_command_starts_prints_endpoints_and_stops_on_sigint(artifacts, tmp_path):
-    if _skip_reason():
-        pytest.skip(_skip_reason())
+    require_triton()
     # only this command module: `clipq serve` as the console script runs it
     script = (
         "import argparse, sys\n"
@@ -307,8 +286,7 @@ def backend(request, manifest):
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_networks_agree_with_in_process_fp32(backend, reference, manifest, name):
-    if name not in manifest.models:
-        pytest.skip(f"{name} not in the artifacts")
+    assert name in manifest.models, f"{name} not in the tiny artifacts (tests/conftest.py trains every task)"
     feeds = _inputs(manifest, name, 3, seed=1)
     got, want = backend.infer(name, feeds), reference.infer(name, feeds)
     assert set(got) == set(want)

@@ -6,30 +6,14 @@ import argparse
 import json
 
 import pytest
+from _require import require_module, require_triton
 
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
-pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
-
-
-def _skip_reason() -> str | None:
-    import sys
-
-    from clipq.runtime.errors import ServerError
-    from clipq.serving.launcher import find_libpython, find_tritonserver
-
-    try:
-        inst = find_tritonserver()
-    except ServerError as e:
-        return str(e)
-    if inst.source == "pytriton" and (inst.stub_for() is None or find_libpython() is None):
-        return f"the Python backend cannot run Python {sys.version_info[0]}.{sys.version_info[1]} here"
-    return None
+pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]
+require_module("tritonclient.grpc")
 
 
 def test_quick_bench_writes_json_markdown_and_png(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     from clipq.app.bench import triton
 
     p = argparse.ArgumentParser()

@@ -5,7 +5,8 @@ default measured on this host). The ``cpu-python`` repository rendered with defa
 each tower's IR next to onnxruntime's default graph, and serves ``embed_image`` / ``embed_text`` as
 fused models. ``clip_text``'s small manifest is then edited to say it was measured on a CPU with
 other flags, so the same server also shows the fallback: onnxruntime's default, with the notice in
-the server's log. Skipped, with the reason, where no tritonserver can run.
+the server's log. Where no tritonserver can run: skipped, or a failure under ``make test``
+(tests/_require.py).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import threading
 
 import numpy as np
 import pytest
+from _require import require_module, require_triton
 
 from clipq.runtime.errors import InvalidImageError, InvalidTextError
 from clipq.runtime.manifest import Manifest
 from clipq.serving import render_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
-pytest.importorskip("tritonclient.grpc", reason="the Triton client needs tritonclient[grpc,http]")
-pytest.importorskip("openvino")
+require_module("tritonclient.grpc")
+require_module("openvino")
 
 ATOL = 1e-5
 
@@ -38,14 +40,10 @@ def _png(color=(200, 30, 30), size=(48, 36)) -> bytes:
 
 @pytest.fixture(scope="module")
 def served(tiny_ov_artifacts, tmp_path_factory):
-    from test_triton import _skip_reason  # the same reasons as the main server tests (tests/integration)
-
     from clipq.runtime.backends.common import cpu_facts
     from clipq.serving.server import TritonServer
 
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     repo = render_repository(tiny_ov_artifacts, tmp_path_factory.mktemp("repo") / "rendered",
                              models=["clip_image", "clip_text", "preprocess_image", "tokenize_clip", "embed_image",
                                      "embed_text", "clipq_info"])

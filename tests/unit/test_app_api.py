@@ -14,16 +14,20 @@ import time
 
 import numpy as np
 import pytest
+from _require import require_module, require_triton
 
-pytest.importorskip("fastapi", reason="the web app needs clipq[app] (fastapi)")
-httpx = pytest.importorskip("httpx", reason="the API tests need httpx (clipq[app])")
-pytest.importorskip("prometheus_client", reason="/metrics needs prometheus_client (clipq[app])")
+require_module("fastapi")
+httpx = require_module("httpx")
+require_module("prometheus_client")
 
 pytestmark = pytest.mark.timeout(300)
 
 SHAPES = [("red", "circle"), ("blue", "square"), ("green", "circle"), ("red", "square"), ("yellow", "circle"),
           ("blue", "circle")]
 RGB = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 30)}
+#: OpenAI's error ``type`` for each status the API answers with (written out here, not read from the app)
+ERROR_TYPES = {**dict.fromkeys((400, 404, 405, 413, 415, 422), "invalid_request_error"), 500: "server_error",
+               501: "not_implemented", 502: "server_error", 503: "service_unavailable", 504: "timeout"}
 LIMITS = dict(max_inputs=8, max_images=4, max_text_chars=400, max_request_bytes=2_000_000,
               max_image_bytes=1_000_000, max_image_pixels=400 * 400, timeout_s=60.0)
 
@@ -102,7 +106,7 @@ def _error(r, status: int, code: str | None = None, param: str | None = None, wo
     if param is not None:
         assert err["param"] == param, err
     assert words.lower() in err["message"].lower(), err
-    assert err["type"] == ("invalid_request_error" if status < 500 else err["type"])
+    assert err["type"] == ERROR_TYPES[status], err
     return err
 
 
@@ -266,13 +270,14 @@ def test_ask_by_id_and_upload_equals_vqa_in_process(client, runtime, index_dir):
     vqa = rt.VqaModel(runtime[0])
     png = _png("blue", "square")
     q = "what color is the square?"
-    want = vqa.ask([png], [q], top_k=3)[0]
+    want_png = vqa.ask([png], [q], top_k=3)[0]
     # by id, the app answers from the index's stored embedding (encoded in the index's batches: the
     # dynamic int8 graph scales per batch, so it is compared with VQA on that same vector)
     stored = ImageIndex.load(index_dir).get_vectors(["img_1"])
     want_id = vqa.ask_embeds(stored, [q], top_k=3)[0]
-    for kw, want in (({"json": {"image": _uri(png), "question": q, "top_k": 3}}, want),
-                     ({"data": {"question": q, "top_k": "3"}, "files": {"image": ("s.png", png, "image/png")}}, want),
+    for kw, want in (({"json": {"image": _uri(png), "question": q, "top_k": 3}}, want_png),
+                     ({"data": {"question": q, "top_k": "3"}, "files": {"image": ("s.png", png, "image/png")}},
+                      want_png),
                      ({"json": {"id": "img_1", "question": q, "top_k": 3}}, want_id)):
         r = client.post("/v1/ask", **kw)
         assert r.status_code == 200, r.text
@@ -288,14 +293,11 @@ def test_ask_by_id_and_upload_equals_vqa_in_process(client, runtime, index_dir):
 
 def test_describe_equals_describe_in_process(client, runtime, tiny_artifacts):
     import clipq.runtime as rt
-    from clipq.runtime.fusion import KnnPromptFusion, describe
 
-    m = runtime[0].manifest
-    fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=runtime[1])
-    alpha = float((m.extra.get("img2prompt") or {}).get("alpha", fusion.alpha))
+    task = rt.ImageToPrompt(runtime[0])
+    alpha = task.settings.alpha
     png = _png("green", "circle")
-    want = describe([png], clip=runtime[1], regressor=rt.PromptRegressor(runtime[0]), fusion=fusion,
-                    head=rt.EnsembleHead(runtime[0]), alpha=alpha, n=3)[0]
+    want = task.describe([png], n=3)[0]
     r = client.post("/v1/describe", json={"image": _uri(png), "n": 3, "embedding": True})
     assert r.status_code == 200, r.text
     d = r.json()
@@ -304,6 +306,7 @@ def test_describe_equals_describe_in_process(client, runtime, tiny_artifacts):
     by_id = client.post("/v1/describe", json={"id": "img_2", "n": 2}).json()
     assert len(by_id["closest"]) == 2 and "embedding" not in by_id
     _error(client.post("/v1/describe", json={"id": "img_2", "n": 0}), 400, "out_of_range", "n")
+    _error(client.post("/v1/describe", json={"id": "img_2", "alpha": 1.5}), 400, "out_of_range", "alpha", "[0, 1]")
 
 
 # -- health, metrics, the page ------------------------------------------------------------------------------
@@ -399,13 +402,34 @@ def test_cli_registers_the_app_command():
         settings_from(build_parser().parse_args(["app", "--max-inputs", "0"]))
 
 
+def test_bench_app_fails_when_triton_does_not_start(tiny_artifacts, tmp_path, monkeypatch):
+    """No silent "skipped" Triton column: a server that cannot start is the benchmark's error, with its reason."""
+    import contextlib
+
+    import clipq.serving.server as server_module
+    from clipq.app.bench import app as bench_app
+    from clipq.runtime.errors import ServerError
+    from clipq.runtime.manifest import Manifest
+
+    class Broken:
+        def __init__(self, *a, **kw):
+            raise ServerError("tritonserver exited: libpython3.11.so.1.0: cannot open shared object file")
+
+    monkeypatch.setattr(server_module, "TritonServer", Broken)
+    with contextlib.ExitStack() as stack, pytest.raises(ServerError, match="--app-triton-protocols ''") as info:
+        bench_app._start_triton(Manifest.load(tiny_artifacts), tmp_path, stack)
+    assert "libpython3.11.so.1.0: cannot open shared object file" in str(info.value)
+
+
 @pytest.mark.triton
+@pytest.mark.slow
 def test_bench_app_quick_writes_json_markdown_and_png(tiny_artifacts, tmp_path):
     import argparse
     import json
 
     from clipq.app.bench import app as bench_app
 
+    require_triton()  # the Triton column is measured, or the benchmark fails
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
@@ -416,37 +440,21 @@ def test_bench_app_quick_writes_json_markdown_and_png(tiny_artifacts, tmp_path):
     cells = {(c["workload"], c["mode"], c["concurrency"]): c for c in result["cells"]}
     for w in ("text", "image"):
         for conc in (1, 16):
-            for mode in ("in-process", "app", *(() if "triton" in result["skipped"] else ("triton-grpc", "triton-http"))):
+            for mode in ("in-process", "app", "triton-grpc", "triton-http"):
                 c = cells[(w, mode, conc)]
                 assert c["errors"] == 0 and c["requests"] >= 16 and c["p50_ms"] > 0 and c["throughput_rps"] > 0
-    assert result["skipped"].get("triton", "x")  # measured, or a reason why not
+    assert result["skipped"] == {} and result["environment"]["server_version"]
+    assert {(r["workload"], r["concurrency"]) for r in result["http_cost"] if "vs_triton-grpc_p50_ms" in r
+            and "vs_triton-http_throughput_ratio" in r} == {(w, c) for w in ("text", "image") for c in (1, 16)}
     assert {r["workload"] for r in result["http_cost"]} == {"text", "image"}
     md = (tmp_path / "app.md").read_text()
     assert "| workload | concurrency | in-process req/s" in md and "## The HTTP layer's cost" in md
     assert (tmp_path / "app.png").stat().st_size > 1000
 
 
-def _triton_skip_reason() -> str | None:
-    import sys
-
-    from clipq.runtime.errors import ServerError
-    from clipq.serving.launcher import find_libpython, find_tritonserver
-
-    try:
-        inst = find_tritonserver()
-    except ServerError as e:
-        return str(e)
-    if inst.source == "pytriton" and (inst.stub_for() is None or find_libpython() is None):
-        return f"the Python backend cannot run Python {sys.version_info[0]}.{sys.version_info[1]} here"
-    return None
-
-
 @pytest.mark.triton
 def test_the_app_over_a_triton_server_needs_no_local_artifacts(tiny_artifacts, runtime, tmp_path):
-    pytest.importorskip("tritonclient.grpc", reason="--server needs tritonclient[grpc,http]")
-    reason = _triton_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     from clipq.app.web.server import create_app, open_services, serve_in_thread
     from clipq.app.web.settings import AppSettings
     from clipq.runtime.manifest import Manifest

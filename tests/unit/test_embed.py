@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 from PIL import Image
 
 from clipq.app.cli import main
@@ -109,7 +110,7 @@ def test_resume_after_an_interrupted_job(collection, tiny_artifacts, reference, 
 
 
 def test_local_ray_two_workers_give_the_same_shards(collection, tiny_artifacts, reference, tmp_path):
-    pytest.importorskip("ray")
+    require_module("ray")
     s = embed_collection([collection], tmp_path / "out", artifacts=str(tiny_artifacts), variant="fp32", ray=True, workers=2,
                          shard_size=64, threads=1, progress=False)
     assert s.mode == "ray" and s.shards == 5

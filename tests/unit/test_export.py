@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("transformers")
+torch = require_module("torch")
+onnx = require_module("onnx")
+require_module("transformers")
 
 from clipq.export import ExportOptions, export_artifacts  # noqa: E402
 from clipq.export.parity import FP32, REDUCED, check_parity, compare  # noqa: E402

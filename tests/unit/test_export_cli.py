@@ -6,9 +6,10 @@ import json
 import shutil
 
 import pytest
+from _require import require_module
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+require_module("torch")
+require_module("transformers")
 
 from clipq.app.cli import main  # noqa: E402
 from clipq.runtime.manifest import Manifest  # noqa: E402

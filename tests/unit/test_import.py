@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = require_module("torch")
+transformers = require_module("transformers")
 
 from clipq.app.cli import main  # noqa: E402
 from clipq.app.importer import import_checkpoint  # noqa: E402

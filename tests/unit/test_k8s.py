@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _require import require_module
 
-yaml = pytest.importorskip("yaml")
+yaml = require_module("yaml")
 
 from clipq.app.cli import main  # noqa: E402
 from clipq.app.k8s import PORTS, QUEUE_METRIC, K8sOptions, write_manifests  # noqa: E402
@@ -86,7 +87,7 @@ def test_kserve_runtime_and_inference_service(gpu_repository, tmp_path):
 
 
 def test_core_resources_validate_against_the_kubernetes_schemas(gpu_repository, tmp_path):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    kv = require_module("kubernetes_validate")
     files = write_manifests(gpu_repository, tmp_path)
     checked = 0
     for path in files.values():

@@ -14,10 +14,11 @@ import shutil
 
 import numpy as np
 import pytest
+from _require import require_module
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-pytest.importorskip("torch")
+require_module("openvino")
+require_module("nncf")
+require_module("torch")
 
 from clipq.export.parity import compare  # noqa: E402
 from clipq.runtime.backends.common import cpu_facts  # noqa: E402

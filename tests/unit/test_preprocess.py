@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 from PIL import Image
 
 from clipq.runtime.errors import DTypeError, InvalidImageError, ShapeError
@@ -24,7 +25,7 @@ TOL = 1e-5
 
 
 def _skimage_dir() -> Path:
-    skimage = pytest.importorskip("skimage")
+    skimage = require_module("skimage")
     return Path(os.path.dirname(skimage.__file__)) / "data"
 
 
@@ -35,7 +36,7 @@ PHOTOS = ["astronaut.png", "camera.png", "horse.png", "chelsea.png", "hubble_dee
 
 @pytest.mark.parametrize("size", [224, 64])
 def test_matches_clip_image_processor_on_real_photos(size):
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     from transformers.image_utils import load_image
 
     proc = transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -54,7 +55,7 @@ def test_matches_clip_image_processor_on_real_photos(size):
 
 def test_tiny_images_are_accepted_as_clip_image_processor_does():
     """A 1x1 PNG (and 1xN, Nx1) is a valid image: upsampled, as transformers does, not refused."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
 
     proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pre = ImagePreprocessor(32, proc.image_mean, proc.image_std)

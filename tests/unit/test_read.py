@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.runtime.backends.ort import OrtBackend
 from clipq.runtime.errors import (
@@ -52,7 +53,7 @@ def ort(manifest):
 
 def _torch_scores(manifest, paths, questions, candidates, checkpoint: str) -> np.ndarray:
     """Training's scorer on a CLIP checkpoint, fed the runtime's pixels (only the engine differs)."""
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     from clipq.models.io import load_clip, load_tokenizer
     from clipq.runtime.preprocess import ImagePreprocessor
     from clipq.train.reading import candidate_scores
@@ -98,7 +99,7 @@ def test_read_matches_trainings_scores_on_onnxruntime(ort, manifest, words):
 
 
 def test_read_matches_trainings_scores_on_openvino(manifest, words):
-    pytest.importorskip("openvino")
+    require_module("openvino")
     from clipq.runtime.backends.openvino import OpenVinoBackend
 
     with OpenVinoBackend(manifest, variant="fp32", precision="f32", threads=1) as b:

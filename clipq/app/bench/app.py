@@ -9,7 +9,8 @@ for the app, raw bytes for Triton), per request; concurrency 1 and 16 by default
 manifest's default graph variants. Every (workload, concurrency) measures each mode in turn and
 again in reverse order (ABBA), so background load on a shared machine falls on all alike.
 
-The Triton column is left out, with the reason, where tritonserver cannot start here. Writes
+Where tritonserver cannot start the benchmark fails with the server's reason; ``--app-triton-protocols ''``
+leaves the Triton column out on purpose. Writes
 ``<out>/app.json``, ``app.md`` and ``app.png``. Imports only the standard library at module level.
 """
 
@@ -43,7 +44,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--app-seconds", type=float, default=5.0, help="minimum seconds per cell")
     parser.add_argument("--app-requests", type=int, default=64, help="minimum requests per cell")
     parser.add_argument("--app-workers", type=int, default=4, help="the app's thread pool (clipq app --workers)")
-    parser.add_argument("--app-triton-protocols", default="grpc,http", help="Triton protocols (default %(default)s)")
+    parser.add_argument("--app-triton-protocols", default="grpc,http",
+                        help="Triton protocols (default %(default)s; '' for no Triton column)")
 
 
 # -- the three ways in ------------------------------------------------------------------------------
@@ -154,19 +156,27 @@ class _Work:
         self.opened.clear()
 
 
-def _start_triton(manifest: Any, work_dir: Path, stack: contextlib.ExitStack) -> tuple[Any, str | None]:
-    """A tritonserver over the same artifacts, or (None, why not)."""
-    try:
-        from clipq.serving import RenderOptions, render_repository
-        from clipq.serving.server import TritonServer
+def _start_triton(manifest: Any, work_dir: Path, stack: contextlib.ExitStack) -> Any:
+    """A tritonserver over the same artifacts.
 
+    Raises:
+        ServerError: it could not start (the reason in the message); ``--app-triton-protocols ''``
+            leaves the Triton column out instead.
+    """
+    from clipq.runtime.errors import ServerError
+    from clipq.serving import RenderOptions, render_repository
+    from clipq.serving.server import TritonServer
+
+    try:
         repo = render_repository(manifest, work_dir / "repo", RenderOptions(dynamic_batching=True),
                                  models=["clip_image", "clip_text", "preprocess_image", "tokenize_clip", "embed_image",
                                          "embed_text"])
-        server = stack.enter_context(TritonServer(repo.path))
-    except Exception as e:  # noqa: BLE001 - any failure to start means: no Triton column, with the reason
-        return None, " / ".join(f"{type(e).__name__}: {e}".split("\n"))[:600]
-    return server, None
+        return stack.enter_context(TritonServer(repo.path))
+    except Exception as e:
+        raise ServerError(
+            f"clipq bench --target app: tritonserver did not start for the Triton column ({type(e).__name__}: {e}); "
+            "fix the server (`clipq serve` shows the same error; `make libpython` installs the shared libpython "
+            "the Python backend needs) or pass --app-triton-protocols '' to measure without Triton") from e
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -302,12 +312,12 @@ def run(args: argparse.Namespace) -> int:
             work.app = _AppProcess(Path(artifacts), setup["app_workers"], work_dir / "app.log")
             stack.callback(work.app.stop)
             print(f"clipq app ready in {work.app.startup_s:.1f} s at {work.app.url}", flush=True)
-            work.triton, why = _start_triton(manifest, work_dir, stack)
             modes = ["in-process", "app"]
-            if work.triton is None:
-                skipped["triton"] = why or "unavailable"
-                print(f"triton: skipped ({skipped['triton']})", flush=True)
+            if not setup["protocols"]:
+                skipped["triton"] = "not asked for (--app-triton-protocols '')"
+                print(f"triton: {skipped['triton']}", flush=True)
             else:
+                work.triton = _start_triton(manifest, work_dir, stack)
                 env["server_version"] = work.triton.version
                 modes += [f"triton-{p}" for p in setup["protocols"]]
                 print(f"tritonserver {work.triton.version} ready in {work.triton.startup_s:.1f} s", flush=True)
