@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 from PIL import Image
 
 from clipq.runtime.backends.ort import (  # noqa: E402
@@ -40,6 +41,7 @@ from clipq.runtime.errors import (  # noqa: E402
     InvalidTextError,
     ShapeError,
 )
+from clipq.runtime.img2prompt import ImageToPrompt  # noqa: E402
 from clipq.runtime.manifest import Manifest, sha256_file  # noqa: E402
 from clipq.runtime.preprocess import ImagePreprocessor  # noqa: E402
 from clipq.runtime.tasks import (  # noqa: E402
@@ -190,7 +192,7 @@ def test_clip_encoder_images_any_form_and_chunks(toy, dims, tmp_path):
     for form in (str(path), path, _png(arrs[0]), Image.fromarray(arrs[0]), arrs[0]):
         np.testing.assert_allclose(enc.encode_images([form])[0], e_arr[0], atol=1e-6)
     # the whole path (decode, resize, normalise, int8 graph) against PyTorch's tower on the same images
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     from clipq.models.export_wrappers import ClipImageTower
     from clipq.models.io import load_clip
 
@@ -317,12 +319,21 @@ def test_ask_and_describe_commands(tiny_artifacts_copy, tmp_path, capsys):
     m.save()
     img = tmp_path / "scene.png"
     img.write_bytes(_png(_img(7)))
-    assert main(["ask", str(img), "what color is the circle ?", "how many ?", "--artifacts", str(root), "--json"]) == 0
+    questions = ["what color is the circle ?", "how many ?"]
+    assert main(["ask", str(img), *questions, "--artifacts", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [a["question"] for a in out["answers"]] == ["what color is the circle ?", "how many ?"]
-    assert all(a["answer"] in m.answer_vocab and len(a["top"]) == 3 for a in out["answers"])
+    with connect(root) as ref_backend:  # the same questions in process: the CLI prints what the runtime answers
+        want = VqaModel(ref_backend).ask(str(img), questions, top_k=3)
+        want2 = VqaModel(ref_backend).ask(str(img), ["what color ?"], top_k=2)[0]
+    assert [a["question"] for a in out["answers"]] == questions
+    for got, w in zip(out["answers"], want):
+        assert got["answer"] == w.answer and got["answer"] in m.answer_vocab and not got["truncated"]
+        assert got["prob"] == pytest.approx(w.prob, abs=1e-6)
+        assert [t for t, _ in got["top"]] == [t for t, _ in w.top] and len(got["top"]) == 3
+        np.testing.assert_allclose([p for _, p in got["top"]], [p for _, p in w.top], atol=1e-6)
     assert main(["ask", str(img), "what color ?", "--artifacts", str(root), "-k", "2"]) == 0
-    assert capsys.readouterr().out.startswith("Q: what color ?\nA: ")
+    assert capsys.readouterr().out == (f"Q: what color ?\nA: {want2.answer} ({want2.prob:.2f})   others: "
+                                       f"{want2.top[1][0]} {want2.top[1][1]:.2f}\n")
 
     # no Model B yet: a clear error (exit code 2), not a traceback
     assert main(["describe", str(img), "--artifacts", str(root)]) == 2
@@ -345,10 +356,18 @@ def test_ask_and_describe_commands(tiny_artifacts_copy, tmp_path, capsys):
     m.save()
     assert main(["describe", str(img), "--artifacts", str(root), "--json", "-k", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["alpha"] == 0.7 and len(rows[0]["closest"]) == 2 and "embedding" not in rows[0]
-    assert {r["prompt"] for r in rows[0]["closest"]} <= set(prompts)
+    with connect(root) as ref_backend:  # the same image in process, with Model B and the recorded alpha
+        want = ImageToPrompt(ref_backend).describe([str(img)], n=2)[0]
+        want_02 = ImageToPrompt(ref_backend).describe([str(img)], alpha=0.2, n=3)[0]
+    assert rows[0]["alpha"] == want.alpha == 0.7 and rows[0]["k"] == want.k and "embedding" not in rows[0]
+    assert [r["prompt"] for r in rows[0]["closest"]] == [t for t, _ in want.closest] and len(want.closest) == 2
+    np.testing.assert_allclose([r["score"] for r in rows[0]["closest"]], [s for _, s in want.closest], atol=1e-6)
+    assert [r["prompt"] for r in rows[0]["neighbours"]] == [t for t, _ in want.neighbours]
+    assert {t for t, _ in want.closest} <= set(prompts)
     assert main(["describe", str(img), "--artifacts", str(root), "--alpha", "0.2"]) == 0
-    assert "alpha 0.20" in capsys.readouterr().out
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"{img}  (alpha 0.20, K {want_02.k})"
+    assert text[1:4] == [f"  {s:.3f}  {t}" for t, s in want_02.closest]
 
 
 def test_prompt_text_graph_is_real_minilm(backend):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.runtime.errors import (
     ArtifactError,
@@ -30,7 +31,7 @@ from clipq.serving.repository import (
     plan_models,
 )
 
-pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] carries Triton's ModelConfig message")
+require_module("tritonclient.grpc")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = REPO_ROOT / "triton_models"
 
@@ -122,7 +123,10 @@ def test_server_description_is_the_manifest_without_files(cpu_repo, artifacts):
     info = parse_info(np.array([[(vdir / "info.json").read_bytes()]], dtype=object), "grpc://h:1")
     assert info["models"] == {n: {"kind": k, "max_batch_size": plan_models(m)[n].max_batch_size}
                               for n, k in cpu_repo.models.items()}
-    assert info["knn"]["alpha"] == json.loads((artifacts / "knn" / "knn.json").read_text())["alpha"]
+    # Model B's data facts in "knn", its settings as the manifest's record (one home)
+    knn = json.loads((artifacts / "knn" / "knn.json").read_text())
+    assert info["knn"] == {"count": knn["count"], "prompt_dim": knn["prompt_dim"]}
+    assert info["manifest"]["extra"]["img2prompt"] == m.extra["img2prompt"]
     thin = manifest_from_info(info, "grpc://h:1", "grpc:h:1")
     assert isinstance(thin, ServerManifest) and thin.dims == m.dims and thin.answer_vocab == m.answer_vocab
     assert thin.models == {n: m.models[n] for n in thin.models} and set(thin.models) == set(m.models)
@@ -448,11 +452,29 @@ def test_model_errors_are_parsed_from_the_log(tmp_path):
     assert "clip_image" in msg and "sha256" in msg and "At:" not in msg
 
 
-def test_find_libpython_and_free_port():
+def test_find_libpython_and_free_port(tmp_path, monkeypatch):
+    import ctypes
+    import sysconfig
+
+    from _require import PYMINOR, missing
+
     from clipq.serving.launcher import find_libpython, free_port
 
     lib = find_libpython()
-    assert lib is None or lib.name.startswith("libpython")
+    if lib is None:
+        missing(f"libpython{PYMINOR}.so.1.0 is not found", f"`make libpython` (apt-get install libpython{PYMINOR})")
+    assert lib.name == f"libpython{PYMINOR}.so.1.0" and lib.is_file()
+    # the library the stub will load is this interpreter's version: it exports its version string
+    get_version = ctypes.CDLL(str(lib)).Py_GetVersion
+    get_version.restype = ctypes.c_char_p
+    assert get_version().decode().startswith(f"{PYMINOR}.")
+    assert find_libpython((3, 99)) is None  # no such Python anywhere
+    # the interpreter's own LIBDIR comes first
+    fake = tmp_path / "libpython3.99.so.1.0"
+    fake.write_bytes(b"")
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda k: str(tmp_path) if k == "LIBDIR" else real(k))
+    assert find_libpython((3, 99)) == fake
     assert 0 < free_port() < 65536
 
 

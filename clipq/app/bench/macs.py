@@ -3,11 +3,15 @@
 MACs are counted on the ONNX graph itself after shape inference at the benchmarked input shapes:
 every MatMul (weights and attention's activation x activation products), Gemm and Conv. The peak is
 MACs per cycle per core for the precision the engine computes in, times the cores used, times the
-clock ``/proc/cpuinfo`` reports (a VM's nominal clock: turbo is not visible from inside).
+highest clock the OS reports (:func:`max_mhz`: cpufreq's ``cpuinfo_max_freq`` or lscpu's "CPU max
+MHz", the boost clock) or, where it reports none (a VM: turbo is not visible from inside), the
+``cpu MHz`` of ``/proc/cpuinfo``, which boost may exceed: ``clock_is_max`` says which.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,19 +82,45 @@ def _graph_macs(path: str | Path, feeds: Mapping[str, np.ndarray]) -> int:
     return total
 
 
+def max_mhz(cpufreq: str | Path = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") -> float | None:
+    """The CPU's highest (boost) clock in MHz as the OS reports it, or None where it reports none.
+
+    cpufreq's ``cpuinfo_max_freq`` (kHz) first, then lscpu's "CPU max MHz". A VM usually has
+    neither: its guest sees only the nominal clock of ``/proc/cpuinfo``.
+    """
+    try:
+        khz = float(Path(cpufreq).read_text().strip())
+        if khz > 0:
+            return khz / 1000.0
+    except (OSError, ValueError):
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={"LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"^CPU max MHz:\s*([0-9.]+)", out, re.MULTILINE)
+    return float(m.group(1)) if m and float(m.group(1)) > 0 else None
+
+
 def peak(facts: Mapping[str, Any], precision: str, threads: int) -> dict[str, Any]:
-    """Peak MAC rate for ``precision`` on ``threads`` threads of this CPU (physical cores used)."""
+    """Peak MAC rate for ``precision`` on ``threads`` threads of this CPU (physical cores used).
+
+    The clock is ``facts["max_mhz"]`` (:func:`max_mhz`, the boost clock: the peak is a true upper
+    bound) where known, else ``facts["mhz"]`` (/proc/cpuinfo's ``cpu MHz``: in a VM often the base
+    clock, which boost exceeds; a Zen 3 EPYC guest reports 2445 MHz and ran an fp32 graph at 100.3 %
+    of the peak computed from it). ``clock_is_max`` says which.
+    """
     flags = facts.get("flags") or {}
     per = next(((f, n) for f, n in PEAK_MACS.get(precision, PEAK_MACS["fp32"]) if flags.get(f)), ("scalar", 1))
     tpc = facts.get("threads_per_core") or 1
     cores = max(1, min(threads, facts.get("logical_cpus") or threads) // tpc)
-    ghz = (facts.get("mhz") or 0.0) / 1000.0
+    is_max = bool(facts.get("max_mhz"))
+    ghz = (facts.get("max_mhz") or facts.get("mhz") or 0.0) / 1000.0
     macs_per_s = per[1] * cores * ghz * 1e9
-    # the clock is /proc/cpuinfo's "cpu MHz": in a VM often the base clock, which boost exceeds (a Zen 3
-    # EPYC guest reports 2445 MHz and ran an fp32 graph at 100.3 % of the peak computed from it)
     return {"isa": per[0], "macs_per_cycle_per_core": per[1], "cores": cores, "ghz": ghz,
-            "peak_tops": 2 * macs_per_s / 1e12, "assumes": NOTES.get(per[0], "scalar code"),
-            "clock": "cpu MHz as /proc/cpuinfo reports it (boost may run above it: over 100 % can happen)"}
+            "peak_tops": 2 * macs_per_s / 1e12, "assumes": NOTES.get(per[0], "scalar code"), "clock_is_max": is_max,
+            "clock": "the CPU's max (boost) clock" if is_max else
+            "cpu MHz as /proc/cpuinfo reports it, no max clock reported (boost may run above it: over 100 % can happen)"}
 
 
 def cores_text(facts: Mapping[str, Any]) -> str:

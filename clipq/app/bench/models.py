@@ -87,11 +87,11 @@ def _machine(threads: int) -> dict[str, Any]:
     from clipq.runtime.backends.common import cpu_facts
     from clipq.runtime.manifest import package_versions
 
-    from .macs import cores_text
+    from .macs import cores_text, max_mhz
 
     facts = cpu_facts(threads)
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), **facts, "topology": cores_text(facts)}
+                            "cpus": os.cpu_count(), **facts, "max_mhz": max_mhz(), "topology": cores_text(facts)}
     info["avx512_vnni"] = bool(facts["flags"].get("avx512_vnni"))
     info["versions"] = package_versions()
     for dist in ("openvino", "nncf"):
@@ -318,8 +318,8 @@ def markdown(result: dict[str, Any]) -> str:
     for net, s in result.get("summary", {}).items():
         for k, v in s.items():
             lines.append(f"| {net} | {k} | {v:.4f} |" if "cos" in k else f"| {net} | {k} | {v:.2f} |")
-    lines += ["", "Peaks used for % of peak (cores x clock x MACs/cycle/core x 2; the clock is /proc/cpuinfo's "
-              "cpu MHz, which boost may exceed, so over 100 % can happen):", ""]
+    clock = next(iter((result.get("peaks") or {}).values()), {}).get("clock", "/proc/cpuinfo's cpu MHz")
+    lines += ["", f"Peaks used for % of peak (cores x clock x MACs/cycle/core x 2; the clock is {clock}):", ""]
     for p, pk in (result.get("peaks") or {}).items():
         lines.append(f"- {p}: {pk['peak_tops']:.3f} TOPS ({pk['cores']} cores x {pk['ghz']:.2f} GHz x "
                      f"{pk['macs_per_cycle_per_core']} MACs/cycle via {pk['isa']}): {pk['assumes']}")
