@@ -9,7 +9,8 @@ network and still end in ``torch.onnx.export``, which optimum calls underneath. 
 ``torch.onnx.export`` itself, with the TorchScript-based exporter (``dynamo=False``): the dynamo
 exporter needs ``onnxscript`` (not a dependency) and writes weights as external data files even
 for small graphs. Models are built with ``attn_implementation="eager"``, which exports to a smaller
-and faster graph than sdpa (MEASURED.md). optimum's ``ORTModel`` is still measured as the peer in
+and faster graph than sdpa (CLIP ViT-B/32 shapes: 974 nodes against 1190; measured in the prototype on
+a 2-core x86 CPU with AVX512-VNNI). optimum's ``ORTModel`` is still measured as the peer in
 ``clipq bench``.
 """
 

@@ -151,7 +151,8 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], reci
     src, dst = Path(src).resolve(), Path(dst).resolve()
     dst.unlink(missing_ok=True)
     # a graph fused by the transformer optimizer carries com.microsoft ops without type info; the
-    # quantiser then needs to be told that untyped tensors are float (MEASURED.md)
+    # quantiser then needs to be told that untyped tensors are float (``DefaultTensorType`` below: the
+    # prototype found that quantising the optimizer-fused CLIP ViT-B/32 graphs needs it)
     # onnx.save_model(save_as_external_data=True) inside the quantiser writes "<uuid>.data" files
     # into the working directory; run it from a scratch directory so none are left behind
     with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="clipq-quant-") as scratch, _cwd(scratch):

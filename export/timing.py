@@ -85,9 +85,10 @@ def summarize(seconds: np.ndarray, items_per_call: int) -> dict[str, float]:
 
 
 # -- one engine per process ---------------------------------------------------------------------------
-# Two engines in one process disturb each other (thread pools that spin or pin cores: 1.25-1.8x in
-# MEASURED.md), so engines that are compared run in worker processes of their own, driven in
-# alternating rounds: only one works at a time while the others wait on their pipe.
+# Two engines in one process disturb each other (thread pools that spin or pin cores: OpenVINO next to
+# an onnxruntime session ran clip_image 1.25-1.8x slower than alone, at batch 1 and 8, on a 2-core Intel
+# Xeon of the Sapphire Rapids class with AMX), so engines that are compared run in worker processes of
+# their own, driven in alternating rounds: only one works at a time while the others wait on their pipe.
 
 
 class WorkerError(RuntimeError):

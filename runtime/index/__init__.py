@@ -12,7 +12,7 @@
 - an exact numpy search (for small collections, on request, and as the reference of
   :meth:`ImageIndex.recall_check`).
 
-The hnswlib traps it guards against (measured, see MEASURED.md): ``knn_query`` does not check the
+The hnswlib traps it guards against (seen with hnswlib 0.8): ``knn_query`` does not check the
 query's dimension; ``ef`` resets to 10 on load; a ``k`` above the live count raises an opaque
 ``RuntimeError``; ``get_current_count()`` still counts deleted items; loading a graph with another
 dimension "succeeds". Scores are similarities, higher is better: the cosine (``space="cosine"``),
