@@ -233,7 +233,34 @@ def test_export_with_data_uses_real_inputs_and_static_int8(trained_artifacts, sm
     fp32 = metrics(m, {n: "fp32" for n in nets})
     int8 = metrics(m, {n: "int8" for n in nets if "int8" in m.model(n).variants})
     assert set(fp32) == {"recall@5", "vqa_accuracy"} and set(int8) == set(fp32)
-    assert all(0.0 <= v <= 100.0 for v in [*fp32.values(), *int8.values()])
+    # recomputed here: the same graphs through connect() and the task classes, the metrics with numpy
+    for variants, got in (({n: "fp32" for n in nets}, fp32), ({n: "int8" for n in nets if "int8" in m.model(n).variants},
+                                                              int8)):
+        want, n_items = _recomputed_task_metrics(root, small_world, variants, limit=200)
+        for k in ("recall@5", "vqa_accuracy"):  # one item's worth of slack: batches differ, a near tie may flip
+            assert got[k] == pytest.approx(want[k], abs=100.0 / n_items[k] + 1e-9), (variants, k, got, want)
+
+
+def _recomputed_task_metrics(root, data, variants, limit):
+    """Recall@5 (first caption of each test image -> images) and VQA accuracy, counted directly."""
+    from clipq.readers import World
+    from clipq.runtime import connect
+    from clipq.runtime.tasks import ClipEncoder, VqaModel
+
+    s = World(data, check_images=False).split("test")
+    first: dict[str, str] = {}
+    for c in s.captions:
+        first.setdefault(c.image, c.text)
+    ids = [i for i in s.image_ids if i in first][:limit]
+    qs = s.questions[:limit]
+    with connect(root, variant=dict(variants)) as b:
+        enc = ClipEncoder(b)
+        sim = enc.encode_texts([first[i] for i in ids]) @ enc.encode_images([s.path_of(i) for i in ids]).T
+        top5 = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+        recall = 100.0 * sum(i in top5[i] for i in range(len(ids))) / len(ids)
+        answers = VqaModel(b, encoder=enc).ask([s.path_of(q.image_id) for q in qs], [q.question for q in qs], top_k=1)
+        acc = 100.0 * sum(a.answer == q.answer for a, q in zip(answers, qs)) / len(qs)
+    return {"recall@5": recall, "vqa_accuracy": acc}, {"recall@5": len(ids), "vqa_accuracy": len(qs)}
 
 
 class _ScriptedMetrics:
