@@ -169,8 +169,9 @@ def stage_query(ctx: DemoContext) -> None:
 def stage_index(ctx: DemoContext) -> None:
     """Index the test images, run three text searches and one image search, draw a contact sheet."""
     import clipq.runtime as rt
+    from clipq.app.contact_sheet import contact_sheet
     from clipq.runtime.index import ImageIndex
-    from clipq.runtime.search import ImageSearch, contact_sheet
+    from clipq.runtime.search import ImageSearch
 
     ids, paths = _test_items(ctx)
     backend = rt.connect(ctx.artifacts)

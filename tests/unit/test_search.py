@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipq.app.contact_sheet import contact_sheet
 from clipq.runtime.errors import (
     ArtifactError,
     ClipqError,
@@ -24,7 +25,7 @@ from clipq.runtime.errors import (
     InvalidTextError,
 )
 from clipq.runtime.index import ImageIndex, SearchResult
-from clipq.runtime.search import ImageSearch, contact_sheet, results_to_json
+from clipq.runtime.search import ImageSearch, results_to_json
 from clipq.runtime.templates import DEFAULT_TEMPLATES, apply_templates, embed_texts, parse_templates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}

@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     from clipq.app import cliutil
     from clipq.app.cliutil import print_json
+    from clipq.app.contact_sheet import contact_sheet
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import ImageIndex
-    from clipq.runtime.search import ImageSearch, contact_sheet, results_to_json
+    from clipq.runtime.search import ImageSearch, results_to_json
 
     if not args.texts and not args.images:
         raise InvalidInputError("give a text query, or --image PATH")
