@@ -173,8 +173,9 @@ class TaskPath(Protocol):
     """How task inputs reach a backend. Every method is a step generator (see :class:`Driver`).
 
     ``images`` / ``texts`` return the raw rows of a network's result (the task normalises);
-    ``texts`` and ``vqa`` also return per-text truncation flags; ``describe`` returns
-    :class:`~clipq.runtime.fusion.PromptDescription` objects.
+    ``texts`` and ``vqa`` also return per-text truncation flags. A server's path may offer more
+    (``serves(model)`` and ``describe``: the image -> prompt ensemble, see
+    :class:`~clipq.runtime.img2prompt.ImageToPrompt`).
     """
 
     remote: bool
@@ -189,8 +190,6 @@ class TaskPath(Protocol):
 
     def vqa(self, image_embeds: np.ndarray, questions: Sequence[str],
             batch: int) -> Steps[tuple[np.ndarray, list[bool]]]: ...
-
-    def describe(self, clip: Any, items: Sequence[Any], alpha: float | None, n: int, batch: int) -> Steps[list[Any]]: ...
 
 
 def task_path(backend: Any, *, max_pixels: int | None, window: int) -> TaskPath:
@@ -219,7 +218,6 @@ class TensorPath:
         self.window = window
         self._pre: Any = None
         self._tokenizers: dict[str, Any] = {}
-        self._fusion: Any = None
 
     # -- what runs here
     @property
@@ -284,24 +282,3 @@ class TensorPath:
 
         outs = yield from chunked(call, len(questions), batch, self.window)
         return gather_rows(outs, name, len(questions), dim), truncated
-
-    def describe(self, clip: Any, items: Sequence[Any], alpha: float | None, n: int, batch: int) -> Steps[list[Any]]:
-        """Model A and CLIP here, Model B from the artifacts' ``knn/``, the ``ensemble_head`` graph where exported."""
-        from .fusion import KnnPromptFusion, describe_embeds, ensemble
-        from .specs import CLIP_IMAGE, ENSEMBLE_HEAD, IMG2PROMPT_A
-        from .vectors import l2_normalize
-
-        if self._fusion is None:
-            self._fusion = KnnPromptFusion.load(self.manifest.resolve_dir("knn"), encoder=clip)
-        fusion = self._fusion
-        w = fusion.alpha if alpha is None else float(alpha)
-        image_embeds = l2_normalize((yield from self.images(CLIP_IMAGE, items, self.batch(CLIP_IMAGE, batch))))
-        a = l2_normalize((yield from self.images(IMG2PROMPT_A, items, self.batch(IMG2PROMPT_A, batch))))
-        b = fusion.predict(image_embeds)
-        if ENSEMBLE_HEAD in self.manifest.models:
-            from .tasks import head_steps
-
-            fused = yield from head_steps(a, b, w, self.batch(ENSEMBLE_HEAD, batch), self.window)
-        else:
-            fused = ensemble(a, b, w)
-        return describe_embeds(fusion, image_embeds, fused, w, n)

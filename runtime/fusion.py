@@ -9,7 +9,10 @@ validation data with the competition's metric, the mean cosine similarity to the
 embeddings.
 
 Everything here is numpy on top of the index: no torch. ``KnnPromptFusion`` persists to a directory
-(the artifact's ``knn/``) as the index, an ``.npy`` file and JSON; nothing is pickled.
+(the artifact's ``knn/``) as the index, an ``.npy`` file and JSON; nothing is pickled. ``knn/`` holds
+Model B's *data* only; the settings of the whole task (alpha, K, weighting, temperature) are one
+:class:`Img2PromptSettings` record kept in the manifest (``extra["img2prompt"]``), read by every
+caller through :class:`clipq.runtime.img2prompt.ImageToPrompt`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ import numpy as np
 
 from .errors import ArtifactError, IndexCorruptError, InvalidInputError, SchemaVersionError, ShapeError
 from .index import ImageEncoder, ImageIndex
-from .manifest import atomic_write_bytes, atomic_write_json, sha256_file
+from .manifest import Manifest, atomic_write_bytes, atomic_write_json, sha256_file
 from .vectors import l2_normalize
 
-FUSION_SCHEMA_VERSION = 1
+#: 2: knn.json holds data only (the settings moved to the manifest); 1 is still read (its settings ignored)
+FUSION_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 CONFIG_NAME = "knn.json"
 EMBEDS_NAME = "prompt_embeds.npy"
 INDEX_DIRNAME = "index"
@@ -37,6 +42,88 @@ WEIGHTINGS = ("inverse_distance", "softmax", "uniform")
 
 #: keeps 1/d finite for an exact duplicate (d = 0), which then dominates its neighbours as it should
 _EPS = 1e-6
+#: the manifest's key of the image -> prompt settings record
+SETTINGS_KEY = "img2prompt"
+
+
+def check_alpha(alpha: Any) -> np.ndarray:
+    """Validate the ensemble weight of Model A: finite and in [0, 1] (a scalar or one per row).
+
+    The one range check of alpha: the settings record, the numpy ensemble, the head graph's
+    inputs, the server path and the CLI all call it.
+
+    Returns:
+        ``alpha`` as a float32 array of its own shape.
+
+    Raises:
+        InvalidInputError: not a number, NaN / inf, or outside [0, 1].
+    """
+    try:
+        w = np.asarray(alpha, np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
+    if w.dtype.kind != "f" or not np.all(np.isfinite(w) & (w >= 0) & (w <= 1)):
+        raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
+    return w
+
+
+@dataclass(frozen=True, kw_only=True)
+class Img2PromptSettings:
+    """The image -> prompt task's settings: one record, validated once, kept in the manifest.
+
+    Args:
+        alpha: weight of Model A in ``normalize(alpha*A + (1-alpha)*B)``; 0 is Model B alone.
+        k: neighbours Model B averages.
+        weighting: how the K neighbours are weighted (``inverse_distance``, ``softmax``, ``uniform``).
+        temperature: softmax temperature (``weighting="softmax"`` only).
+
+    Raises:
+        InvalidInputError: a value out of range (naming it).
+    """
+
+    alpha: float = 0.5
+    k: int = 10
+    weighting: str = "inverse_distance"
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "k", _check_k(self.k))
+        neighbour_weights(np.zeros((1, 1)), self.weighting, self.temperature)  # validates both
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    def replace(self, **changes: Any) -> Img2PromptSettings:
+        """A copy with ``changes`` (None values are ignored), validated."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Img2PromptSettings:
+        """From a stored record; fields it lacks take their defaults, other keys are ignored.
+
+        Raises:
+            ArtifactError: the record is not a mapping or holds a value out of range.
+        """
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ArtifactError(f"the image -> prompt settings must be a JSON object, not {type(d).__name__}")
+        try:
+            return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        except InvalidInputError as e:
+            raise ArtifactError(f"the stored image -> prompt settings are invalid: {e}") from e
+
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> Img2PromptSettings:
+        """The record a manifest holds (``extra["img2prompt"]``), or the defaults where it has none."""
+        return cls.from_dict(m.extra.get(SETTINGS_KEY))
+
+    def store(self, m: Manifest) -> None:
+        """Put the record into ``m`` (in memory; the caller saves the manifest)."""
+        m.extra[SETTINGS_KEY] = self.to_dict()
 
 
 def ensemble(a: np.ndarray, b: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
@@ -57,13 +144,11 @@ def ensemble(a: np.ndarray, b: np.ndarray, alpha: float | np.ndarray) -> np.ndar
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     if a.ndim != 2 or a.shape != b.shape:
         raise ShapeError(f"ensemble needs A and B of one [N, D] shape, got {a.shape} and {b.shape}")
-    w = np.asarray(alpha, np.float32)
+    w = check_alpha(alpha)
     if w.ndim == 1:
         w = w[:, None]
     if w.ndim not in (0, 2) or (w.ndim == 2 and w.shape not in ((a.shape[0], 1), (1, 1))):
         raise ShapeError(f"alpha must be a scalar, [N] or [N, 1] (N={a.shape[0]}), got shape {np.shape(alpha)}")
-    if not np.all((w >= 0) & (w <= 1)):
-        raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
     return l2_normalize(w * a + (1.0 - w) * b)
 
 
@@ -106,12 +191,10 @@ class KnnPromptFusion:
         prompt_embeds: float [n, P] prompt embeddings (P = 384 for all-MiniLM-L6-v2), row i
             belonging to ``ids[i]``.
         prompt_texts: the n prompts as text (for :meth:`nearest_prompts`).
-        k: neighbours averaged.
-        weighting: ``"inverse_distance"``, ``"softmax"`` or ``"uniform"``.
-        temperature: softmax temperature (used by ``"softmax"`` only).
-        alpha: weight of Model A in the ensemble, kept here so that the tuned value travels with
-            Model B (``clipq tune --write``).
+        settings: the task's settings (K, weighting and temperature are Model B's); default
+            :class:`Img2PromptSettings`'s defaults.
         ids: index ids aligned with the rows; default ``index.ids()`` (insertion order).
+        k, weighting, temperature: override those fields of ``settings``.
 
     Raises:
         ShapeError / InvalidInputError: sizes or values do not fit.
@@ -124,11 +207,11 @@ class KnnPromptFusion:
         prompt_embeds: np.ndarray,
         prompt_texts: Sequence[str],
         *,
-        k: int = 10,
-        weighting: str = "inverse_distance",
-        temperature: float = 0.05,
-        alpha: float = 0.5,
+        settings: Img2PromptSettings | None = None,
         ids: Sequence[str] | None = None,
+        k: int | None = None,
+        weighting: str | None = None,
+        temperature: float | None = None,
     ) -> None:
         emb = np.asarray(prompt_embeds, np.float32)
         ids = list(index.ids() if ids is None else ids)
@@ -148,13 +231,19 @@ class KnnPromptFusion:
         self.prompt_texts = [str(t) for t in prompt_texts]
         self.ids = ids
         self._row = {item_id: n for n, item_id in enumerate(ids)}
-        self.k = _check_k(k)
-        neighbour_weights(np.zeros((1, 1)), weighting, temperature)  # validates both
-        self.weighting = weighting
-        self.temperature = float(temperature)
-        if not 0.0 <= alpha <= 1.0:
-            raise InvalidInputError(f"alpha must lie in [0, 1], not {alpha!r}")
-        self.alpha = float(alpha)
+        self.settings = (settings or Img2PromptSettings()).replace(k=k, weighting=weighting, temperature=temperature)
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def weighting(self) -> str:
+        return self.settings.weighting
+
+    @property
+    def temperature(self) -> float:
+        return self.settings.temperature
 
     @property
     def prompt_dim(self) -> int:
@@ -301,9 +390,10 @@ class KnnPromptFusion:
         return root
 
     def write_config(self, path: str | os.PathLike[str]) -> Path:
-        """(Re)write only ``knn.json`` (k, weighting, temperature, alpha, ids, prompts) atomically.
+        """(Re)write only ``knn.json`` (ids, prompts, the embeddings' hash) atomically.
 
-        ``clipq tune --write`` uses it to store the tuned K and alpha without rewriting the index.
+        The settings (K, weighting, alpha ...) are not written here: they live in the manifest
+        (:meth:`Img2PromptSettings.store`).
 
         Raises:
             IndexCorruptError: the directory holds no prompt embeddings to point at.
@@ -318,10 +408,6 @@ class KnnPromptFusion:
             {
                 "schema_version": FUSION_SCHEMA_VERSION,
                 "format": "clipq.knn_prompt_fusion",
-                "k": self.k,
-                "weighting": self.weighting,
-                "temperature": self.temperature,
-                "alpha": self.alpha,
                 "prompt_dim": self.prompt_dim,
                 "count": len(self.ids),
                 "embeds": {"file": EMBEDS_NAME, "sha256": sha256_file(emb_path)},
@@ -334,12 +420,15 @@ class KnnPromptFusion:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], *, encoder: ImageEncoder | None = None, verify: bool = True
+        cls, path: str | os.PathLike[str], *, settings: Img2PromptSettings | None = None,
+        encoder: ImageEncoder | None = None, verify: bool = True
     ) -> KnnPromptFusion:
         """Load what :meth:`save` wrote.
 
         Args:
             path: the directory.
+            settings: the task's settings (:meth:`Img2PromptSettings.from_manifest`); default
+                the defaults. A schema-1 ``knn.json`` also held K and alpha: they are ignored.
             encoder: if given, the index must have been built with this encoder's model and dim.
             verify: check file hashes.
 
@@ -359,19 +448,14 @@ class KnnPromptFusion:
             raise IndexCorruptError(f"no Model B at {root}: {CONFIG_NAME} is missing") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise IndexCorruptError(f"cannot read {cfg_path}: {e}") from e
-        if not isinstance(cfg, dict) or cfg.get("schema_version") != FUSION_SCHEMA_VERSION:
+        if not isinstance(cfg, dict) or cfg.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             found = cfg.get("schema_version") if isinstance(cfg, dict) else None
-            raise SchemaVersionError(f"{cfg_path} has schema version {found!r}; this clipq reads {FUSION_SCHEMA_VERSION}")
+            raise SchemaVersionError(f"{cfg_path} has schema version {found!r}; this clipq reads "
+                                     f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
         try:
             emb_path = root / str(cfg["embeds"]["file"])
             emb_sha = cfg["embeds"]["sha256"]
             ids, prompts = list(cfg["ids"]), list(cfg["prompts"])
-            params = {
-                "k": int(cfg["k"]),
-                "weighting": str(cfg["weighting"]),
-                "temperature": float(cfg["temperature"]),
-                "alpha": float(cfg.get("alpha", 0.5)),
-            }
             index_dir = root / str(cfg.get("index", INDEX_DIRNAME))
         except (KeyError, TypeError, ValueError) as e:
             raise IndexCorruptError(f"{cfg_path}: missing or malformed field: {e!r}") from e
@@ -385,12 +469,12 @@ class KnnPromptFusion:
             raise IndexCorruptError(f"cannot read {emb_path}: {e}") from e
         index = ImageIndex.load(index_dir, encoder=encoder, verify=verify)
         try:
-            return cls(index, emb, prompts, ids=ids, **params)
+            return cls(index, emb, prompts, ids=ids, settings=settings)
         except (InvalidInputError, ArtifactError) as e:
             raise IndexCorruptError(f"Model B at {root} is inconsistent: {e}") from e
 
 
-# -- describe ------------------------------------------------------------------------------------
+# -- descriptions ------------------------------------------------------------------------------------
 @dataclass
 class PromptDescription:
     """Image -> prompt for one image: the ensemble's embedding and what it is close to, in words."""
@@ -411,66 +495,12 @@ class PromptDescription:
         }
 
 
-def describe(
-    images: Sequence[Any],
-    *,
-    clip: Any,
-    regressor: Any | None = None,
-    fusion: KnnPromptFusion | None = None,
-    head: Any | None = None,
-    alpha: float | None = None,
-    n: int = 3,
-) -> Any:
-    """Image -> prompt with the A/B ensemble, reported as embeddings and as known prompts.
-
-    With ``fusion`` given, Model B runs here, written against the task interfaces so any blocking
-    backend serves the rest: ``clip.encode_images`` (CLIP image embeddings for Model B's neighbour
-    search), ``regressor.predict`` (Model A, ``PromptRegressor``) and ``head.fuse`` (the exported
-    ``ensemble_head``; None uses the numpy :func:`ensemble`, which computes the same thing).
-
-    With ``fusion=None``, Model B is the backend's own (:meth:`ClipEncoder.describe
-    <clipq.runtime.tasks.ClipEncoder.describe>`): against a clipq server the ``describe`` ensemble
-    runs Model A, the neighbour search over its KNN database and the ensemble head in the server,
-    so the client needs no local files; in process the artifacts' ``knn/`` is loaded. On an
-    asyncio backend the result is an awaitable.
-
-    Args:
-        images: paths, bytes, PIL images or uint8 arrays.
-        clip: a CLIP image encoder (``ClipEncoder``) matching ``fusion.index``.
-        regressor: Model A, or None for Model B alone (then ``alpha`` must be 0).
-        fusion: Model B, or None for the backend's own.
-        head: the ensemble head (``EnsembleHead``), or None.
-        alpha: weight of Model A (default: Model B's ``alpha``, as tuned).
-        n: known prompts reported per image.
-
-    Returns:
-        One :class:`PromptDescription` per image.
-
-    Raises:
-        DimensionMismatchError / ArtifactError: the encoder does not match Model B's index, or
-            the backend has no Model B.
-        InvalidImageError: an image cannot be decoded (naming its index).
-    """
-    items = list(images)
-    n = _check_k(n)
-    if fusion is None:
-        return clip.describe(items, alpha=alpha, n=n)
-    fusion.index.check_encoder(clip)
-    w = fusion.alpha if alpha is None else float(alpha)
-    if regressor is None and w != 0.0:
-        raise InvalidInputError(f"alpha {w} weights Model A, but there is none (regressor=None): use alpha 0")
-    image_embeds = clip.encode_images(items)
-    b = fusion.predict(image_embeds)
-    a = b if regressor is None else np.asarray(regressor.predict(items), np.float32)  # Model B alone: alpha 0
-    fused = ensemble(a, b, w) if head is None else l2_normalize(head.fuse(a, b, w))
-    return describe_embeds(fusion, image_embeds, fused, w, n)
-
-
 def describe_embeds(fusion: KnnPromptFusion, image_embeds: np.ndarray, fused: np.ndarray,
                     alpha: float | Sequence[float] | np.ndarray, n: int | Sequence[int] = 3) -> list[PromptDescription]:
     """The descriptions of fused embeddings: the known prompts nearest to each and to its image.
 
-    The last step of :func:`describe`, shared by the in-process path and the server's KNN model.
+    The last step of :meth:`ImageToPrompt.describe <clipq.runtime.img2prompt.ImageToPrompt.describe>`,
+    shared by the in-process path and the server's KNN model.
 
     Args:
         fusion: Model B.

@@ -29,6 +29,7 @@ import numpy as np
 
 from .backend import Backend, Call, Driver, Steps, TaskPath, chunked, gather_rows, task_path
 from .errors import ArtifactError, InvalidInputError, InvalidTextError, ShapeError
+from .fusion import check_alpha
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, as_image_list
 from .specs import (
     CLIP_IMAGE,
@@ -182,11 +183,6 @@ class ClipEncoder(_Task):
         """
         return self.run(_pick(self._text_steps(CLIP_TEXT, texts, batch_size, progress), return_truncated))
 
-    def describe(self, images: ImageLike | Sequence[ImageLike], *, alpha: float | None = None, n: int = 3,
-                 batch_size: int = 32) -> Any:
-        """Image -> prompt with the backend's own Model B (see :func:`clipq.runtime.fusion.describe`)."""
-        return self.run(self.path.describe(self, as_image_list(images), alpha, n, batch_size))
-
 
 def _pick(steps: Steps[tuple[np.ndarray, list[bool]]], with_flags: bool) -> Steps[Any]:
     emb, truncated = yield from steps
@@ -236,12 +232,10 @@ def head_steps(a: np.ndarray, b: np.ndarray, alpha: float | Sequence[float] | np
     if a.ndim != 2 or a.shape != b.shape:
         raise ShapeError(f"a and b must both be [N, E] of one shape, got {a.shape} and {b.shape}")
     n = a.shape[0]
-    al = np.asarray(alpha, dtype=np.float32)
+    al = check_alpha(alpha)
     al = np.full((n, 1), float(al), np.float32) if al.ndim == 0 else al.reshape(-1, 1)
     if al.shape[0] != n:
         raise ShapeError(f"alpha has {al.shape[0]} values for {n} rows")
-    if not np.isfinite(al).all() or (al < 0).any() or (al > 1).any():
-        raise InvalidInputError("alpha must lie in [0, 1]")
 
     def call(s: int, e: int) -> Call:
         return Call(ENSEMBLE_HEAD, {"a_embeds": a[s:e], "b_embeds": b[s:e], "alpha": np.ascontiguousarray(al[s:e])}, s)
@@ -253,7 +247,7 @@ def head_steps(a: np.ndarray, b: np.ndarray, alpha: float | Sequence[float] | np
 class EnsembleHead(_Task):
     """``normalize(alpha * A + (1 - alpha) * B)`` through the ``ensemble_head`` graph (tensors on every path)."""
 
-    def fuse(self, a: np.ndarray, b: np.ndarray, alpha: float | Sequence[float] | np.ndarray = 0.5,
+    def fuse(self, a: np.ndarray, b: np.ndarray, alpha: float | Sequence[float] | np.ndarray,
              batch_size: int = 64) -> Any:
         """Fuse two batches of prompt embeddings.
 

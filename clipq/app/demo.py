@@ -131,7 +131,6 @@ def _test_items(ctx: DemoContext) -> tuple[list[str], list[Any]]:
 def stage_query(ctx: DemoContext) -> None:
     """One query of each kind through the in-process runtime (onnxruntime, no torch)."""
     import clipq.runtime as rt
-    from clipq.runtime.fusion import KnnPromptFusion, describe
 
     ids, paths = _test_items(ctx)
     image = str(paths[0])
@@ -147,9 +146,7 @@ def stage_query(ctx: DemoContext) -> None:
             a = vqa.ask([image], [q], top_k=3)[0]
             print(f"ask {q!r}: {a.answer} ({a.prob:.2f}); top {[(t, round(p, 2)) for t, p in a.top]}")
         m = backend.manifest
-        fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
-        d = describe([image], clip=clip, regressor=rt.PromptRegressor(backend), fusion=fusion,
-                     head=rt.EnsembleHead(backend), alpha=float(m.extra.get("img2prompt", {}).get("alpha", 0.5)))[0]
+        d = rt.ImageToPrompt(backend).describe([image])[0]
         print(f"describe: nearest known prompts {[(t, round(sc, 3)) for t, sc in d.closest]}")
         ctx.report["query"] = {"image": image, "vqa": a.to_dict(), "describe": d.closest}
         if "reading_image" in m.models:

@@ -77,7 +77,7 @@ def _attach_prompts(m: Any, csv_path: str | os.PathLike[str], image_dir: str | o
     """Model B's database: the prompts' MiniLM embeddings beside their images' CLIP embeddings."""
     import clipq.runtime as rt
     from clipq.readers import read_prompts, resolve_images
-    from clipq.runtime.fusion import KnnPromptFusion
+    from clipq.runtime.fusion import Img2PromptSettings, KnnPromptFusion
 
     records = read_prompts(csv_path, image_dir=image_dir)
     if not records:
@@ -97,7 +97,9 @@ def _attach_prompts(m: Any, csv_path: str | os.PathLike[str], image_dir: str | o
         shutil.rmtree(out)
     fusion.save(out)
     m.add_tree("knn")
-    m.extra["img2prompt"] = {**(m.extra.get("img2prompt") or {}), "k": fusion.k, "alpha": 0.5 if "img2prompt_a" in m.checkpoints else 0.0}
+    # Model B alone where no Model A came with the heads: the default alpha would weigh a missing model
+    settings = Img2PromptSettings.from_manifest(m).replace(k=fusion.k)
+    settings.replace(alpha=settings.alpha if "img2prompt_a" in m.checkpoints else 0.0).store(m)
     return {"prompts": len(records), "k": fusion.k}
 
 

@@ -213,7 +213,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     a_te = batched(model, te.pixels).numpy()
 
     # Model B on the runtime's HNSW index, built from the kept training pairs
-    from clipq.runtime.fusion import KnnPromptFusion, ensemble
+    from clipq.runtime.fusion import Img2PromptSettings, KnnPromptFusion, ensemble
     from clipq.runtime.sweep import sweep
 
     fusion = KnnPromptFusion.from_embeddings(
@@ -222,7 +222,8 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     )
     table = sweep(a_va, fusion.predict_many_k(e_va.numpy(), KS), y_va.numpy(), ALPHAS)
     best = table.best
-    fusion.k, fusion.alpha = best.k, best.alpha
+    settings = Img2PromptSettings(alpha=best.alpha, k=best.k, weighting=cfg.knn_weighting)
+    fusion.settings = settings
     knn_dir = m.root / "knn"
     if knn_dir.exists():
         shutil.rmtree(knn_dir)
@@ -237,7 +238,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
         "sweep_val_markdown": table.to_markdown(), "seconds": round(time.perf_counter() - t0, 1),
         "precision": precision,
     }
-    m.extra["img2prompt"] = {"alpha": best.alpha, "k": best.k, "weighting": cfg.knn_weighting}
+    settings.store(m)
     m.metrics["img2prompt"] = result
     m.save()
     return result

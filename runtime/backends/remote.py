@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Call, Steps, TensorPath, chunked, gather_rows
-from ..errors import ArtifactError, InvalidImageError, InvalidInputError, SchemaVersionError
+from ..errors import ArtifactError, InvalidImageError, SchemaVersionError
 from ..manifest import SCHEMA_VERSION, Manifest, ModelSpec
 from ..preprocess import _describe as describe_source  # the name an error gives an input
 from ..preprocess import decode_image
@@ -244,20 +244,18 @@ class ServerPath:
         outs = yield from chunked(call, len(questions), batch, self.window)
         return gather_rows(outs, p.output, len(questions), self._dim(VQA)), _flags(outs)
 
-    def describe(self, clip: Any, items: Sequence[Any], alpha: float | None, n: int, batch: int) -> Steps[list[Any]]:
-        """The ``describe`` ensemble: Model A, CLIP, Model B's neighbours and the head, all in the server."""
+    def describe(self, items: Sequence[Any], alpha: float, n: int, batch: int) -> Steps[list[Any]]:
+        """The ``describe`` ensemble: Model A, CLIP, Model B's neighbours and the head, all in the server.
+
+        ``alpha`` and ``n`` are checked by the caller (:class:`~clipq.runtime.img2prompt.ImageToPrompt`).
+        """
         from ..fusion import PromptDescription
 
-        if not self.serves(DESCRIBE):
-            return (yield from self._local(DESCRIBE).describe(clip, items, alpha, n, batch))
-        knn = self.info.get("knn") or {}
-        w = float(knn.get("alpha", 0.5)) if alpha is None else float(alpha)
-        if not 0.0 <= w <= 1.0:
-            raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
         limit = int(self.info["models"][DESCRIBE].get("max_batch_size") or batch)
 
         def call(s: int, e: int) -> Call:
-            return self._image_call(DESCRIBE, items, s, e, alpha=_col(w, e - s, np.float32), n=_col(n, e - s, np.int32))
+            return self._image_call(DESCRIBE, items, s, e, alpha=_col(alpha, e - s, np.float32),
+                                    n=_col(n, e - s, np.int32))
 
         outs = yield from chunked(call, len(items), max(1, min(batch, limit)), self.window)
         out = []

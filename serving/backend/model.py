@@ -317,11 +317,12 @@ class _KnnRole:
     """
 
     def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
-        from clipq.runtime.fusion import KnnPromptFusion
+        from clipq.runtime.fusion import Img2PromptSettings, KnnPromptFusion
         from clipq.runtime.specs import ENSEMBLE_HEAD
         from clipq.runtime.tasks import EnsembleHead
 
-        self.fusion = KnnPromptFusion.load(m.resolve_dir("knn"))
+        # the settings' one home: the manifest's record, copied into this model's manifest at rendering
+        self.fusion = KnnPromptFusion.load(m.resolve_dir("knn"), settings=Img2PromptSettings.from_manifest(m))
         self.engine = _open_engine(m, params, [ENSEMBLE_HEAD]) if ENSEMBLE_HEAD in m.models else None
         self.head = EnsembleHead(self.engine) if self.engine is not None else None
 

@@ -367,7 +367,7 @@ def test_task_classes_work_unchanged(backend, reference, manifest):
 def test_ensembles_match_the_client_side_pipeline(server, reference, manifest, protocol):
     import json
 
-    from clipq.runtime.fusion import describe
+    from clipq.runtime.img2prompt import ImageToPrompt
     from clipq.runtime.tasks import ClipEncoder, PromptEncoder, PromptRegressor, VqaModel
 
     b = _triton(server, protocol, manifest)
@@ -401,7 +401,7 @@ def test_ensembles_match_the_client_side_pipeline(server, reference, manifest, p
     # describe: Model A, CLIP, Model B's neighbours and the ensemble head all in the server
     d = b.infer("describe", {"image": images, "alpha": np.full((2, 1), 0.3, np.float32),
                              "n": np.full((2, 1), 2, np.int32)})
-    local = describe(images, clip=enc, alpha=0.3, n=2)  # in process: the artifacts' knn/ and head
+    local = ImageToPrompt(enc.backend).describe(images, alpha=0.3, n=2)  # in process: the artifacts' knn/ and head
     np.testing.assert_allclose(d["a_embeds"], a, atol=ATOL)
     np.testing.assert_allclose(d["image_embeds"], img, atol=ATOL)
     np.testing.assert_allclose(d["prompt_embeds"], np.stack([x.embedding for x in local]), atol=ATOL)

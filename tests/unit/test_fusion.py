@@ -12,8 +12,10 @@ from clipq.runtime.errors import ArtifactError, IndexCorruptError, InvalidInputE
 from clipq.runtime.fusion import (
     CONFIG_NAME,
     EMBEDS_NAME,
+    Img2PromptSettings,
     KnnPromptFusion,
-    describe,
+    check_alpha,
+    describe_embeds,
     ensemble,
     neighbour_weights,
 )
@@ -102,11 +104,12 @@ def test_neighbour_weights() -> None:
 # -- Model B --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("weighting", ["inverse_distance", "softmax", "uniform"])
 def test_predict_recovers_the_cluster_prompt(model_b: KnnPromptFusion, world, weighting: str) -> None:
-    model_b.weighting = weighting
+    before = model_b.settings
+    model_b.settings = before.replace(weighting=weighting)
     try:
         pred = model_b.predict(world["queries"])
     finally:
-        model_b.weighting = "inverse_distance"
+        model_b.settings = before
     assert pred.shape == (30, P)
     np.testing.assert_allclose(np.linalg.norm(pred, axis=1), 1.0, atol=1e-5)
     target = world["prompt_centres"][world["q_labels"]]
@@ -162,11 +165,19 @@ def test_save_load_round_trip(model_b: KnnPromptFusion, world, tmp_path: Path) -
     back = KnnPromptFusion.load(tmp_path / "knn")
     np.testing.assert_allclose(back.predict(world["queries"]), model_b.predict(world["queries"]), atol=1e-6)
     assert back.prompt_texts == model_b.prompt_texts and back.k == 10 and back.index.model_id == "clip-x"
-    # only the config changes on a tune --write
-    back.k, back.alpha = 3, 0.7
-    back.write_config(tmp_path / "knn")
-    again = KnnPromptFusion.load(tmp_path / "knn")
-    assert (again.k, again.alpha) == (3, 0.7)
+    # knn/ holds data only: the settings come from the caller (the manifest's record)
+    cfg = json.loads((tmp_path / "knn" / CONFIG_NAME).read_text())
+    assert not {"k", "alpha", "weighting", "temperature"} & set(cfg)
+    again = KnnPromptFusion.load(tmp_path / "knn", settings=Img2PromptSettings(k=3, alpha=0.7, weighting="uniform"))
+    assert (again.k, again.weighting, again.settings.alpha) == (3, "uniform", 0.7)
+    q = world["queries"][:4]
+    rows, _ = again._neighbours(q, 3)
+    want = again.prompt_embeds[rows].mean(axis=1)  # uniform weights over K = 3
+    np.testing.assert_allclose(again.predict(q), want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
+    # a schema-1 knn.json (settings inside) still loads; its settings are ignored
+    (tmp_path / "knn" / CONFIG_NAME).write_text(json.dumps({**cfg, "schema_version": 1, "k": 1, "alpha": 0.9}))
+    old = KnnPromptFusion.load(tmp_path / "knn")
+    assert old.settings == Img2PromptSettings()
     with pytest.raises(ArtifactError, match="clip-x"):
         KnnPromptFusion.load(tmp_path / "knn", encoder=type("E", (), {"dim": D, "model_id": "clip-y"})())
 
@@ -191,36 +202,44 @@ def test_load_refuses_corrupt_files(model_b: KnnPromptFusion, tmp_path: Path) ->
         KnnPromptFusion.load(tmp_path / "empty")
 
 
-# -- describe -------------------------------------------------------------------------------------
-def test_describe_reports_embedding_and_known_prompts(model_b: KnnPromptFusion, world) -> None:
-    """Images are given here by their row in ``queries``; the stand-ins look them up."""
+# -- the settings record -------------------------------------------------------------------------
+def test_settings_record_validates_once_and_round_trips_through_the_manifest(tmp_path: Path) -> None:
+    from clipq.runtime.manifest import Manifest
+
+    s = Img2PromptSettings(alpha=0.3, k=5, weighting="softmax", temperature=0.1)
+    assert s.to_dict() == {"alpha": 0.3, "k": 5, "weighting": "softmax", "temperature": 0.1}
+    assert Img2PromptSettings.from_dict(s.to_dict()) == s
+    assert s.replace(k=7, alpha=None) == Img2PromptSettings(alpha=0.3, k=7, weighting="softmax", temperature=0.1)
+    for bad in ({"alpha": 1.5}, {"alpha": -0.1}, {"alpha": float("nan")}, {"alpha": "x"}, {"k": 0},
+                {"k": 2.5}, {"weighting": "max"}, {"weighting": "softmax", "temperature": 0.0}):
+        with pytest.raises(InvalidInputError):
+            Img2PromptSettings(**bad)
+        with pytest.raises(ArtifactError, match="settings are invalid"):  # a stored record: the artifact is bad
+            Img2PromptSettings.from_dict(bad)
+    with pytest.raises(InvalidInputError, match="alpha"):
+        check_alpha([0.2, 1.01])
+    m = Manifest(root=tmp_path)
+    assert Img2PromptSettings.from_manifest(m) == Img2PromptSettings()  # no record: the defaults
+    s.store(m)
+    m.save()
+    assert Img2PromptSettings.from_manifest(Manifest.load(tmp_path)) == s
+    # a record written before temperature was stored keeps the default for it
+    m.extra["img2prompt"] = {"alpha": 0.6, "k": 3, "weighting": "inverse_distance"}
+    assert Img2PromptSettings.from_manifest(m) == Img2PromptSettings(alpha=0.6, k=3)
+
+
+def test_describe_embeds_reports_the_fused_embedding_and_known_prompts(model_b: KnnPromptFusion, world) -> None:
     q, centres, labels = world["queries"], world["prompt_centres"], world["q_labels"]
-
-    class Clip:
-        dim, model_id = D, "clip-x"
-
-        def encode_images(self, images, batch_size=32, progress=False):
-            return q[list(images)]
-
-    class ModelA:
-        def predict(self, images):
-            return centres[labels[list(images)]]
-
-    class Head:  # the exported graph computes what the numpy reference does
-        def fuse(self, a, b, alpha):
-            return ensemble(a, b, alpha)
-
-    out = describe([0, 6], clip=Clip(), regressor=ModelA(), fusion=model_b, head=Head(), n=2)
-    assert len(out) == 2 and out[0].embedding.shape == (P,) and out[0].alpha == model_b.alpha
+    rows = [0, 6]
+    a, b = centres[labels[rows]], model_b.predict(q[rows])
+    out = describe_embeds(model_b, q[rows], ensemble(a, b, 0.5), 0.5, 2)
+    assert len(out) == 2 and out[0].embedding.shape == (P,) and out[0].alpha == 0.5 and out[0].k == model_b.k
     assert out[0].closest[0][0] == "prompt of cluster 0" and out[1].closest[0][0] == "prompt of cluster 2"
     assert out[1].neighbours[0][0] == "prompt of cluster 2"
-    same = describe([0, 6], clip=Clip(), regressor=ModelA(), fusion=model_b, head=None, n=2, alpha=1.0)
+    same = describe_embeds(model_b, q[rows], ensemble(a, b, 1.0), [1.0, 1.0], [1, 2])
     np.testing.assert_allclose(same[0].embedding, unit(centres[0]), atol=1e-6)  # alpha=1: Model A alone
+    assert len(same[0].closest) == 1 and 1 <= len(same[1].closest) <= 2  # n per row (repeated prompts listed once)
     assert json.loads(json.dumps(out[0].to_dict()))["k"] == model_b.k
-    wrong = Clip()
-    wrong.model_id = "clip-y"
-    with pytest.raises(ArtifactError):
-        describe([0], clip=wrong, regressor=ModelA(), fusion=model_b)
 
 
 # -- sweep ----------------------------------------------------------------------------------------

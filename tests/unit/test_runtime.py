@@ -263,7 +263,7 @@ def test_prompt_models_and_ensemble(backend, dims):
         want = al * a + (1 - al) * b
         np.testing.assert_allclose(head.fuse(a, b, alpha), want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
     with pytest.raises(ShapeError):
-        head.fuse(a, b[:2])
+        head.fuse(a, b[:2], 0.5)
     with pytest.raises(InvalidInputError):
         head.fuse(a, b, 1.5)
 

@@ -19,7 +19,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("-k", type=int, default=3, help="prompts listed per image (default %(default)s)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="weight of Model A in the ensemble (default: the tuned value in the manifest, else 0.5)")
+                   help="weight of Model A in the ensemble (default: the manifest's image -> prompt settings, "
+                        "as trained or `clipq tune --write` left them; 0 without Model A)")
     p.add_argument("--embedding", action="store_true", help="include the fused 384-d embedding in --json output")
     add_backend_args(p)
     p.set_defaults(func=run)
@@ -28,24 +29,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import clipq.runtime as rt
     from clipq.app.cliutil import print_json
-    from clipq.runtime.errors import ArtifactError
-    from clipq.runtime.fusion import KnnPromptFusion, describe
 
     backend = rt.connect(args.artifacts, server=args.server)
     try:
-        m = backend.manifest
-        clip = rt.ClipEncoder(backend)
-        fusion = None  # a server runs its own Model B (the knn_prompts model): no local files
-        if args.server is None:
-            if not any(k.startswith("knn/") for k in m.files):
-                raise ArtifactError(f"{m.root}: no Model B (knn/) in the artifacts; run `clipq train img2prompt` first")
-            fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=clip)
-        alpha = args.alpha if args.alpha is not None else float((m.extra.get("img2prompt") or {}).get("alpha", 0.5))
-        regressor = rt.PromptRegressor(backend) if "img2prompt_a" in m.models else None  # Model B alone
-        if regressor is None and args.alpha is None:
-            alpha = 0.0
-        out = describe(args.images, clip=clip, regressor=regressor, fusion=fusion,
-                       head=rt.EnsembleHead(backend), alpha=alpha, n=args.k)
+        out = rt.ImageToPrompt(backend).describe(args.images, alpha=args.alpha, n=args.k)
     finally:
         backend.close()
     if args.json:

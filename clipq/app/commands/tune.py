@@ -2,8 +2,9 @@
 
 The paper left both open. This scores ``normalize(alpha*A + (1-alpha)*B_K)`` by mean cosine to the
 true prompt embeddings for every (alpha, K), prints the grid, checks the exported ``ensemble_head``
-against the numpy reference at the best cell, and with ``--write`` stores the best K and alpha in
-the artifact's ``knn/knn.json`` (and refreshes the manifest's hashes).
+against the numpy reference at the best cell, and with ``--write`` stores the best K and alpha (and
+any weighting / temperature given) in the manifest's image -> prompt settings, the one record that
+``clipq describe``, the web app, the thin client and a server rendered afterwards all read.
 """
 
 from __future__ import annotations
@@ -32,28 +33,28 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--temperature", type=float, help="override the softmax temperature")
     p.add_argument("--limit", type=int, help="use at most this many validation images")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--write", action="store_true", help="store the best K and alpha in <artifacts>/knn/knn.json")
+    p.add_argument("--write", action="store_true", help="store the best K and alpha in the artifacts' manifest (the image -> prompt settings)")
     add_backend_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     import clipq.runtime as rt
     from clipq.app.cliutil import print_json
     from clipq.readers import World
     from clipq.runtime.errors import InvalidInputError
-    from clipq.runtime.fusion import KnnPromptFusion, ensemble
+    from clipq.runtime.fusion import check_alpha, ensemble
+    from clipq.runtime.img2prompt import write_settings
     from clipq.runtime.sweep import DEFAULT_ALPHAS, DEFAULT_KS, sweep
     from clipq.runtime.vectors import mean_cosine
 
     alphas = args.alphas or list(DEFAULT_ALPHAS)
     ks = args.ks or list(DEFAULT_KS)
-    if any(not 0 <= a <= 1 for a in alphas) or any(k < 1 for k in ks):
-        raise InvalidInputError("alphas must lie in [0, 1] and K values be >= 1")
+    check_alpha(alphas)
+    if any(k < 1 for k in ks):
+        raise InvalidInputError(f"K values must be >= 1, got {ks}")
 
     split = World(args.data).split(args.split)
     ids = [i for i in split.image_ids if i in split.prompts]
@@ -66,16 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     backend = rt.connect(args.artifacts, server=args.server)
     try:
-        encoder = rt.ClipEncoder(backend)
-        knn_dir = Path(backend.manifest.root) / "knn"
-        if any(f.startswith("knn/") for f in backend.manifest.files):
-            backend.manifest.resolve_dir("knn")  # hashes checked against the manifest
-        fusion = KnnPromptFusion.load(knn_dir, encoder=encoder)
-        if args.weighting:
-            fusion.weighting = args.weighting
-        if args.temperature:
-            fusion.temperature = args.temperature
-        image_embeds = encoder.encode_images(paths, batch_size=args.batch_size, progress=not args.json)
+        task = rt.ImageToPrompt(backend)
+        task.settings = task.settings.replace(weighting=args.weighting, temperature=args.temperature)
+        fusion = task.fusion  # loaded with the settings above
+        image_embeds = task.clip.encode_images(paths, batch_size=args.batch_size, progress=not args.json)
         a_val = rt.PromptRegressor(backend).predict(paths, batch_size=args.batch_size)
         targets = rt.PromptEncoder(backend).encode(prompts)
         b_by_k = fusion.predict_many_k(image_embeds, ks)
@@ -86,22 +81,18 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
     reference = ensemble(a_val, b_by_k[best.k], best.alpha)
     head = {"mean_cosine": mean_cosine(graph, targets), "max_abs_diff": float(np.abs(graph - reference).max())}
-
+    tuned = task.settings.replace(k=best.k, alpha=best.alpha)
     if args.write:
-        manifest = rt.Manifest.load(backend.manifest.root)  # before the change: loading checks file sizes
-        fusion.k, fusion.alpha = best.k, best.alpha
-        fusion.write_config(knn_dir)
-        manifest.add_tree("knn")
-        manifest.save()
+        write_settings(backend.manifest.root, tuned)
 
     if args.json:
         print_json({
-            "split": args.split, "n": len(ids), "weighting": fusion.weighting, "temperature": fusion.temperature,
-            **table.to_dict(), "ensemble_head": head, "written": bool(args.write),
+            "split": args.split, "n": len(ids), "weighting": tuned.weighting, "temperature": tuned.temperature,
+            **table.to_dict(), "ensemble_head": head, "written": bool(args.write), "settings": tuned.to_dict(),
         })
         return 0
     print(f"image -> prompt on {len(ids)} {args.split} images: mean cosine to the true prompt embedding")
-    print(f"Model B weighting: {fusion.weighting}" + (f" (T={fusion.temperature:g})" if fusion.weighting == "softmax" else ""))
+    print(f"Model B weighting: {tuned.weighting}" + (f" (T={tuned.temperature:g})" if tuned.weighting == "softmax" else ""))
     print()
     print(table.to_markdown())
     print()
@@ -114,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"best: alpha={best.alpha:g}, K={best.k}: {best.score:.4f}")
     print(f"ensemble_head graph at the best cell: {head['mean_cosine']:.4f} (max |graph - numpy| {head['max_abs_diff']:.2e})")
     if args.write:
-        print(f"wrote K={best.k}, alpha={best.alpha:g} to {knn_dir / 'knn.json'} (manifest updated)")
+        print(f"wrote K={best.k}, alpha={best.alpha:g} to {backend.manifest.root}/manifest.json "
+              "(image -> prompt settings; re-render a server's repository to serve them)")
     return 0

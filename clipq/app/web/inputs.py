@@ -140,6 +140,19 @@ def integer(value: Any, name: str, lo: int, hi: int) -> int:
     return value
 
 
+def alpha(value: float | None) -> float | None:
+    """The ensemble weight of Model A a request names, checked by the runtime's one alpha check."""
+    if value is None:
+        return None
+    from clipq.runtime.errors import InvalidInputError
+    from clipq.runtime.fusion import check_alpha
+
+    try:
+        return float(check_alpha(value))
+    except InvalidInputError as e:
+        raise ApiError(400, str(e), param="alpha", code="out_of_range") from None
+
+
 def one_source(image: str | None, item_id: str | None, upload: bytes | None, *, text: str | None = None,
                allow_text: bool = False) -> str:
     """Which query source a request names; exactly one of text, image, id or an uploaded file."""

@@ -241,12 +241,13 @@ async def describe(request: Request) -> Any:
     req, upload = await _read(request, DescribeRequest)
     inputs.one_source(req.image, req.id, upload)
     n = inputs.integer(req.n, "n", 1, 20)
+    alpha = inputs.alpha(req.alpha)
     if req.id is not None:
         _check_id(svc, req.id)
         image: Any = await svc.call(svc.stored_path, req.id)
     else:
         image = _image(req, upload, svc.settings)
-    out = await svc.call(svc.describe, image, n=n, alpha=req.alpha, embedding=req.embedding, param="image")
+    out = await svc.call(svc.describe, image, n=n, alpha=alpha, embedding=req.embedding, param="image")
     return JSONResponse(out)
 
 

@@ -61,7 +61,8 @@ class DescribeRequest(_Request):
     image: str | None = None
     id: str | None = None
     n: Any = Field(5, description="prompts listed, 1..20")
-    alpha: float | None = Field(None, ge=0.0, le=1.0, description="weight of Model A (default: the tuned value)")
+    alpha: float | None = Field(None, description="weight of Model A, in [0, 1] (default: the artifacts' "
+                                "image -> prompt settings)")
     embedding: bool = Field(False, description="include the fused prompt embedding")
 
 

@@ -153,24 +153,22 @@ class Services:
 
         return self._get("vqa", lambda: VqaModel(self.backend, encoder=self.encoder), "answer questions (no VQA model)")
 
-    def describer(self) -> dict[str, Any] | None:
-        """Model A, B and the head of local artifacts; None where the backend has its own Model B
-        (a thin client of a clipq server, whose ``describe`` ensemble runs all three)."""
+    def describer(self) -> Any:
+        """The image -> prompt task (:class:`~clipq.runtime.img2prompt.ImageToPrompt`): Models A, B, the head.
+
+        Raises:
+            ApiError: 501 where neither the artifacts (``knn/``) nor the server have a Model B.
+        """
         m = self.backend.manifest
-        if not any(k.startswith("knn/") for k in (m.files or {})):
-            if getattr(self.encoder, "remote", False):
-                return None
+        has_local = any(k.startswith("knn/") for k in (m.files or {}))
+        if not (has_local or getattr(self.encoder, "remote", False)):  # a thin client: the server's Model B
             raise ApiError(501, "this server cannot describe images: the artifacts have no Model B (knn/); "
                            "run `clipq train img2prompt`", code="not_available")
 
-        def build() -> dict[str, Any]:
-            from clipq.runtime.fusion import KnnPromptFusion
-            from clipq.runtime.tasks import EnsembleHead, PromptRegressor
+        def build() -> Any:
+            from clipq.runtime.img2prompt import ImageToPrompt
 
-            fusion = KnnPromptFusion.load(m.resolve_dir("knn"), encoder=self.encoder)
-            alpha = float((m.extra.get("img2prompt") or {}).get("alpha", fusion.alpha))
-            return {"fusion": fusion, "regressor": PromptRegressor(self.backend, max_pixels=self.settings.max_image_pixels),
-                    "head": EnsembleHead(self.backend), "alpha": alpha}
+            return ImageToPrompt(self.backend, max_pixels=self.settings.max_image_pixels)
 
         return self._get("describe", build, "describe images")
 
@@ -229,14 +227,7 @@ class Services:
                 "truncated": truncated}
 
     def describe(self, image: bytes | str, *, n: int, alpha: float | None, embedding: bool) -> dict[str, Any]:
-        from clipq.runtime.fusion import describe
-
-        parts = self.describer()
-        if parts is None:
-            d = describe([image], clip=self.encoder, alpha=alpha, n=n)[0]
-        else:
-            d = describe([image], clip=self.encoder, regressor=parts["regressor"], fusion=parts["fusion"],
-                         head=parts["head"], alpha=parts["alpha"] if alpha is None else alpha, n=n)[0]
+        d = self.describer().describe([image], alpha=alpha, n=n)[0]
         out = d.to_dict()
         if not embedding:
             out.pop("embedding", None)
