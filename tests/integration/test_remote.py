@@ -11,6 +11,7 @@ shared libpython can be found the server tests are skipped, or fail under ``make
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def test_the_bundle_has_no_checkpoints_but_everything_the_runtime_and_server_rea
 def test_ask_search_describe_from_the_bundle_in_process_and_through_the_server(bundle, server, images, local):
     """The same three tasks in process on the bundle, through the server, and through a thin client."""
     from clipq.runtime import connect
-    from clipq.runtime.fusion import describe
+    from clipq.runtime.img2prompt import ImageToPrompt
     from clipq.runtime.index import ImageIndex
     from clipq.runtime.search import ImageSearch
     from clipq.runtime.tasks import ClipEncoder, VqaModel
@@ -131,7 +132,7 @@ def test_ask_search_describe_from_the_bundle_in_process_and_through_the_server(b
         answers = VqaModel(backend, encoder=enc).ask(images, "what color is the shape ?")
         index = ImageIndex.from_images(images, enc, ids=ids, progress=False)
         hits = ImageSearch(index, enc).search("a red circle on the left", k=3)
-        got[name] = (answers, hits, describe(images[:3], clip=enc, n=2), index)
+        got[name] = (answers, hits, ImageToPrompt(enc.backend).describe(images[:3], n=2), index)
     want_answers, want_hits, want_desc, want_index = got["in-process"]
     for name in ("server", "thin"):
         answers, hits, desc, index = got[name]
@@ -166,7 +167,10 @@ def test_the_thin_client_learns_what_it_must_know_from_the_server(thin, bundle, 
     assert VqaModel(thin).vocab == b.answer_vocab
     assert ReadingModel(thin).candidates == b.extra["reading"]["candidates"]
     knn = json.loads((bundle / "knn" / "knn.json").read_text())
-    assert (thin.server_info() or {})["knn"]["alpha"] == pytest.approx(knn["alpha"])
+    assert (thin.server_info() or {})["knn"]["count"] == knn["count"]
+    from clipq.runtime.fusion import Img2PromptSettings
+
+    assert Img2PromptSettings.from_manifest(m) == Img2PromptSettings.from_manifest(b)  # the record, from the server
     with pytest.raises(ArtifactError, match="not on this machine"):
         enc.tokenizer  # noqa: B018 - tokenisation runs in the server; no local file to read
 
@@ -176,7 +180,7 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
     from PIL import Image
 
     from clipq.runtime import ReadingModel
-    from clipq.runtime.fusion import describe
+    from clipq.runtime.img2prompt import ImageToPrompt
     from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     enc, ref = ClipEncoder(thin), ClipEncoder(local)
@@ -203,7 +207,7 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
     figures["read"] = (float(np.abs(s_got - s_want).max()), 1.0)
     assert s_got.shape == (len(images), len(ReadingModel(local).candidates))
     assert figures["read"][0] <= ATOL
-    d_got, d_want = describe(images, clip=enc, alpha=0.25, n=3), describe(images, clip=ref, alpha=0.25, n=3)
+    d_got, d_want = (ImageToPrompt(e.backend).describe(images, alpha=0.25, n=3) for e in (enc, ref))
     figures["describe"] = _close(np.stack([d.embedding for d in d_got]), np.stack([d.embedding for d in d_want]))
     for g, w in zip(d_got, d_want):
         assert [t for t, _ in g.closest] == [t for t, _ in w.closest] and len(g.closest) == 3
@@ -215,7 +219,7 @@ def test_the_thin_client_agrees_with_in_process(thin, local, images, record_prop
 
 @triton
 def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_path):
-    from clipq.runtime.fusion import describe
+    from clipq.runtime.img2prompt import ImageToPrompt
     from clipq.runtime.tasks import ClipEncoder, ReadingModel
 
     enc, ref = ClipEncoder(thin), ClipEncoder(local)
@@ -238,7 +242,7 @@ def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_pat
             e.encode_texts(["fine", "fine", ""])
         assert info.value.index == 2
         with pytest.raises(InvalidInputError, match="alpha"):
-            describe(images[:1], clip=e, alpha=1.5)
+            ImageToPrompt(e.backend).describe(images[:1], alpha=1.5)
     for backend in (thin, local):  # the reading model's errors, the same through the server
         reader = ReadingModel(backend)
         with pytest.raises(InvalidImageError) as info:
@@ -259,7 +263,7 @@ def test_server_errors_arrive_typed_naming_the_item(thin, local, images, tmp_pat
 def test_task_classes_on_the_async_backend(server, thin, images, bundle, protocol):
     from clipq.runtime import ReadingModel
     from clipq.runtime.backends.triton import AsyncTritonBackend
-    from clipq.runtime.fusion import describe
+    from clipq.runtime.img2prompt import ImageToPrompt
     from clipq.runtime.tasks import ClipEncoder, EnsembleHead, PromptEncoder, PromptRegressor, VqaModel
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
@@ -272,7 +276,7 @@ def test_task_classes_on_the_async_backend(server, thin, images, bundle, protoco
                    "texts": await enc.encode_texts(TEXTS, return_truncated=True),
                    "answers": await VqaModel(b, encoder=enc).ask(images, "what color is the shape ?"),
                    "a": await PromptRegressor(b).predict(images), "prompts": await PromptEncoder(b).encode(TEXTS),
-                   "describe": await describe(images, clip=enc, n=2),
+                   "describe": await ImageToPrompt(enc.backend).describe(images, n=2),
                    "read": await ReadingModel(b).read(images, "what word is written ?")}
             out["head"] = await EnsembleHead(b).fuse(out["a"], out["a"][::-1], 0.5)
             with pytest.raises(InvalidImageError) as info:
@@ -298,7 +302,7 @@ def test_task_classes_on_the_async_backend(server, thin, images, bundle, protoco
     np.testing.assert_allclose(out["a"], PromptRegressor(thin).predict(images), atol=1e-6)
     np.testing.assert_allclose(out["prompts"], PromptEncoder(thin).encode(TEXTS), atol=1e-6)
     np.testing.assert_allclose(out["head"], EnsembleHead(thin).fuse(out["a"], out["a"][::-1], 0.5), atol=1e-6)
-    d = describe(images, clip=enc, n=2)
+    d = ImageToPrompt(enc.backend).describe(images, n=2)
     np.testing.assert_allclose(np.stack([x.embedding for x in out["describe"]]), np.stack([x.embedding for x in d]),
                                atol=1e-6)
     assert [x.closest for x in out["describe"]] == [x.closest for x in d]
@@ -361,20 +365,6 @@ def test_one_protocol_adapter_per_scheme():
         b.close()
 
 
-class _FakeServerError(Exception):
-    """Shaped like tritonclient's InferenceServerException (status() and message())."""
-
-    def __init__(self, status, msg):
-        super().__init__(msg)
-        self._s, self._m = status, msg
-
-    def status(self):
-        return self._s
-
-    def message(self):
-        return self._m
-
-
 @pytest.fixture
 def client(artifacts):
     from clipq.runtime.backends.triton import TritonBackend
@@ -384,39 +374,114 @@ def client(artifacts):
     b.close()
 
 
-def test_remote_input_errors_keep_their_type_and_global_index(client):
+def _count_calls(backend, name: str) -> list[BaseException | None]:
+    """Record each attempt of the backend's client method ``name`` (None: it returned; else what it raised)."""
+    client = backend._client()
+    real = getattr(client, name)
+    seen: list[BaseException | None] = []
+
+    def counted(*a, **kw):
+        try:
+            out = real(*a, **kw)
+        except Exception as e:
+            seen.append(e)
+            raise
+        seen.append(None)
+        return out
+
+    setattr(client, name, counted)
+    return seen
+
+
+@triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_remote_input_errors_keep_their_type_and_global_index(server, bundle, images, protocol):
+    """The server's own errors: typed, at the item's index in the whole batch (past the first chunk), not retried."""
     from clipq.runtime.backend import Call
+    from clipq.runtime.backends.triton import TritonBackend
 
-    e = client._error(_FakeServerError(
-        "StatusCode.INVALID_ARGUMENT",
-        "in ensemble 'embed_image', InvalidImageError: [item 3, '<2 bytes>'] not an image (or an unsupported format)",
-    ), "embed_image", start=32)
-    assert isinstance(e, InvalidImageError) and e.index == 35
-    assert "item 35" in str(e) and "not an image" in str(e)
-    e = client._error(_FakeServerError("400", "InvalidTextError: [item 0] text is empty"), "embed_text")
-    assert isinstance(e, InvalidTextError) and e.index == 0
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    good = images[0].read_bytes()
+    with TritonBackend(url, bundle, retries=3) as b:
+        assert b._max_batch("embed_image", b.spec("embed_image")) < 40  # the batch below crosses chunks
+        batch = [good] * 40
+        batch[35] = b"\x89PNG\r\n\x1a\n-truncated-"
+        seen = _count_calls(b, "infer")
+        with pytest.raises(InvalidImageError) as info:
+            b.infer("embed_image", {"image": batch})
+        assert info.value.index == 35 and "item 35" in str(info.value)
+        assert seen[-1] is not None and len([e for e in seen if e is not None]) == 1  # an input error: never repeated
+        with pytest.raises(InvalidTextError) as info:
+            b.infer("embed_text", {"text": ["fine", "   "]})
+        e = info.value
+        assert e.index == 1 and "empty" in str(e)
+        with pytest.raises(InferenceError, match="no model 'no_such_model'"):
+            b.infer("no_such_model", {"x": np.zeros((1, 2), np.float32)})
     # a task's call moves the index into the caller's batch and names the item as the caller gave it
-    moved = Call("embed_text", {}, start=64, sources=["a.jpg"]).relocate(e)
-    assert type(moved) is InvalidTextError and moved.index == 64 and str(moved) == "[item 64, 'a.jpg'] text is empty"
+    moved = Call("embed_text", {}, start=64, sources=[None, "a.txt"]).relocate(e)
+    assert type(moved) is InvalidTextError and moved.index == 65 and str(moved).startswith("[item 65, 'a.txt']")
 
 
-def test_other_remote_errors_carry_the_server_reason(client):
-    e = client._error(_FakeServerError("StatusCode.INTERNAL", "onnxruntime exploded"), "clip_image")
-    assert isinstance(e, InferenceError) and "onnxruntime exploded" in str(e)
-    e = client._error(ConnectionRefusedError(111, "Connection refused"), "clip_image")
-    assert isinstance(e, BackendUnavailable) and "grpc://127.0.0.1:1" in str(e)
-    e = client._error(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), "clip_image")
-    assert isinstance(e, BackendUnavailable) and "within" in str(e)
+@triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_deadline_the_server_cannot_meet_is_backend_unavailable_and_not_retried(server, bundle, protocol):
+    """A tiny timeout against the real server: BackendUnavailable naming the model and the deadline, at once."""
+    import time
+
+    from PIL import Image
+
+    from clipq.runtime.backends.triton import TritonBackend
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    rng = np.random.default_rng(0)
+    noise = []  # incompressible 512 x 512 PNGs: decoding and resizing 16 of them takes the server far over 10 ms
+    for _ in range(16):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(buf, format="PNG")
+        noise.append(buf.getvalue())
+    with TritonBackend(url, bundle, timeout_s=30) as b:
+        t0 = time.monotonic()
+        assert b.infer("embed_image", {"image": noise})["image_embeds"].shape[0] == 16
+        needed = time.monotonic() - t0
+    assert needed > 0.05, needed  # the premise: one call takes longer than the deadline below
+    with TritonBackend(url, bundle, timeout_s=0.01, retries=5, backoff_s=1.0) as b:
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"did not answer 'embed_image' within 0.01 s"):
+            b.infer("embed_image", {"image": noise})
+        assert time.monotonic() - t0 < min(1.0, needed)  # given up at the deadline, not retried
 
 
-def test_only_safe_failures_are_retried(client):
-    assert client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "clip_image")
-    assert client._retryable(ConnectionRefusedError(111, "refused"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.DEADLINE_EXCEEDED", "Deadline"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.INVALID_ARGUMENT", "bad"), "clip_image")
-    assert not client._retryable(_FakeServerError("StatusCode.INTERNAL", "boom"), "clip_image")
-    client._configs["stateful"] = {"name": "stateful", "sequence_batching": {"max_sequence_idle_microseconds": 1}}
-    assert not client._retryable(_FakeServerError("StatusCode.UNAVAILABLE", "failed to connect"), "stateful")
+@triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_server_that_goes_away_is_retried_then_backend_unavailable(bundle, tmp_path, protocol):
+    """Stop a real tritonserver under a connected client: every attempt is made, then the typed error."""
+    from clipq.runtime.backends.triton import TritonBackend
+    from clipq.serving import RenderOptions, render_repository
+    from clipq.serving.server import TritonServer
+
+    require_triton()
+    repo = render_repository(bundle, tmp_path / "r", RenderOptions(variant="fp32", warmup=False), models=["clip_text"])
+    feeds = {"input_ids": np.full((1, 7), 1000, np.int64), "attention_mask": np.ones((1, 7), np.int64)}
+    srv = TritonServer(repo.path).start()
+    try:
+        url = srv.grpc_url if protocol == "grpc" else srv.http_url
+        b = TritonBackend(url, bundle, retries=3, backoff_s=0.01, timeout_s=20)
+        assert next(iter(b.infer("clip_text", feeds).values())).shape[0] == 1  # connected, config cached
+    finally:
+        srv.stop()
+    try:
+        seen = _count_calls(b, "infer")
+        with pytest.raises(BackendUnavailable, match=r"is not reachable.*clipq serve") as info:
+            b.infer("clip_text", feeds)
+        assert url.split("://")[1] in str(info.value)
+        assert len(seen) == 4 and all(e is not None for e in seen), seen  # the first try and three retries
+        # the same failure on a stateful model is not repeated: the request might have moved its state
+        b._configs["stateful"] = {"name": "stateful", "sequence_batching": {"max_sequence_idle_microseconds": 1}}
+        assert b._retryable(seen[0], "clip_text") and not b._retryable(seen[0], "stateful")
+        with pytest.raises(BackendUnavailable):
+            b.health()
+    finally:
+        b.close()
 
 
 def test_unreachable_server_raises_backend_unavailable_quickly(artifacts):
