@@ -55,7 +55,13 @@ def test_prompt_targets_are_real_minilm(trained_artifacts):
     assert np.abs(ours - np.asarray(ref["embeddings"], np.float32)).max() < 1e-4
 
 
-def test_eval_cli_prints_table_and_writes_json(trained_artifacts, small_world, tmp_path, capsys):
+def _recall_counted(q: np.ndarray, img: np.ndarray) -> dict[str, float]:
+    """Text -> image Recall@1/5/10 (query i's image is image i), counted from a stable argsort."""
+    order = np.argsort(-(q @ img.T), axis=1, kind="stable")
+    return {f"R@{k}": 100.0 * sum(i in order[i, :k] for i in range(len(q))) / len(q) for k in (1, 5, 10)}
+
+
+def test_eval_cli_prints_table_and_writes_json(trained_artifacts, tiny_artifacts, small_world, tmp_path, capsys):
     out, _ = trained_artifacts
     dest = tmp_path / "eval.json"
     assert main(["eval", str(out), "--data", str(small_world), "--json", str(dest)]) == 0
@@ -66,6 +72,26 @@ def test_eval_cli_prints_table_and_writes_json(trained_artifacts, small_world, t
         r = res["retrieval"][name]
         assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
         assert r["R@10"] > 0  # 50 test images: R@10 of 0 would mean the ranking is broken
+    # recomputed: the same trained CLIP, exported (tiny_artifacts), through the torch-free runtime, and
+    # the recall counted here; one query's worth of slack (PyTorch and onnxruntime may break a near tie apart)
+    import clipq.runtime as rt
+    from clipq.readers import World
+    from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE, embed_texts
+
+    split = World(small_world, check_images=False).split("test")
+    first: dict[str, str] = {}
+    for c in split.captions:
+        first.setdefault(c.image, c.text)
+    ids = [i for i in split.image_ids if i in first]
+    assert res["retrieval"]["queries"] == len(ids)
+    with rt.connect(tiny_artifacts, variant="fp32") as b:
+        enc = rt.ClipEncoder(b)
+        img = enc.encode_images([split.path_of(i) for i in ids])
+        want = {"single": _recall_counted(embed_texts(enc, [first[i] for i in ids], (SINGLE_TEMPLATE,)), img),
+                "ensemble": _recall_counted(embed_texts(enc, [first[i] for i in ids], DEFAULT_TEMPLATES), img)}
+    for name, w in want.items():
+        for k, v in w.items():
+            assert res["retrieval"][name][k] == pytest.approx(v, abs=100.0 / len(ids) + 1e-9), (name, k, res, want)
     # the templates of the evaluation are the ones search serves (one home: clipq.runtime.templates)
     from clipq.runtime.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 
@@ -433,6 +459,26 @@ def test_dual_encoder_baseline_trains_and_is_evaluated(trained_artifacts, small_
     assert s["steps"] == 3 and "dual_encoder" in Manifest.load(art).checkpoints
     b = evaluate(str(art), str(small_world))["retrieval"]["baseline"]
     assert 0 <= b["single"]["R@1"] <= b["single"]["R@10"] <= 100 and b["training"]["steps"] == 3
+    # recomputed: the saved baseline's own towers on the test split, recall counted here
+    import torch
+    import torch.nn.functional as F
+
+    from clipq.models.io import load_tokenizer
+    from clipq.runtime.templates import SINGLE_TEMPLATE, embed_texts
+    from clipq.train.baseline import _Encoder, load_baseline
+    from clipq.train.data import load_split
+
+    m = Manifest.load(art)
+    model = load_baseline(m)
+    split = load_split(str(small_world), "test", m.preprocessing["size"])
+    keep = [i for i, c in enumerate(split.captions) if c]
+    with torch.no_grad():
+        img = F.normalize(model.encode_image(split.pixels[keep]), dim=-1).numpy()
+    q = embed_texts(_Encoder(model, load_tokenizer(m, "clip")), [split.captions[i][0] for i in keep], (SINGLE_TEMPLATE,))
+    want = _recall_counted(q, img)
+    assert b["queries"] == len(keep)
+    for k, v in want.items():
+        assert b["single"][k] == pytest.approx(v, abs=1e-9), (k, b["single"], want)
 
 
 def test_baseline_alone_takes_clips_recorded_budget(trained_artifacts, tmp_path):
