@@ -29,6 +29,7 @@ from clipq.runtime.backends.common import cpu_facts
 from clipq.runtime.engines import ENGINES, RETUNE_COMMAND, engine_for_variant
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest, ModelSpec
+from clipq.runtime.records import CpuDefault
 
 from .parity import batch_sizes
 from .samples import SampleFactory
@@ -140,19 +141,18 @@ def select_network(m: Manifest, name: str, *, threads: int | None = None, batche
     engine, variant = best.split("/", 1)
     facts = cpu_facts(threads)
     facts["versions"] = _versions()
-    record = {
-        "engine": engine, "variant": variant, "precision": info.get(best, {}).get("precision"),
+    record = CpuDefault(engine, variant, measured_on=facts, precision=info.get(best, {}).get("precision"), details={
         "ms": {k: {str(b): round(x, 4) for b, x in v.items()} for k, v in ms.items()},
         "score_ms": {k: round(x, 4) for k, x in scores.items()},
         "batches": sizes, "rounds": rounds, "not_timed": errors,
         "method": "each engine in its own process, alternating rounds; best per-round median; geometric mean over batches",
-        "measured_on": facts, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "remeasure": RETUNE_COMMAND.format(root=m.root),
-    }
-    spec.meta["cpu_default"] = record
+    })
+    record.store(spec)
     log.info("%s: CPU default %s (%s)", name, best,
              ", ".join(f"{k} {scores[k]:.2f} ms" for k in sorted(scores, key=scores.get)))
-    return record
+    return record.to_dict()
 
 
 def _versions() -> dict[str, str]:

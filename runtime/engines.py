@@ -178,7 +178,8 @@ def cpu_routes(manifest: Any, host: Mapping[str, Any] | None = None) -> dict[str
         manifest: The loaded manifest.
         host: This machine's facts (default :func:`clipq.runtime.backends.common.cpu_facts`).
     """
-    from .backends.common import ISA_FLAGS, cpu_facts, flags_text
+    from .backends.common import cpu_facts, flags_text
+    from .records import CPU_DEFAULT_KEY, CpuDefault
 
     host = host or cpu_facts()
     hflags = host.get("flags") or {}
@@ -186,15 +187,12 @@ def cpu_routes(manifest: Any, host: Mapping[str, Any] | None = None) -> dict[str
     other: dict[str, list[str]] = {}
     notices: list[str] = []
     for name, spec in manifest.models.items():
-        choice = spec.meta.get("cpu_default") or {}
-        eng, var = choice.get("engine"), choice.get("variant")
-        if not eng or not var:
+        rec = CpuDefault.from_dict(spec.meta.get(CPU_DEFAULT_KEY))
+        if rec is None:
             continue
-        rec = (choice.get("measured_on") or {}).get("flags") or {}
-        keys = [f for f in ISA_FLAGS if f in rec and f in hflags]
-        if not keys or any(bool(rec[f]) != bool(hflags[f]) for f in keys):
-            m = choice.get("measured_on") or {}
-            key = f"{m.get('cpu', '?')} [{flags_text(rec)}]"
+        eng, var = rec.engine, rec.variant
+        if not rec.measured_like(hflags):
+            key = f"{rec.measured_on.get('cpu', '?')} [{flags_text(rec.measured_on.get('flags') or {})}]"
             other.setdefault(key, []).append(f"{name} ({eng}/{var})")
             continue
         e = ENGINES.get(eng)
@@ -203,10 +201,10 @@ def cpu_routes(manifest: Any, host: Mapping[str, Any] | None = None) -> dict[str
         elif not e.installed:
             notices.append(f"{name}: the recorded CPU default {eng}/{var} needs {', '.join(e.requires)}, not installed"
                            f" here (pip install 'clipq[{e.extra}]')")
-        elif var != "fp32" and var not in spec.variants:
+        elif not rec.has_graph(spec):
             notices.append(f"{name}: the recorded CPU default {eng}/{var} has no graph in the artifacts")
         else:
-            routes[name] = (eng, str(var))
+            routes[name] = (eng, var)
     retune = RETUNE_COMMAND.format(root=getattr(manifest, "root", "ARTIFACTS"))
     for measured, nets in other.items():
         log.warning(

@@ -16,6 +16,7 @@ from typing import Any
 
 from clipq.runtime.engines import CPU_DEFAULT, DEFAULT_ENGINE
 from clipq.runtime.manifest import ModelSpec
+from clipq.runtime.records import CPU_DEFAULT_KEY, CpuDefault
 
 from .layout import BACKEND_NAME, TOKENIZERS_FROM_MODEL
 from .plan import PlannedModel
@@ -40,15 +41,11 @@ class CpuPythonRenderer(Renderer):
     def network_head(self, model: PlannedModel) -> dict[str, Any]:
         return {"backend": BACKEND_NAME}
 
-    def cpu_default(self, spec: ModelSpec) -> tuple[str, str] | None:
-        """The recorded (engine, variant) served for ``spec``, or None (forced options, no record, no graph)."""
+    def cpu_default(self, spec: ModelSpec) -> CpuDefault | None:
+        """The recorded CPU default served for ``spec``, or None (forced options, no record, no graph)."""
         if self.opt.engine is not None or self.opt.variant is not None:
             return None
-        rec = spec.meta.get("cpu_default") or {}
-        eng, var = rec.get("engine"), rec.get("variant")
-        if not eng or not var or (var != "fp32" and var not in spec.variants):
-            return None
-        return str(eng), str(var)
+        return CpuDefault.of(spec)
 
     @staticmethod
     def _file_name(spec: ModelSpec, variant: str, first: bool) -> str:
@@ -61,7 +58,7 @@ class CpuPythonRenderer(Renderer):
         choice = self.cpu_default(model.spec)
         if choice is None:
             return self.opt.variant or model.spec.default_variant, "model.onnx"
-        return choice[1], self._chosen_name(model.spec, choice[1])
+        return choice.variant, self._chosen_name(model.spec, choice.variant)
 
     def _chosen_name(self, spec: ModelSpec, var: str) -> str:
         fallback = spec.default_variant
@@ -75,9 +72,9 @@ class CpuPythonRenderer(Renderer):
         choice = self.cpu_default(spec)
         if choice is None:
             return super().served_graphs(model)
-        eng, var = choice
+        var = choice.variant
         fallback = spec.default_variant
-        rec = dict(spec.meta["cpu_default"])
+        rec = choice.to_dict()
         rel_of = {v: Path(spec.file_for(v)).as_posix() for v in {var, fallback}}
         if "fp32" in (var, fallback):
             # the small manifest mirrors the source: model.onnx is the fp32 graph, the other keeps its name
@@ -97,7 +94,7 @@ class CpuPythonRenderer(Renderer):
                             default_variant="fp32")
             key = "fp32" if var == fallback else var
         meta = {**spec.meta, "variant": var, "source_file": rel_of[var], "served_file": names[var],
-                "cpu_default": {**rec, "variant": key},
+                CPU_DEFAULT_KEY: {**rec, "variant": key},
                 "fallback": {"engine": DEFAULT_ENGINE, "variant": fallback, "file": names[fallback]}}
         if key != var and isinstance(spec.meta.get("openvino"), Mapping) and var in spec.meta["openvino"]:
             meta["openvino"] = {**spec.meta["openvino"], key: spec.meta["openvino"][var]}

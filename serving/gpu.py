@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipq.runtime.manifest import ModelSpec
+from clipq.runtime.records import CpuDefault
 from clipq.runtime.specs import PLAN_VARIANT  # registered by clipq.export.tensorrt.register_plan
 
 from .plan import PlannedModel
@@ -51,10 +52,9 @@ GPU_PLATFORMS = {
 
 def ir_variant(spec: ModelSpec) -> str | None:
     """The OpenVINO IR a CPU server runs for ``spec``: the recorded CPU default's, else ov_int8, else ov_fp32."""
-    rec = spec.meta.get("cpu_default") or {}
-    var = rec.get("variant")
-    if rec.get("engine") == "openvino" and var in spec.variants and spec.variants[var].endswith(".xml"):
-        return str(var)
+    rec = CpuDefault.of(spec, engine="openvino")
+    if rec is not None and rec.variant in spec.variants and spec.variants[rec.variant].endswith(".xml"):
+        return rec.variant
     return next((v for v in OV_IR_VARIANTS if v in spec.variants and spec.variants[v].endswith(".xml")), None)
 
 

@@ -184,9 +184,11 @@ class OpenVinoBackend(InProcessModels):
 
     def default_variant(self, spec: ModelSpec) -> str:
         """What this engine runs for ``spec`` when no variant is asked for (see the class docstring)."""
-        choice = spec.meta.get("cpu_default") or {}
-        if choice.get("engine") == "openvino" and (choice.get("variant") in spec.variants or choice.get("variant") == "fp32"):
-            return str(choice["variant"])
+        from ..records import CpuDefault
+
+        rec = CpuDefault.of(spec, engine="openvino")
+        if rec is not None:
+            return rec.variant
         return next((v for v in OV_VARIANTS if v in spec.variants), "fp32")
 
     def variant_for(self, model: str) -> str:

@@ -59,9 +59,10 @@ def _prepare(root: Path, preset: str, threads: int, networks: list[str], quick: 
     parity at batch 1 and 4, no optimizer candidate, a small NNCF calibration set, one timing round).
     """
     from clipq.runtime.manifest import Manifest
+    from clipq.runtime.records import CpuDefault
 
     m = Manifest.load(root) if (root / "manifest.json").is_file() else None
-    if m is not None and all(n in m.models and "int8" in m.models[n].variants and "cpu_default" in m.models[n].meta
+    if m is not None and all(n in m.models and "int8" in m.models[n].variants and CpuDefault.of(m.models[n])
                              for n in networks):
         return {"reused": True}
     from clipq.export import ExportOptions, export_artifacts
