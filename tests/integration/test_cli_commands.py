@@ -142,9 +142,11 @@ def test_index_build_search_info_delete(clip_variant_artifacts, small_world, tmp
         _assert_same_hits(q["results"], [(h.id, h.score) for h in want])
         _assert_same_hits(q["results"], _topk(emb @ t, ids, 5))
 
-    # image query: the image itself is left out, its neighbours come back by cosine
-    res = _cli_json(capsys, "search", idx, "--image", paths[3], "-k", "4", *art, "--json")
+    # image query: the image itself is left out, its neighbours come back by cosine; with a contact sheet
+    sheet = tmp_path / "sheet.png"
+    res = _cli_json(capsys, "search", idx, "--image", paths[3], "-k", "4", "--contact-sheet", sheet, *art, "--json")
     _assert_same_hits(res["queries"][0]["results"], _topk(emb @ probe, ids, 4, drop={ids[3]}))
+    assert res["contact_sheet"] == str(sheet) and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the text output names the same hits as the JSON
     rc, out, _ = _cli(capsys, "search", idx, QUERIES[0], "-k", "3", *art)
@@ -369,6 +371,41 @@ def test_import_command_matches_transformers(tmp_path, capsys):
     want_img, _ = h._reference(src, photos, texts)
     got_img, _ = h._runtime(art, photos, texts)
     assert (got_img * want_img).sum(1).min() >= FP32.min_cos  # resampling differs a little: cosine only
+
+
+def test_import_command_int8_default_within_its_gate(tmp_path, capsys):
+    """Without --no-int8 an int8 graph may become a tower's CPU default (where it passes and is faster):
+    the default runtime then embeds within the reduced-precision gate of transformers' own."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import clipq.runtime as rt
+    from clipq.export.parity import FP32, REDUCED
+    from clipq.runtime.manifest import Manifest
+
+    h = _import_helpers()
+    src = h.save_checkpoint(tmp_path / "ckpt", image_size=32, patch=8, vision_width=64, text_width=48, projection=24,
+                            context=20, seed=3)
+    art = tmp_path / "art"
+    rc, out, err = _cli(capsys, "import", src, "--out", art)
+    assert rc == 0, err
+    assert f"imported {src} -> {art}" in out and "networks: clip_image, clip_text" in out
+    m = Manifest.load(art)
+    gate = {}
+    for name in ("clip_image", "clip_text"):
+        spec = m.model(name)
+        for variant in spec.variants:
+            assert spec.parity[variant]["passed"] and spec.parity[variant]["min_cos"] >= REDUCED.min_cos
+        gate[name] = FP32.min_cos if spec.default_variant == "fp32" else REDUCED.min_cos
+    images = h._photos(4, seed=5)
+    want_img, want_txt = h._reference(src, images, h.TEXTS)
+    backend = rt.connect(art)
+    try:
+        enc = rt.ClipEncoder(backend)
+        got_img, got_txt = enc.encode_images(images), enc.encode_texts(h.TEXTS)
+    finally:
+        backend.close()
+    assert (got_img * want_img).sum(1).min() >= gate["clip_image"]
+    assert (got_txt * want_txt).sum(1).min() >= gate["clip_text"]
 
 
 # -- bench ---------------------------------------------------------------------------------------------
