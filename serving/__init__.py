@@ -4,9 +4,9 @@ Torch-free: it reads the artifact manifest (``clipq.runtime.manifest``) and noth
 other stages. :func:`render_repository` writes the repository (:mod:`.plan` decides the models,
 :mod:`.renderers` writes them per flavour, :mod:`.layout` says where things sit); every Python-run
 model uses the one ``clipq`` Python-based backend, ``backend/model.py``. :mod:`.launcher` finds
-tritonserver and prepares its backends, :class:`TritonServer` runs it on loopback, and
-:func:`serve_and_query` is the serving step of ``clipq demo``. The remote client is
-``clipq.runtime.backends.triton``.
+tritonserver and prepares its backends, and :class:`TritonServer` runs it on loopback. The remote
+client is ``clipq.runtime.backends.triton``; the serving step of ``clipq demo`` (serve, query each
+ensemble once, stop) is app code: ``clipq.app.serve_roundtrip``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,3 @@ from .repository import (  # noqa: F401
     render_repository,
 )
 from .server import ServerOptions, TritonServer  # noqa: F401
-
-
-def serve_and_query(*args, **kwargs):  # noqa: ANN002,ANN003 - see clipq.serving.demo.serve_and_query
-    """Start tritonserver on the artifacts, query each ensemble once, stop it (see :mod:`.demo`)."""
-    from .demo import serve_and_query as run
-
-    return run(*args, **kwargs)

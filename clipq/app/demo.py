@@ -232,7 +232,7 @@ def _check_searches(ctx: DemoContext, queries: list[str], results: list, ids: li
 
 def stage_serve(ctx: DemoContext) -> None:
     """Start tritonserver on the artifacts, one query of each kind through it, stop it."""
-    from clipq.serving import serve_and_query
+    from clipq.app.serve_roundtrip import serve_and_query
 
     _, paths = _test_items(ctx)
     ctx.report["serve"] = serve_and_query(ctx.artifacts, image=str(paths[0]),

@@ -1,5 +1,7 @@
 """The serving step of ``clipq demo``: start tritonserver, run one query of each kind, stop it.
 
+It drives the serving stage and the runtime client together: app code, not part of ``clipq.serving``.
+
 ``serve_and_query(artifacts)`` renders the repository, starts the server on free loopback ports,
 sends one request to each ensemble (``embed_image``, ``embed_text``, ``ask``, ``describe``) through
 the same remote backend every CLI command uses with ``--server``, checks the remote embeddings
@@ -58,9 +60,8 @@ def serve_and_query(
     from clipq.runtime.backends.triton import TritonBackend
     from clipq.runtime.manifest import Manifest
     from clipq.runtime.tasks import ClipEncoder
-
-    from .repository import render_repository
-    from .server import TritonServer
+    from clipq.serving.repository import render_repository
+    from clipq.serving.server import TritonServer
 
     m = Manifest.load(artifacts)
     img = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
@@ -98,7 +99,9 @@ def serve_and_query(
                 if "describe" in repo.models:
                     import json
 
-                    alpha = float(((remote.server_info() or {}).get("knn") or {}).get("alpha", 0.5))
+                    from clipq.runtime.fusion import Img2PromptSettings
+
+                    alpha = Img2PromptSettings.from_manifest(m).alpha  # the record the server was rendered with
                     out = timed("describe", "describe", {"image": [img], "alpha": np.full((1, 1), alpha, np.float32),
                                                          "n": np.ones((1, 1), np.int32)})
                     closest = json.loads(out["description"][0][0])["closest"]
