@@ -19,11 +19,6 @@ VQA_LABELS = {
 VQA_ORDER = ("v1", "v2", "v3", "v2t", "v4")
 #: CLIQQA's COCO-QA accuracy per variant: the seed paper's own figures
 VQA_PAPER = {"v1": "28.8", "v2": "51.3", "v3": "55.0", "v4": "62.5"}
-#: the embedded default measured on main before issue 12 (seed 0, `make demo`), for the headline's
-#: "before" column: retrieval R@1/5/10, VQA overall, image -> prompt mean cosine, reading accuracy
-BEFORE = {"single": "5.6 / 26.8 / 43.9", "ensemble": "5.9 / 27.2 / 43.9", "v1": "29.6", "v2": "35.6",
-          "v3": "36.8", "v4": "37.5", "A": "0.778", "B": "0.795", "ensemble_i2p": "0.795",
-          "reading": "1.0 / 3.3 / 2.5"}
 QTYPES = ("object", "number", "color", "location")
 WEIGHTING = {"inverse_distance": "inverse distance", "softmax": "softmax", "uniform": "uniform"}
 LM_NAMES = {"minilm": "the pretrained all-MiniLM-L6-v2 (BertModel), not DistilBERT",
@@ -50,19 +45,18 @@ def headline(eval: dict[str, Any]) -> str:
     rows = []
     for v in _vqa_order(eval["vqa"]):
         rows.append([f"VQA {VQA_LABELS.get(v, v.upper())}", "accuracy %", f"{eval['vqa'][v]['overall']:.1f}",
-                     BEFORE.get(v, "-"), VQA_PAPER.get(v, "-")])
+                     VQA_PAPER.get(v, "-")])
     r = eval["retrieval"]
     labels = _retrieval_labels(r)
     for name in ("single", "ensemble"):
-        rows.append([f"text -> image, {labels[name]}", "R@1 / R@5 / R@10 %", _r_at(r[name]), BEFORE[name], "-"])
+        rows.append([f"text -> image, {labels[name]}", "R@1 / R@5 / R@10 %", _r_at(r[name]), "-"])
     if "baseline" in r:
         rows.append(["text -> image, seed 003's dual encoder (BERT + ResNet), same budget", "R@1 / R@5 / R@10 %",
-                     _r_at(r["baseline"]["single"]), "-", "-"])
+                     _r_at(r["baseline"]["single"]), "-"])
     p = eval["img2prompt"]
-    rows += [["image -> prompt, Model A", "mean cosine", f"{p['A']:.4f}", BEFORE["A"], "-"],
-             [f"image -> prompt, Model B (KNN, K = {p['k']})", "mean cosine", f"{p['B']:.4f}", BEFORE["B"], "-"],
-             [f"image -> prompt, ensemble (alpha = {p['alpha']:g})", "mean cosine", f"{p['ensemble']:.4f}",
-              BEFORE["ensemble_i2p"], "-"]]
+    rows += [["image -> prompt, Model A", "mean cosine", f"{p['A']:.4f}", "-"],
+             [f"image -> prompt, Model B (KNN, K = {p['k']})", "mean cosine", f"{p['B']:.4f}", "-"],
+             [f"image -> prompt, ensemble (alpha = {p['alpha']:g})", "mean cosine", f"{p['ensemble']:.4f}", "-"]]
     rd = eval["reading"]
     ft = rd.get("fine_tuned")
     best = rd.get("fine_tuned_row", "naive")
@@ -71,9 +65,8 @@ def headline(eval: dict[str, Any]) -> str:
     steps = f"{steps} + {r_best['text_steps']}" if r_best.get("text_steps") else steps
     rows.append([f"reading: zero-shot / fine-tuned ({best}, {steps} steps) / "
                  f"chance, {rd['candidates']} candidates", "accuracy %",
-                 f"{rd['zero_shot']:.1f} / {'-' if ft is None else f'{ft:.1f}'} / {rd['chance']:.1f}",
-                 BEFORE["reading"], "-"])
-    return md(["task", "metric", "clipq", "before (main, issue 12)", "paper"], rows)
+                 f"{rd['zero_shot']:.1f} / {'-' if ft is None else f'{ft:.1f}'} / {rd['chance']:.1f}", "-"])
+    return md(["task", "metric", "clipq", "paper"], rows)
 
 
 @table("vqa", "eval")
