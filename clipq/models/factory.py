@@ -199,7 +199,12 @@ def _load_clip(p: Path):
 
 def _resnet_clip(pr: Preset):
     """CLIP with a ResNet image tower (CLIP's RN family at toy size) and CLIP's own text transformer."""
-    from transformers import CLIPTextConfig, ResNetConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        ResNetConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+    )
 
     v = dict(pr.clip_vision)
     # what clipq and VisionTextDualEncoderModel read from a vision config: the input size and the pooled width

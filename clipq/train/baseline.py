@@ -114,8 +114,7 @@ def train_baseline(data: str, artifacts: str, *, cfg: BaselineConfig | None = No
     rng = np.random.default_rng(cfg.seed)
     losses: list[float] = []
     t0 = time.perf_counter()
-    step = 0
-    for step in tqdm(range(cfg.steps), desc="train dual encoder", disable=not progress, mininterval=1.0):
+    for _ in tqdm(range(cfg.steps), desc="train dual encoder", disable=not progress, mininterval=1.0):
         if cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds:
             break
         idx = usable[rng.choice(len(usable), size=bs, replace=False)]
@@ -149,8 +148,8 @@ def load_baseline(m: Manifest) -> DualEncoder:
 
 @torch.inference_mode()
 def eval_baseline(m: Manifest, split: SplitData) -> dict:
-    """The baseline's Recall@K rows (as CLIP's, :func:`clipq.evaluate.retrieval_rows`) and its training record."""
-    from clipq.evaluate import retrieval_rows
+    """The baseline's Recall@K rows (as CLIP's, :func:`clipq.train.recall.retrieval_rows`) and its training record."""
+    from .recall import retrieval_rows
 
     model = load_baseline(m)
     img = torch.cat([F.normalize(model.encode_image(split.pixels[i : i + 256]), dim=-1)

@@ -126,3 +126,10 @@ def test_good_arrows_pass(tmp_path):
     f = tmp_path / "mod.py"
     f.write_text("from clipq.models.io import load_for_export\nfrom clipq.runtime.manifest import Manifest\n")
     assert _violations_in(f, "clipq.export.mod", "export") == []
+
+
+def test_training_sits_below_the_evaluation():
+    """``clipq.evaluate`` scores what the trainers made; no trainer imports it back (they share ``train.recall``)."""
+    bad = [f"{path}:{line} imports {target}" for path, module, _ in _modules() if module.startswith("clipq.train")
+           for line, target in _imports(path, module) if target == "clipq.evaluate" or target.startswith("clipq.evaluate.")]
+    assert not bad, "\n".join(bad)
