@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend
+from .contract import Backend
 from .engines import engine_for_url, open_backend, open_cpu_default
 from .manifest import Manifest
 
@@ -38,7 +38,7 @@ def connect(artifacts: Manifest | str | os.PathLike[str] | None = None, server: 
         **kw: Passed on to the backend class (variant, threads, providers, protocol, timeout_s, ...).
 
     Returns:
-        A :class:`~clipq.runtime.backend.Backend`.
+        A :class:`~clipq.runtime.contract.Backend`.
 
     Raises:
         ArtifactError: the artifact directory or its manifest is missing or inconsistent.

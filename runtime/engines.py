@@ -8,7 +8,7 @@ anywhere else. Backend modules are imported lazily, so the registry itself costs
 The CPU default of each network is measured (``clipq export --openvino``, ``clipq tune-engines``) and
 recorded in the manifest as ``spec.meta["cpu_default"]`` with the machine it was measured on;
 :func:`cpu_routes` honours it where this host has the same ISA flags, and :func:`open_cpu_default`
-opens the matching backend (one engine, or a :class:`~clipq.runtime.backends.composite.RoutedBackend`
+opens the matching backend (one engine, or a :class:`~clipq.runtime.backends.routed.RoutedBackend`
 when the networks' choices differ).
 """
 
@@ -140,7 +140,7 @@ def _one_or_routed(manifest: Any, routes: Mapping[str, tuple[str, str | None]], 
         cls = engine(name).backend_class()
         variants = {n: v for n, (_, v) in routes.items() if v is not None}
         return cls(manifest, **accepted_kwargs(cls, {**kw, "variant": variants or None}))
-    from .backends.composite import RoutedBackend
+    from .backends.routed import RoutedBackend
 
     return RoutedBackend(manifest, routes, default_engine=DEFAULT_ENGINE, **kw)
 

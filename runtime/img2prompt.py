@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .backend import Backend, Steps
+from .contract import Backend, Steps
 from .errors import ArtifactError, InvalidInputError
 from .fusion import (
     Img2PromptSettings,

@@ -43,7 +43,7 @@ _RESAMPLE = {
 }
 
 
-def _describe(x: Any) -> str | None:
+def source_name(x: Any) -> str | None:
     """A short human name of an input for error messages (a path, or the kind of object)."""
     if isinstance(x, (str, os.PathLike)):
         return os.fspath(x)
@@ -144,7 +144,7 @@ def decode_image(
         DTypeError: an array that is not uint8/uint16.
         ShapeError: an array that is not HxW[xC] with C in 1, 3, 4.
     """
-    src = _describe(x)
+    src = source_name(x)
     if isinstance(x, np.ndarray):
         img = _array_to_image(x, index, src)
         _check_pixels(img, max_pixels, min_side, index, src)

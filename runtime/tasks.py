@@ -6,10 +6,10 @@ calls, split batches to each model's ``max_batch_size``, and turn outputs into L
 float32 arrays or typed results. Errors name the offending input and its index in the caller's
 batch, whichever chunk it fell in.
 
-How inputs reach the backend is the backend's *path* (:func:`clipq.runtime.backend.task_path`,
+How inputs reach the backend is the backend's *path* (:func:`clipq.runtime.local_path.task_path`,
 the one place that chooses): in process the images are preprocessed and the texts tokenised here;
 against a clipq server they travel as bytes and strings to its ensembles. Each method is written
-once as a step generator (:class:`clipq.runtime.backend.Driver`): on a blocking backend it returns
+once as a step generator (:class:`clipq.runtime.contract.Driver`): on a blocking backend it returns
 its result, on an asyncio backend (``AsyncTritonBackend``) an awaitable of the same result::
 
     enc = ClipEncoder(TritonBackend("grpc://127.0.0.1:8001"))
@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, Call, Driver, Steps, TaskPath, chunked, gather_rows, task_path
+from .contract import Backend, Call, Driver, Steps, chunked, gather_rows
 from .errors import ArtifactError, InvalidInputError, InvalidTextError, ShapeError
 from .fusion import check_alpha
+from .local_path import TaskPath, task_path
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, as_image_list
 from .specs import (
     CLIP_IMAGE,
@@ -112,7 +113,7 @@ class ClipEncoder(_Task):
     """CLIP image and text embeddings in one space.
 
     Args:
-        backend: Any :class:`~clipq.runtime.backend.Backend` (blocking or asyncio).
+        backend: Any :class:`~clipq.runtime.contract.Backend` (blocking or asyncio).
         max_pixels: Decompression-bomb limit for the images decoded here (on a server the
             server's own limit applies to encoded images).
 
@@ -430,7 +431,7 @@ class ReadingModel(_Task):
     candidate texts; each distinct question's candidate texts are embedded once per call.
 
     Args:
-        backend: Any :class:`~clipq.runtime.backend.Backend` (blocking or asyncio).
+        backend: Any :class:`~clipq.runtime.contract.Backend` (blocking or asyncio).
         max_pixels: Decompression-bomb limit for the images decoded here.
 
     Attributes:

@@ -4,7 +4,7 @@ The plan is flavour-free: networks present in the manifest, ``preprocess_image``
 takes pixels, one tokenizer model per tokenizer a served text network uses, Model B's python model
 (``knn_prompts``) when the manifest has a KNN database, ``clipq_info`` (the repository's description
 for thin clients), and every ensemble whose parts are all there. The ensemble and model names the
-client calls are the runtime's (:mod:`clipq.runtime.backends.remote`). How each kind is written is
+client calls are the runtime's (:mod:`clipq.runtime.server_path`). How each kind is written is
 the renderers' business (:mod:`.renderers`).
 """
 
@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clipq.runtime import specs
-from clipq.runtime.backends.remote import (
+from clipq.runtime.errors import ArtifactError
+from clipq.runtime.manifest import Manifest, ModelSpec, TensorSpec
+from clipq.runtime.server_path import (
     DESCRIBE,
     INFO_INPUT,
     INFO_MODEL,
@@ -23,8 +25,6 @@ from clipq.runtime.backends.remote import (
     PIPELINES,
     TRUNCATED,
 )
-from clipq.runtime.errors import ArtifactError
-from clipq.runtime.manifest import Manifest, ModelSpec, TensorSpec
 
 PREPROCESS_IMAGE = "preprocess_image"
 #: tokenizer kind (manifest.tokenizers key) -> Triton model name

@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from clipq.runtime.backends.remote import INFO_FORMAT, INFO_SCHEMA
 from clipq.runtime.engines import DEFAULT_ENGINE
 from clipq.runtime.errors import ArtifactError
 from clipq.runtime.fusion import SETTINGS_KEY, Img2PromptSettings
 from clipq.runtime.manifest import TRITON_DTYPES, Manifest, ModelSpec, TensorSpec, atomic_write_json
+from clipq.runtime.server_path import INFO_FORMAT, INFO_SCHEMA
 from clipq.runtime.specs import ENSEMBLE_HEAD
 
 from .layout import BACKEND_NAME, TOKENIZERS_FROM_MODEL

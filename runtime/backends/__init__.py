@@ -1,1 +1,1 @@
-"""Backends that implement :class:`clipq.runtime.backend.Backend`."""
+"""Backends that implement :class:`clipq.runtime.contract.Backend`."""

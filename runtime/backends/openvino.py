@@ -240,7 +240,7 @@ class OpenVinoBackend(InProcessModels):
                 log.debug("compiled %s (%s, %s) with OpenVINO", model, variant, precision)
         return c
 
-    def describe(self, model: str) -> dict[str, str]:
+    def engine_info(self, model: str) -> dict[str, str]:
         """``{"engine", "variant", "precision"}`` of ``model`` (compiles it if needed)."""
         self.compiled(model)
         return {"engine": "openvino", "variant": self._variants[model], "precision": self._precisions[model]}

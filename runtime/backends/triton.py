@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import server_path as remote
 from ..errors import ArtifactError, BackendUnavailable, ClipqError, InferenceError
 from ..manifest import Manifest, ModelSpec, TensorSpec
-from . import remote
 from .triton_protocol import (
     FROM_TRITON,
     PROTOCOLS,
@@ -112,11 +112,11 @@ class _TritonCommon:
         self._info = False
 
     def _make_path(self, info: dict[str, Any] | None, max_pixels: int | None, window: int) -> Any:
-        """The task path (:func:`clipq.runtime.backend.task_path`): the server's ensembles where it describes
+        """The task path (:func:`clipq.runtime.local_path.task_path`): the server's ensembles where it describes
         itself, tensors from the local artifacts for whatever it does not serve."""
-        from ..backend import TensorPath
+        from ..local_path import LocalPath
 
-        local = None if self.thin else TensorPath(self, max_pixels=max_pixels, window=window)
+        local = None if self.thin else LocalPath(self, max_pixels=max_pixels, window=window)
         if not info:
             assert local is not None  # a thin client always has the server's description
             return local
@@ -261,7 +261,7 @@ class _TritonCommon:
 
 
 class TritonBackend(_TritonCommon):
-    """Run models on a Triton server; implements :class:`~clipq.runtime.backend.Backend`.
+    """Run models on a Triton server; implements :class:`~clipq.runtime.contract.Backend`.
 
     Args:
         url: ``grpc://host:port`` or ``http://host:port`` (``https://`` for TLS).

@@ -113,12 +113,12 @@ def _open_engine(m: Manifest, params: dict[str, str], models: list[str]) -> Any:
     return open_backend(name, m, **kw)
 
 
-def _describe(backend: Any, model: str) -> str:
+def _engine_label(backend: Any, model: str) -> str:
     """``engine/variant`` a backend runs ``model`` on (for the log)."""
     inner = backend.backend_for(model) if hasattr(backend, "backend_for") else backend
-    describe = getattr(inner, "describe", None)
-    if describe is not None:
-        d = describe(model)
+    info = getattr(inner, "engine_info", None)
+    if info is not None:
+        d = info(model)
         return f"{d.get('engine')}/{d.get('variant')} ({d.get('precision')})"
     variant = inner.variant_for(model) if hasattr(inner, "variant_for") else "?"
     return f"{type(inner).__name__}/{variant}"
@@ -142,7 +142,7 @@ class _NetworkRole:
     def __init__(self, m: Manifest, params: dict[str, str], config: dict[str, Any], model_dir: Path):
         self.name = config["name"]
         self.backend = _open_engine(m, params, [self.name])
-        _log(f"{self.name}: runs {_describe(self.backend, self.name)}")
+        _log(f"{self.name}: runs {_engine_label(self.backend, self.name)}")
         spec = m.model(self.name)
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs]
@@ -201,7 +201,7 @@ class _FusedRole:
             raise InvalidInputError(f"{self.name}: clipq_helper is {self.helper!r}; expected preprocess_image or tokenize")
         self.backend = _open_engine(m, params, [self.network])
         _log(f"{self.name}: {self.helper} + {self.network} in one model, {self.network} runs "
-             f"{_describe(self.backend, self.network)}")
+             f"{_engine_label(self.backend, self.network)}")
 
     def _pixels(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
         return {"pixel_values": self.pre(_bytes_items(request, self.input_name))}, []

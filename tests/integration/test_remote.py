@@ -155,7 +155,7 @@ def test_ask_search_describe_from_the_bundle_in_process_and_through_the_server(b
 # -- the thin client ---------------------------------------------------------------------------------
 @triton
 def test_the_thin_client_learns_what_it_must_know_from_the_server(thin, bundle, local):
-    from clipq.runtime.backends.remote import ServerManifest
+    from clipq.runtime.server_path import ServerManifest
     from clipq.runtime.tasks import ClipEncoder, ReadingModel, VqaModel
 
     m, b = thin.manifest, Manifest.load(bundle)
@@ -397,8 +397,8 @@ def _count_calls(backend, name: str) -> list[BaseException | None]:
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_remote_input_errors_keep_their_type_and_global_index(server, bundle, images, protocol):
     """The server's own errors: typed, at the item's index in the whole batch (past the first chunk), not retried."""
-    from clipq.runtime.backend import Call
     from clipq.runtime.backends.triton import TritonBackend
+    from clipq.runtime.contract import Call
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
     good = images[0].read_bytes()
@@ -508,8 +508,8 @@ def test_identity_check_refuses_another_graph(client):
 def test_pil_images_and_arrays_go_as_lossless_png(images):
     from PIL import Image
 
-    from clipq.runtime.backends.remote import image_bytes
     from clipq.runtime.preprocess import decode_image
+    from clipq.runtime.server_path import image_bytes
 
     img = Image.open(images[0])
     for x in (img, np.asarray(img.convert("RGB"))):

@@ -15,8 +15,8 @@ import pytest
 from _require import require_module
 from PIL import Image
 
+from clipq.app.batch_embed import SHARD_DIR, embed_collection, read_embeddings
 from clipq.app.cli import main
-from clipq.app.embed import SHARD_DIR, embed_collection, read_embeddings
 from clipq.runtime.errors import ArtifactError
 
 N_IMAGES = 300

@@ -106,7 +106,7 @@ def test_the_walk_sees_every_layer_and_lazy_imports():
     mods = {m for _, m, _ in _modules()}
     assert {"clipq.runtime.engines", "clipq.app.cli", "clipq.export.pipeline", "clipq.serving.repository",
             "clipq.evaluate"} <= mods
-    assert _layer_of_name("clipq.app.demo") == "app" and _layer_of_name("clipq.readers") == "core"
+    assert _layer_of_name("clipq.app.demo_stages") == "app" and _layer_of_name("clipq.readers") == "core"
 
 
 @pytest.mark.parametrize("src, module, layer", [

@@ -22,9 +22,9 @@ require_module("torch")
 
 from clipq.export.parity import compare  # noqa: E402
 from clipq.runtime.backends.common import cpu_facts  # noqa: E402
-from clipq.runtime.backends.composite import RoutedBackend  # noqa: E402
 from clipq.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from clipq.runtime.backends.ort import OrtBackend  # noqa: E402
+from clipq.runtime.backends.routed import RoutedBackend  # noqa: E402
 from clipq.runtime.connect import connect  # noqa: E402
 from clipq.runtime.engines import ENGINES, engine, open_for_variants  # noqa: E402
 from clipq.runtime.errors import BackendUnavailable, DTypeError, InvalidInputError, ShapeError  # noqa: E402
@@ -99,7 +99,7 @@ def test_backend_matches_onnxruntime_fp32(tiny_artifacts, name):
         assert got.dtype == np.float32 and got.shape == ref.shape == (b, m.model(name).outputs[0].shape[-1])
         c = compare(ref, got)
         assert c["max_abs"] <= 1e-4 and c["min_cos"] >= 0.9999, (name, b, c)
-    assert ov.describe(name) == {"engine": "openvino", "variant": "fp32", "precision": "f32"}
+    assert ov.engine_info(name) == {"engine": "openvino", "variant": "fp32", "precision": "f32"}
 
 
 def test_backend_contract_and_connect_by_name(tiny_artifacts):

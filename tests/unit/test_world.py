@@ -313,7 +313,7 @@ def test_demo_search_check_counts_hits_and_what_the_index_allows(tmp_path):
     """The demo's contact-sheet check: top-3 hits by the world's labels, and the ceiling the index sets."""
     from types import SimpleNamespace
 
-    from clipq.app.demo import DemoContext, _check_searches
+    from clipq.app.demo_stages import DemoContext, _check_searches
     from clipq.world import render_scene
 
     ids = [f"test_{i:06d}" for i in range(1000)]

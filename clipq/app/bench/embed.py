@@ -51,7 +51,7 @@ def _images(args: argparse.Namespace, artifacts: Path, work: Path) -> Path:
 
 
 def _one(mode: str, images: Path, artifacts: Path, work: Path, workers: int, server: str | None) -> dict[str, Any]:
-    from clipq.app.embed import embed_collection
+    from clipq.app.batch_embed import embed_collection
 
     out = work / f"out-{mode}"
     t0 = time.perf_counter()

@@ -248,11 +248,11 @@ def make(root: str, work: str, network: str, engine: str, threads: int) -> Any:
 
     if engine == "clipq_default":
         backend = connect(m, threads=threads)
-        from clipq.runtime.backends.composite import RoutedBackend
+        from clipq.runtime.backends.routed import RoutedBackend
 
         b = backend.backend_for(network) if isinstance(backend, RoutedBackend) else backend
         variant = b.variant_for(network)
-        desc = b.describe(network) if hasattr(b, "describe") else {"engine": "onnxruntime", "variant": variant}
+        desc = b.engine_info(network) if hasattr(b, "engine_info") else {"engine": "onnxruntime", "variant": variant}
         prec = desc.get("precision") or "fp32"
         info = {"precision": "int8" if "int8" in variant else ("bf16" if prec == "bf16" else "fp32"),
                 "choice": f"{desc.get('engine', 'onnxruntime')}/{variant}"}

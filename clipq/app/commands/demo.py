@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipq.app.demo import run_demo
+    from clipq.app.demo_stages import run_demo
 
     run_demo(args.out, seed=args.seed, size=args.size, progress=not args.quiet,
              stages=args.stages.split(",") if args.stages else None, full=args.full)

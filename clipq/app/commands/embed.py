@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipq.app.batch_embed import embed_collection
     from clipq.app.cliutil import print_json
-    from clipq.app.embed import embed_collection
 
     s = embed_collection(args.images, args.out, artifacts=args.artifacts, server=args.server, ray=args.ray,
                          workers=args.workers, shard_size=args.shard_size, batch_size=args.batch_size,

@@ -132,7 +132,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def _build_from_embeddings(args: argparse.Namespace, out: Path) -> int:
     """The index of a `clipq embed` directory: no encoding, the embeddings' model id recorded."""
-    from clipq.app.embed import read_embeddings
+    from clipq.app.batch_embed import read_embeddings
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import AddReport, ImageIndex
 

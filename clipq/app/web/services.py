@@ -153,7 +153,7 @@ class Services:
 
         return self._get("vqa", lambda: VqaModel(self.backend, encoder=self.encoder), "answer questions (no VQA model)")
 
-    def describer(self) -> Any:
+    def image_to_prompt(self) -> Any:
         """The image -> prompt task (:class:`~clipq.runtime.img2prompt.ImageToPrompt`): Models A, B, the head.
 
         Raises:
@@ -227,7 +227,7 @@ class Services:
                 "truncated": truncated}
 
     def describe(self, image: bytes | str, *, n: int, alpha: float | None, embedding: bool) -> dict[str, Any]:
-        d = self.describer().describe([image], alpha=alpha, n=n)[0]
+        d = self.image_to_prompt().describe([image], alpha=alpha, n=n)[0]
         out = d.to_dict()
         if not embedding:
             out.pop("embedding", None)

@@ -10,7 +10,7 @@ batch limits, and the facts of Model B's KNN database. :func:`manifest_from_info
 texts as strings to the ensembles of :data:`PIPELINES`, which decode, preprocess and tokenise in
 the server; ``describe`` runs Model A, Model B's neighbour search and the ensemble head there too.
 Where the server lacks an ensemble and local artifacts are at hand, that one step runs on tensors
-(:class:`~clipq.runtime.backend.TensorPath`) instead.
+(:class:`~clipq.runtime.local_path.LocalPath`) instead.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Call, Steps, TensorPath, chunked, gather_rows
-from ..errors import ArtifactError, InvalidImageError, SchemaVersionError
-from ..manifest import SCHEMA_VERSION, Manifest, ModelSpec
-from ..preprocess import _describe as describe_source  # the name an error gives an input
-from ..preprocess import decode_image
-from ..specs import CLIP_IMAGE, CLIP_TEXT, IMG2PROMPT_A, PROMPT_TEXT, READING_IMAGE, READING_TEXT, VQA
+from .contract import Call, Steps, chunked, gather_rows
+from .errors import ArtifactError, InvalidImageError, SchemaVersionError
+from .local_path import LocalPath
+from .manifest import SCHEMA_VERSION, Manifest, ModelSpec
+from .preprocess import decode_image, source_name  # source_name: the name an error gives an input
+from .specs import CLIP_IMAGE, CLIP_TEXT, IMG2PROMPT_A, PROMPT_TEXT, READING_IMAGE, READING_TEXT, VQA
 
 #: the model a clipq repository describes itself with, and its tensors
 INFO_MODEL = "clipq_info"
@@ -169,7 +169,7 @@ class ServerPath:
     remote = True
 
     def __init__(self, backend: Any, info: Mapping[str, Any], *, max_pixels: int | None, window: int = 1,
-                 fallback: TensorPath | None = None) -> None:
+                 fallback: LocalPath | None = None) -> None:
         self.backend = backend
         self.manifest: Manifest = backend.manifest
         self.info = info
@@ -181,7 +181,7 @@ class ServerPath:
     def serves(self, model: str) -> bool:
         return model in (self.info.get("models") or {})
 
-    def _local(self, model: str) -> TensorPath:
+    def _local(self, model: str) -> LocalPath:
         if self.fallback is None:
             raise ArtifactError(
                 f"the server at {self.url} serves no {model!r} and this client has no artifacts to do its work "
@@ -208,7 +208,7 @@ class ServerPath:
     def _image_call(self, model: str, items: Sequence[Any], s: int, e: int, **extra: np.ndarray) -> Call:
         chunk = items[s:e]
         feeds = {"image": [image_bytes(x, s + i, self.max_pixels) for i, x in enumerate(chunk)], **extra}
-        return Call(model, feeds, s, [describe_source(x) for x in chunk])
+        return Call(model, feeds, s, [source_name(x) for x in chunk])
 
     def _dim(self, network: str) -> int:
         return int(self.manifest.model(network).outputs[0].shape[-1])
@@ -249,7 +249,7 @@ class ServerPath:
 
         ``alpha`` and ``n`` are checked by the caller (:class:`~clipq.runtime.img2prompt.ImageToPrompt`).
         """
-        from ..fusion import PromptDescription
+        from .fusion import PromptDescription
 
         limit = int(self.info["models"][DESCRIBE].get("max_batch_size") or batch)
 

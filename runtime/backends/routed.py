@@ -3,7 +3,7 @@
 The CPU default is measured per network, so ``clip_image`` may be fastest on OpenVINO int8 while
 ``clip_text`` is fastest on onnxruntime int8. :class:`RoutedBackend` opens one backend per engine
 (each with the variants of its networks) and sends every call to the backend of that network;
-callers see one :class:`~clipq.runtime.backend.Backend` and never branch on engine names.
+callers see one :class:`~clipq.runtime.contract.Backend` and never branch on engine names.
 """
 
 from __future__ import annotations
