@@ -60,6 +60,14 @@ def tiny_artifacts(tmp_path_factory, trained_artifacts):
     return root
 
 
+@pytest.fixture(scope="session")
+def cpu_repo(tiny_artifacts, tmp_path_factory):
+    """The cpu-python Triton repository rendered from ``tiny_artifacts`` with default options (read-only)."""
+    from clipq.serving import render_repository
+
+    return render_repository(tiny_artifacts, tmp_path_factory.mktemp("repo") / "models")
+
+
 @pytest.fixture
 def tiny_artifacts_copy(tiny_artifacts, tmp_path):
     """A private copy of ``tiny_artifacts`` that a test may change."""

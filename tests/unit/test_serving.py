@@ -42,11 +42,6 @@ def artifacts(tiny_artifacts) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cpu_repo(artifacts, tmp_path_factory):
-    return render_repository(artifacts, tmp_path_factory.mktemp("repo") / "models")
-
-
-@pytest.fixture(scope="module")
 def gpu_repo(artifacts, tmp_path_factory):
     return render_repository(artifacts, tmp_path_factory.mktemp("repo_gpu") / "models", RenderOptions(flavour="gpu"))
 

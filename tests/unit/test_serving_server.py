@@ -15,7 +15,7 @@ from _require import require_module
 from clipq.runtime.errors import (
     ClipqError,
 )
-from clipq.serving import is_repository, render_repository
+from clipq.serving import is_repository
 from clipq.serving.layout import BACKEND_SOURCE, repository_layout
 from clipq.serving.repository import (
     REPOSITORY_FILE,
@@ -28,11 +28,6 @@ require_module("tritonclient.grpc")
 def artifacts(tiny_artifacts) -> Path:
     """The shared tiny exported artifacts (tests/conftest.py)."""
     return Path(tiny_artifacts)
-
-
-@pytest.fixture(scope="module")
-def cpu_repo(artifacts, tmp_path_factory):
-    return render_repository(artifacts, tmp_path_factory.mktemp("repo") / "models")
 
 
 # -- server helpers (no process started) -----------------------------------------------------------
