@@ -1,8 +1,8 @@
 """The ``clipq app`` page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``).
 
 Selenium drives the system driver (/usr/bin/chromedriver) against the real app on a loopback port,
-over the shared ``tiny_artifacts`` and an index of the synthetic world's test images: load the page,
-type a query, see results with thumbnails, filter, upload an image, search by it, ask about it,
+over the shared ``tiny_artifacts`` and an index of the synthetic world's test images, with an API
+key on the app: load the page, enter the key it asks for (once: the tab keeps it), type a query, see results with thumbnails, filter, upload an image, search by it, ask about it,
 pick a result, ask and describe, reload the shared URL and find the same state. The screenshot is
 saved under the test's tmp dir, and copied to docs/img/app.png when CLIPQ_UPDATE_SCREENSHOT=1.
 """
@@ -26,6 +26,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
          "--disable-dev-shm-usage")
 ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-clipq-browser-test"
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 
 
@@ -48,7 +49,7 @@ def app_url(tiny_artifacts, small_world, tmp_path_factory):
         index_dir = index.save(tmp_path_factory.mktemp("browser") / "index").parent
     finally:
         backend.close()
-    svc = open_services(AppSettings(timeout_s=60), artifacts=str(tiny_artifacts), index=str(index_dir))
+    svc = open_services(AppSettings(timeout_s=60, api_keys=(KEY,)), artifacts=str(tiny_artifacts), index=str(index_dir))
     with serve_in_thread(create_app(svc)) as url:
         yield url
 
@@ -85,7 +86,15 @@ def test_page_search_upload_ask_describe_and_share(driver, app_url, small_world,
     from selenium.webdriver.support.ui import Select
 
     driver.get(app_url + "/")
+    # the API answers 401: the page asks for the key; a wrong one is refused and asked again
+    _wait(driver, lambda d: d.find_element(By.ID, "key-form").is_displayed())
+    driver.find_element(By.ID, "api-key").send_keys("sk-wrong", Keys.ENTER)
+    _wait(driver, lambda d: "refused" in d.find_element(By.ID, "key-note").text
+          and d.find_element(By.ID, "key-form").is_displayed())
+    driver.find_element(By.ID, "api-key").send_keys(KEY, Keys.ENTER)
     _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert not driver.find_element(By.ID, "key-form").is_displayed()
+    assert driver.execute_script("return sessionStorage.getItem('clipq.apiKey')") == KEY
     assert "50 images indexed" in driver.find_element(By.ID, "index-info").text
 
     # type a query: results with thumbnails, scores and captions; the query goes into the URL
@@ -152,6 +161,7 @@ def test_page_search_upload_ask_describe_and_share(driver, app_url, small_world,
     _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#description .prompt-bars .bar-row"))
     assert driver.find_element(By.ID, "q").get_attribute("value") == "two red rings along the top"
+    assert not driver.find_element(By.ID, "key-form").is_displayed()  # the tab kept the key
     assert driver.find_elements(By.CSS_SELECTOR, "#results .card") and driver.find_element(By.ID, "answer-text").text
     _wait(driver, lambda d: d.execute_script(
         "return [...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)"))

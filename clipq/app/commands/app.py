@@ -1,7 +1,8 @@
 """``clipq app``: the web page and the REST API (``/v1/embeddings``, search, ask, describe) on uvicorn.
 
 Over the runtime in process (``--artifacts DIR``) or any Triton server (``--server URL``); bound to
-127.0.0.1 unless ``--host`` says otherwise (the app has no authentication). See docs/app.md.
+127.0.0.1 unless ``--host`` says otherwise; API keys (``--api-key``, ``--api-key-file``,
+``$CLIPQ_API_KEYS``) close every data route. See docs/app.md and docs/security.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-inputs", type=int, default=256, help="most texts per /v1/embeddings request")
     p.add_argument("--max-images", type=int, default=32, help="most images per /v1/embeddings request")
     p.add_argument("--max-text-chars", type=int, default=2000, help="longest text, in characters")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="a key clients must send as 'Authorization: Bearer KEY' (repeatable; also "
+                        "--api-key-file and $CLIPQ_API_KEYS, comma-separated)")
+    p.add_argument("--api-key-file", default=None, metavar="FILE", help="a file of API keys, one per line")
+    p.add_argument("--metrics-need-key", action="store_true", help="/metrics needs a key too (default: open)")
     p.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up of the encoder")
     p.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -35,13 +41,20 @@ def add_parser(subparsers: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Any:
+    """The :class:`AppSettings` the flags say (keys from the flags, the key file and the environment).
+
+    Raises:
+        ValueError: a limit out of range or an unreadable key file.
+    """
+    from clipq.app.web.auth import load_keys
     from clipq.app.web.settings import AppSettings
 
     return AppSettings(
         host=args.host, port=args.port, timeout_s=args.timeout, workers=args.workers, max_pending=args.max_pending,
         max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
         max_inputs=args.max_inputs, max_images=args.max_images, max_text_chars=args.max_text_chars,
-        warmup=not args.no_warmup,
+        warmup=not args.no_warmup, api_keys=load_keys(args.api_key, args.api_key_file),
+        metrics_need_key=args.metrics_need_key,
     )
 
 
@@ -61,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     services = open_services(settings, artifacts=args.artifacts, server=args.server, index=args.index)
     app = create_app(services)
-    if args.host not in _LOOPBACK:
-        print(f"clipq app: warning: listening on {args.host}: the app has no authentication", file=sys.stderr)
+    if args.host not in _LOOPBACK and not settings.api_keys:
+        print(f"clipq app: warning: listening on {args.host} without API keys: anyone who reaches the port can "
+              "use it (--api-key; docs/security.md)", file=sys.stderr)
     what = args.server or services.source
     idx = f", index {args.index} ({len(services.index)} images)" if services.index is not None else ", no index"
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -29,7 +29,7 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
 }
 
 #: status -> OpenAI's error ``type``
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error",
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_error", 404: "invalid_request_error", 405: "invalid_request_error",
           413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
           501: "not_implemented", 502: "server_error", 503: "service_unavailable", 504: "timeout"}
 

@@ -1,4 +1,4 @@
-"""Two pure ASGI layers: the request-body limit and the Prometheus metrics.
+"""Pure ASGI layers: the request-body limit, the Prometheus metrics, and request ids with the access log.
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``: no extra task per request and no
 buffering of the body, which matters for the throughput ``clipq bench --target app`` measures.
@@ -7,7 +7,11 @@ buffering of the body, which matters for the throughput ``clipq bench --target a
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -17,6 +21,12 @@ from clipq.runtime.errors import MissingDependencyError
 from .errors import ApiError, internal, log
 
 _NO_ROUTE = "unmatched"
+#: a client's X-Request-ID is kept when it looks like an id (else a new one is made): no spaces,
+#: quotes or control characters that could forge a log line
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+#: the current request's id, for the backend calls made on its behalf (copied into the pool's threads)
+request_id: ContextVar[str | None] = ContextVar("clipq_request_id", default=None)
+access_log = logging.getLogger("clipq.app.access")
 
 
 class Metrics:
@@ -134,3 +144,49 @@ class Measure:
             m.inflight.dec()
             m.latency.labels(name).observe(time.perf_counter() - t0)
             m.requests.labels(name, scope.get("method", ""), str(status[0])).inc()
+
+
+class RequestIds:
+    """Give every request an id and write the access log line.
+
+    The id is the client's ``X-Request-ID`` when it is a plausible id, else a new ``uuid4`` hex;
+    it is returned in the response's ``X-Request-ID``, set in :data:`request_id` (the backend calls
+    send it on to Triton) and in ``scope["state"]["request_id"]``. One line per request goes to the
+    ``clipq.app.access`` logger at INFO (:func:`~.server.serve` gives it a handler unless
+    ``--no-access-log``): client address, method, path (never the query nor any header, so keys
+    never reach a log), status, milliseconds and the id.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = None
+        for k, v in scope.get("headers", ()):
+            if k == b"x-request-id":
+                text = v.decode("latin-1")
+                rid = text if _REQUEST_ID.fullmatch(text) else None
+                break
+        rid = rid or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id.set(rid)
+        status = [0]
+
+        async def tagged(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = int(msg["status"])
+                msg = {**msg, "headers": [*msg.get("headers", ()), (b"x-request-id", rid.encode())]}
+            await send(msg)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, tagged)
+        finally:
+            request_id.reset(token)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info('%s "%s %s" %d %.1fms request_id=%s', client[0] if client else "-",
+                                scope.get("method", ""), scope.get("path", ""), status[0],
+                                (time.perf_counter() - t0) * 1e3, rid)

@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import ApiKeys
 from .errors import ApiError, internal
-from .middleware import BodyLimit, Measure, Metrics
+from .middleware import BodyLimit, Measure, Metrics, RequestIds
 from .pages import STATIC
 from .pages import router as pages_router
 from .routes import router as api_router
@@ -115,18 +116,33 @@ def create_app(services: Services) -> FastAPI:
     async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
         return respond(internal(e))
 
-    app.add_middleware(BodyLimit, max_bytes=services.settings.max_request_bytes)
-    app.add_middleware(Measure, metrics=metrics)  # outermost: 413s from the limit are counted too
+    settings = services.settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeys, keys=settings.api_keys, metrics_open=not settings.metrics_need_key)
+    app.add_middleware(Measure, metrics=metrics)  # 401s and 413s are counted too
+    app.add_middleware(RequestIds)  # outermost: every answer carries an id and is logged
     if services.index is not None:
         metrics.index_items.set(len(services.index))
     return app
 
 
 def serve(app: FastAPI, settings: AppSettings, *, access_log: bool = True, log_level: str = "info") -> None:
-    """Run uvicorn in the foreground until SIGINT/SIGTERM."""
+    """Run uvicorn in the foreground until SIGINT/SIGTERM.
+
+    The access log is the app's own (``clipq.app.access``, with the request id), not uvicorn's.
+    """
+    import sys
+
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=access_log, log_level=log_level,
+    if access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        alog = logging.getLogger("clipq.app.access")
+        alog.addHandler(handler)
+        alog.setLevel(logging.INFO)
+        alog.propagate = False
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level=log_level,
                 server_header=False, timeout_graceful_shutdown=5)
 
 

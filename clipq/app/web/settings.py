@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Names ``/v1/embeddings`` accepts in ``model``, and the tower each one runs.
 TEXT_MODEL = "clip-text"
@@ -14,7 +14,7 @@ class AppSettings:
     """What the app serves and the limits it enforces.
 
     Attributes:
-        host: Interface to bind; loopback by default (the app has no authentication).
+        host: Interface to bind; loopback by default.
         port: TCP port (0 picks a free one).
         timeout_s: Longest a request waits for the backend (queue included) before a 504.
         workers: Threads running blocking runtime calls (encoders, index, VQA).
@@ -30,6 +30,9 @@ class AppSettings:
         max_k: Most results one search returns.
         thumb_size: Default thumbnail edge in pixels (``/thumbs/{id}?size=`` up to 512).
         warmup: Run one text and one image through the encoder at start-up.
+        api_keys: Keys a request must present as ``Authorization: Bearer <key>`` on every data
+            route (see :mod:`.auth`); empty: no key needed. Kept out of ``repr``.
+        metrics_need_key: Whether ``/metrics`` needs a key too (default: open, for a scraper).
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +49,8 @@ class AppSettings:
     max_k: int = 100
     thumb_size: int = 160
     warmup: bool = True
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_need_key: bool = False
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "workers", "max_pending", "max_request_bytes", "max_image_bytes",

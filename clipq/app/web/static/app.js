@@ -1,10 +1,13 @@
 // clipq page: text / image search, ask, describe over the app's REST API. No build step.
 // The query lives in the URL (q, tpl, k, f.<key>, like, img, ask, desc) so a result can be shared;
 // an uploaded image cannot travel in a link and stays in this tab.
+// With API keys on the app, the first 401 asks for the key; it is kept in this tab (sessionStorage),
+// sent as "Authorization: Bearer", and thumbnails are fetched with it (an <img> cannot send a header).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, upload: null, subject: null };  // subject: {id, thumb} | {upload: dataURL}
+const KEY = "clipq.apiKey";
+const state = { info: null, upload: null, subject: null, key: sessionStorage.getItem(KEY) };  // subject: {id, thumb} | {upload: dataURL}
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -23,9 +26,55 @@ function status(msg, isError = false) {
   s.className = isError ? "error" : "";
 }
 
+// -- API keys ----------------------------------------------------------------------------------
+let asking = null;  // one question at a time, however many calls were refused
+
+function askKey(wrong) {
+  if (asking) return asking;
+  asking = new Promise((resolve) => {
+    const form = $("key-form"), input = $("api-key");
+    $("key-note").textContent = wrong ? "that key was refused: enter a valid API key" : "this server needs an API key";
+    form.hidden = false;
+    input.value = "";
+    input.focus();
+    form.onsubmit = (ev) => {
+      ev.preventDefault();
+      const key = input.value.trim();
+      if (!key) return;
+      form.hidden = true;
+      state.key = key;
+      sessionStorage.setItem(KEY, key);
+      asking = null;
+      resolve(key);
+    };
+  });
+  return asking;
+}
+
+async function authFetch(path, opts = {}) {
+  for (;;) {
+    const headers = { ...(opts.headers || {}) };
+    if (state.key) headers.Authorization = `Bearer ${state.key}`;
+    const r = await fetch(path, { ...opts, headers });
+    if (r.status !== 401) return r;
+    await askKey(!!state.key);
+  }
+}
+
+function setImgSrc(img, url) {
+  if (!state.key || url.startsWith("data:")) { img.src = url; return; }
+  authFetch(url).then((r) => (r.ok ? r.blob() : null)).then((b) => { if (b) img.src = URL.createObjectURL(b); });
+}
+
+function thumbImg(url, alt) {
+  const img = el("img", { alt, loading: "lazy" });
+  setImgSrc(img, url);
+  return img;
+}
+
 async function api(path, body) {
   const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-  const r = await fetch(path, opts);
+  const r = await authFetch(path, opts);
   let data = null;
   try { data = await r.json(); } catch (_) { /* not JSON */ }
   if (!r.ok) {
@@ -92,7 +141,7 @@ function drawResults(title, data) {
   const grid = $("results");
   grid.innerHTML = "";
   for (const r of data.results) {
-    const pic = r.thumbnail ? el("img", { src: r.thumbnail, alt: r.caption || r.id, loading: "lazy" }) : el("div", { class: "noimg" }, "no image");
+    const pic = r.thumbnail ? thumbImg(r.thumbnail, r.caption || r.id) : el("div", { class: "noimg" }, "no image");
     const card = el("div", { class: "card", "data-id": r.id },
       pic,
       el("div", { class: "meta" },
@@ -132,7 +181,7 @@ function drawSubject() {
   if (!s) { box.className = "subject muted"; box.textContent = "Upload an image or pick “ask” on a result."; return; }
   box.className = "subject";
   const src = s.upload || s.thumb;
-  if (src) box.append(el("img", { src, alt: "subject" }));
+  if (src) { const img = el("img", { alt: "subject" }); setImgSrc(img, src); box.append(img); }
   box.append(el("span", {}, s.upload ? "the uploaded image" : `indexed image ${s.id}`));
   markSelected();
 }
