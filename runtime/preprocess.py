@@ -6,6 +6,16 @@ exported graph sees the same pixels in serving as its PyTorch original saw in tr
 what a service needs and the processor lacks: EXIF orientation, 16-bit and float images scaled
 instead of clipped, a pixel limit against decompression bombs, and typed errors that name the
 offending input and its index in the batch.
+
+Decoding at the size the model needs (``draft``, on by default): a JPEG is decoded by libjpeg-turbo
+at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side still holds ``DRAFT_MARGIN`` times the
+resize target, and every resize first box-reduces by an integer factor down to ``REDUCING_GAP``
+times the target (Pillow's ``reducing_gap``) before the bicubic filter. A 12 MP phone photo then
+costs a fraction of full decoding (figures in docs/export.md, "Images at the size the model
+needs"); embeddings stay within cosine 0.999 of full decoding. Images already near the target
+size are decoded and resized exactly as ``CLIPImageProcessor`` does either way. ``draft=False``
+(or ``"draft": false`` in the manifest's ``preprocessing``, which the server reads too) decodes
+every image at full resolution.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import DTypeError, InvalidImageError, ShapeError
 
@@ -30,6 +40,13 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: Every image Pillow decodes is accepted (a 1x1 PNG too: upsampled, as transformers'
 #: CLIPImageProcessor does); raise this to refuse tiny images in a deployment that prefers to.
 DEFAULT_MIN_SIDE = 1
+
+#: Draft decoding keeps a shorter side of at least this many times the resize target (measured:
+#: docs/export.md, "Images at the size the model needs").
+DRAFT_MARGIN = 1.0
+#: ``reducing_gap`` of the resize when drafting: box-reduce to at least this many times the target
+#: before the bicubic filter.
+REDUCING_GAP = 2.0
 
 # OpenAI CLIP's normalisation, the default when a manifest does not say otherwise.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -121,11 +138,13 @@ def decode_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     min_side: int = DEFAULT_MIN_SIDE,
+    draft_short: int | None = None,
 ) -> Image.Image:
     """Decode one image from a path, encoded bytes, a PIL image or a uint8 HWC array.
 
-    Applies the EXIF orientation, checks the pixel limit before decoding the pixels, decodes fully
-    (so a truncated file fails here, not later) and returns an 8-bit RGB image.
+    Applies the EXIF orientation, checks the pixel limit (of the full image, from its header)
+    before decoding the pixels, decodes fully (so a truncated file fails here, not later) and
+    returns an 8-bit RGB image.
 
     Args:
         x: A file path, encoded image bytes, a ``PIL.Image.Image`` or a uint8 array (HxW, HxWx1,
@@ -134,6 +153,9 @@ def decode_image(
         max_pixels: Largest accepted width x height, or ``None`` for no limit of clipq's own (PIL
             still refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS``).
         min_side: Smallest accepted shorter side, in pixels.
+        draft_short: Where set, a JPEG file or bytes is decoded at the smallest DCT scale whose
+            shorter side is still at least ``draft_short`` (a rotation by EXIF keeps the shorter
+            side, so the scale is the same either way); other inputs are decoded whole.
 
     Returns:
         An RGB ``PIL.Image.Image``.
@@ -180,6 +202,9 @@ def decode_image(
             raise InvalidImageError(f"cannot read image: {e}", index=index, source=src) from e
     # check the declared size before the pixels are decoded: a bomb never reaches load()
     _check_pixels(img, max_pixels, min_side, index, src)
+    if draft_short and isinstance(img, JpegImagePlugin.JpegImageFile) and not isinstance(x, Image.Image):
+        # Pillow picks the largest scale s in 8, 4, 2, 1 with both sides // s >= the request
+        img.draft(None, (int(draft_short), int(draft_short)))
     try:
         img.load()
     except Image.DecompressionBombError as e:
@@ -208,6 +233,8 @@ class ImagePreprocessor:
         shortest_edge: Side the shorter edge is resized to before cropping (default ``size``).
         resample: PIL filter name ("bicubic" as CLIP).
         min_side: Smallest accepted shorter side of an input image.
+        draft: Decode and reduce at the size the model needs (see the module docstring); ``False``
+            decodes every image at full resolution, as ``CLIPImageProcessor`` does.
     """
 
     def __init__(
@@ -220,6 +247,7 @@ class ImagePreprocessor:
         shortest_edge: int | None = None,
         resample: str = "bicubic",
         min_side: int = DEFAULT_MIN_SIDE,
+        draft: bool = True,
     ) -> None:
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
@@ -230,6 +258,9 @@ class ImagePreprocessor:
         self.max_pixels = max_pixels
         self.min_side = min_side
         self.resample = resample
+        self.draft = bool(draft)
+        self._draft_short = int(DRAFT_MARGIN * self.shortest_edge) if self.draft else None
+        self._reducing_gap = REDUCING_GAP if self.draft else None
         # fold rescale and normalise into one affine map: (x/255 - mean)/std = x*scale + shift
         mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
@@ -239,7 +270,7 @@ class ImagePreprocessor:
 
     @classmethod
     def from_manifest(cls, manifest: Any, **overrides: Any) -> ImagePreprocessor:
-        """Build from ``manifest.preprocessing`` (keys size, mean, std, resample, shortest_edge).
+        """Build from ``manifest.preprocessing`` (keys size, mean, std, resample, shortest_edge, draft).
 
         Raises:
             ArtifactError: the manifest has no preprocessing size.
@@ -254,6 +285,7 @@ class ImagePreprocessor:
             "std": p.get("std", CLIP_STD),
             "resample": p.get("resample", "bicubic"),
             "shortest_edge": p.get("shortest_edge"),
+            "draft": bool(p.get("draft", True)),
         }
         kw.update(overrides)
         return cls(int(p["size"]), **kw)
@@ -266,7 +298,7 @@ class ImagePreprocessor:
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), resample=_RESAMPLE[self.resample])
+            img = img.resize((new_w, new_h), resample=_RESAMPLE[self.resample], reducing_gap=self._reducing_gap)
         s = self.size
         if new_w < s or new_h < s:  # only when shortest_edge < size: pad with zeros as transformers does
             canvas = Image.new("RGB", (max(new_w, s), max(new_h, s)))
@@ -282,7 +314,7 @@ class ImagePreprocessor:
 
     def one(self, x: ImageLike, index: int | None = None) -> np.ndarray:
         """Preprocess one image to float32 [3, S, S] (see :func:`decode_image` for errors)."""
-        img = decode_image(x, index, self.max_pixels, min_side=self.min_side)
+        img = decode_image(x, index, self.max_pixels, min_side=self.min_side, draft_short=self._draft_short)
         return self.normalize(self.resize_crop(img))
 
     def __call__(self, images: ImageLike | Iterable[ImageLike], *, start: int = 0) -> np.ndarray:
