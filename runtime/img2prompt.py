@@ -29,6 +29,7 @@ from .fusion import (
 )
 from .manifest import Manifest
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, as_image_list
+from .server_path import DESCRIBE
 from .specs import CLIP_IMAGE, ENSEMBLE_HEAD, IMG2PROMPT_A
 from .tasks import ClipEncoder, _Task, head_steps
 from .vectors import l2_normalize
@@ -120,8 +121,8 @@ class ImageToPrompt(_Task):
                                              self._batch(CLIP_IMAGE, batch_size)))
 
     def _describe_steps(self, items: Sequence[Any], alpha: float, n: int, batch: int) -> Steps[list[PromptDescription]]:
-        serves = getattr(self.path, "serves", None)
-        if serves is not None and serves("describe"):
+        serves = getattr(self.path, "serves", None)  # a server's path: it may run the whole task
+        if serves is not None and serves(DESCRIBE):
             return (yield from self.path.describe(items, alpha, n, batch))  # type: ignore[attr-defined]
         fusion = self.fusion
         image_embeds = l2_normalize((yield from self.path.images(CLIP_IMAGE, items, batch)))
