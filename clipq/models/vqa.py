@@ -19,7 +19,7 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class VariantSpec:
+class VqaVariant:
     name: str
     use_mapper: bool
     epochs_frozen: int
@@ -29,20 +29,20 @@ class VariantSpec:
     label: str = ""
 
 
-VARIANTS: dict[str, VariantSpec] = {
-    "v1": VariantSpec("v1", use_mapper=False, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
+VQA_VARIANTS: dict[str, VqaVariant] = {
+    "v1": VqaVariant("v1", use_mapper=False, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
                       label="V1 (no mapper, LM frozen, 1 epoch)"),
-    "v2": VariantSpec("v2", use_mapper=True, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
+    "v2": VqaVariant("v2", use_mapper=True, epochs_frozen=1, epochs_unfrozen=0, init_from=None,
                       label="V2 (mapper, LM frozen, 1 epoch)"),
-    "v3": VariantSpec("v3", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v2",
+    "v3": VqaVariant("v3", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v2",
                       label="V3 (V2 + 1 epoch, LM unfrozen)"),
-    "v4": VariantSpec("v4", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v3",
+    "v4": VqaVariant("v4", use_mapper=True, epochs_frozen=0, epochs_unfrozen=1, init_from="v3",
                       label="V4 (V3 + 1 more epoch)"),
-    "v2t": VariantSpec("v2t", use_mapper=True, epochs_frozen=0, epochs_unfrozen=0, init_from="v2", time_of="v3",
+    "v2t": VqaVariant("v2t", use_mapper=True, epochs_frozen=0, epochs_unfrozen=0, init_from="v2", time_of="v3",
                        label="V2 + as long as V3's epoch took, LM frozen (equal-time control)"),
 }
 #: the paper's variants, in order; ``v2t`` is trained after v3 when both are asked for
-PAPER_VARIANTS = ("v1", "v2", "v3", "v4")
+PAPER_VQA_VARIANTS = ("v1", "v2", "v3", "v4")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from clipq.models.export_wrappers import ClipImageTower
 from clipq.models.factory import build_lm
 from clipq.models.io import load_clip, load_tokenizer, load_vqa, save_vqa, tokenize
-from clipq.models.vqa import VARIANTS, VQAConfig, VQAModel
+from clipq.models.vqa import VQA_VARIANTS, VQAConfig, VQAModel
 from clipq.runtime.errors import ClipqError, DataFormatError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.metrics import accuracy
@@ -166,8 +166,8 @@ def train_vqa(
     cfg = cfg or VQATrainConfig()
     variants = _order(variants or ["v1", "v2", "v3", "v2t", "v4"])
     for v in variants:
-        if v not in VARIANTS:
-            raise ClipqError(f"unknown VQA variant {v!r}; choose from {', '.join(VARIANTS)}")
+        if v not in VQA_VARIANTS:
+            raise ClipqError(f"unknown VQA variant {v!r}; choose from {', '.join(VQA_VARIANTS)}")
     set_threads(threads)
     precision = resolve_precision(cfg.precision)
     m = Manifest.load(artifacts)
@@ -187,7 +187,7 @@ def train_vqa(
     results: dict[str, dict] = dict(m.extra.get("vqa", {}).get("results", {}))
     trained: dict[str, VQAModel] = {}
     for v in variants:
-        spec = VARIANTS[v]
+        spec = VQA_VARIANTS[v]
         seed_everything(cfg.seed)
         rng = np.random.default_rng(cfg.seed + sum(map(ord, v)))
         t0 = time.perf_counter()
