@@ -34,6 +34,11 @@ def add_parser(subparsers: Any) -> None:
                         "--api-key-file and $CLIPQ_API_KEYS, comma-separated)")
     p.add_argument("--api-key-file", default=None, metavar="FILE", help="a file of API keys, one per line")
     p.add_argument("--metrics-need-key", action="store_true", help="/metrics needs a key too (default: open)")
+    p.add_argument("--rate-limit", type=float, default=0.0, metavar="R",
+                   help="requests/s per key (per client address without keys); 429 above; 0: none")
+    p.add_argument("--rate-burst", type=int, default=0, metavar="N", help="requests at once after idling (0: R)")
+    p.add_argument("--max-concurrent", type=int, default=0, metavar="N",
+                   help="requests in flight per key or address (429 above; 0: none)")
     p.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up of the encoder")
     p.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -54,7 +59,8 @@ def settings_from(args: argparse.Namespace) -> Any:
         max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
         max_inputs=args.max_inputs, max_images=args.max_images, max_text_chars=args.max_text_chars,
         warmup=not args.no_warmup, api_keys=load_keys(args.api_key, args.api_key_file),
-        metrics_need_key=args.metrics_need_key,
+        metrics_need_key=args.metrics_need_key, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+        max_concurrent=args.max_concurrent,
     )
 
 

@@ -28,6 +28,7 @@ from .errors import ApiError, internal
 from .middleware import BodyLimit, Measure, Metrics, RequestIds
 from .pages import STATIC
 from .pages import router as pages_router
+from .quota import Quotas
 from .routes import router as api_router
 from .routes import validation_error
 from .services import Services
@@ -118,6 +119,9 @@ def create_app(services: Services) -> FastAPI:
 
     settings = services.settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(Quotas, rate=settings.rate_limit, burst=settings.rate_burst or None,
+                       concurrency=settings.max_concurrent, metrics_open=not settings.metrics_need_key)
+    # outside the quotas, which count per key
     app.add_middleware(ApiKeys, keys=settings.api_keys, metrics_open=not settings.metrics_need_key)
     app.add_middleware(Measure, metrics=metrics)  # 401s and 413s are counted too
     app.add_middleware(RequestIds)  # outermost: every answer carries an id and is logged

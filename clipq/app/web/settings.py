@@ -33,6 +33,10 @@ class AppSettings:
         api_keys: Keys a request must present as ``Authorization: Bearer <key>`` on every data
             route (see :mod:`.auth`); empty: no key needed. Kept out of ``repr``.
         metrics_need_key: Whether ``/metrics`` needs a key too (default: open, for a scraper).
+        rate_limit: Requests per second per client, a key or (without keys) an address, as a
+            token bucket; 0: none. Over it, 429 with ``Retry-After`` (see :mod:`.quota`).
+        rate_burst: Requests a client may make at once after idling (0: the rate, at least 1).
+        max_concurrent: Requests per client in flight at once (0: no limit; 429 above).
     """
 
     host: str = "127.0.0.1"
@@ -51,15 +55,21 @@ class AppSettings:
     warmup: bool = True
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     metrics_need_key: bool = False
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    max_concurrent: int = 0
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "workers", "max_pending", "max_request_bytes", "max_image_bytes",
                      "max_image_pixels", "max_inputs", "max_images", "max_text_chars", "max_k", "thumb_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AppSettings.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("rate_limit", "rate_burst", "max_concurrent"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AppSettings.{name} must be >= 0 (0: no limit), got {getattr(self, name)!r}")
 
     def limits(self) -> dict[str, float | int]:
         """The limits as a dict (``GET /v1/limits`` and the docs)."""
         names = ("timeout_s", "max_pending", "max_request_bytes", "max_image_bytes", "max_image_pixels",
-                 "max_inputs", "max_images", "max_text_chars", "max_k")
+                 "max_inputs", "max_images", "max_text_chars", "max_k", "rate_limit", "rate_burst", "max_concurrent")
         return {n: getattr(self, n) for n in names}
