@@ -8,6 +8,7 @@ from __future__ import annotations
 from .connect import connect  # noqa: F401
 from .errors import (  # noqa: F401  (the error types are part of the public API)
     ArtifactError,
+    AuthenticationError,
     BackendUnavailable,
     ClipqError,
     ConcurrentWriteError,

@@ -35,7 +35,9 @@ def connect(artifacts: Manifest | str | os.PathLike[str] | None = None, server: 
             each network's CPU default as measured and recorded in the manifest, where this host has
             the CPU flags it was measured on, else onnxruntime's default variant
             (:func:`~clipq.runtime.engines.open_cpu_default`).
-        **kw: Passed on to the backend class (variant, threads, providers, protocol, timeout_s, ...).
+        **kw: Passed on to the backend class (variant, threads, providers, protocol, timeout_s, ...;
+            for a server, ``api_key``: the key of a server started with ``clipq serve --api-key``,
+            default ``$CLIPQ_API_KEY``).
 
     Returns:
         A :class:`~clipq.runtime.contract.Backend`.
@@ -44,6 +46,7 @@ def connect(artifacts: Manifest | str | os.PathLike[str] | None = None, server: 
         ArtifactError: the artifact directory or its manifest is missing or inconsistent.
         UnknownEngineError: an engine name or URL scheme that no engine is registered for.
         MissingDependencyError: the engine's package is not installed.
+        AuthenticationError: (a thin server client) the server refused the key, or wants one.
     """
     if server is not None:
         local = artifacts if isinstance(artifacts, Manifest) or artifacts is None else Manifest.load(artifacts)

@@ -82,6 +82,10 @@ class BackendUnavailable(ClipqError):
     """The inference backend (a server, a session) cannot be reached or is not ready."""
 
 
+class AuthenticationError(ClipqError):
+    """A server refused the call for its key: none was sent, or a wrong one (the message says which)."""
+
+
 class InferenceError(ClipqError):
     """The backend was reached but the inference itself failed."""
 

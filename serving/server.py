@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipq.runtime.backends.triton_protocol import API_KEY_HEADER
 from clipq.runtime.errors import ServerError
 
 from .launcher import TritonInstallation, find_tritonserver, free_port, prepare_backends, server_environment
@@ -100,6 +101,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+#: Triton's protocol groups a key restricts: all but health, which load balancers and the start-up
+#: probe use (liveness and readiness say nothing about the models or data)
+RESTRICTED = ("inference", "metadata", "model-config", "model-repository", "statistics", "shared-memory",
+              "trace", "logging")
+
+
 @dataclass
 class ServerOptions:
     """Knobs of one tritonserver run (see :class:`TritonServer`).
@@ -116,6 +123,10 @@ class ServerOptions:
             batch of preprocessed images without growing: every growth is a resize and remap.
         shm_growth_bytes: Growth step of that region when a larger batch needs it.
         extra_args: More tritonserver arguments, appended last.
+        api_key: Restrict :data:`RESTRICTED` (every protocol group but health) to calls carrying this
+            key in the ``clipq-api-key`` header (Triton's ``--http-restricted-api`` and
+            ``--grpc-restricted-protocol``); the runtime client sends it (``api_key=``,
+            ``$CLIPQ_API_KEY``). Kept out of ``repr`` and of :attr:`TritonServer.log`.
         die_with_parent: Have Linux stop the server when the thread that started it ends, even if
             that process is killed outright (no orphaned servers). Turn it off when starting the
             server from a short-lived thread.
@@ -132,6 +143,7 @@ class ServerOptions:
     shm_growth_bytes: int = 16 << 20
     extra_args: Sequence[str] = field(default_factory=tuple)
     die_with_parent: bool = True
+    api_key: str | None = field(default=None, repr=False)
 
 
 class TritonServer:
@@ -282,6 +294,12 @@ class TritonServer:
                     "--allow-gpu-metrics=false"]
         else:
             cmd += ["--allow-metrics=false"]
+        if o.api_key:
+            if any(c.isspace() or c in ",:=" for c in o.api_key):
+                raise ServerError("the API key must not contain whitespace, ',', ':' or '=' (tritonserver's "
+                                  "restricted-API flags cannot carry them)")
+            restrict = f"{','.join(RESTRICTED)}:{API_KEY_HEADER}={o.api_key}"
+            cmd += [f"--http-restricted-api={restrict}", f"--grpc-restricted-protocol={restrict}"]
         return [*cmd, *o.extra_args]
 
     def _launch(self, inst: TritonInstallation, backends: Path, env: dict[str, str]) -> None:
@@ -298,7 +316,10 @@ class TritonServer:
                 cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
             else:
                 preexec = _set_pdeathsig
-        self.log.append("$ " + " ".join(cmd))
+        shown = " ".join(cmd)
+        if o.api_key:
+            shown = shown.replace(o.api_key, "***")
+        self.log.append("$ " + shown)
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=self._workdir,

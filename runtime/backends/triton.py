@@ -16,6 +16,10 @@ so that every task class and CLI command works unchanged with ``--server URL``:
   naming the URL;
 - connections are reused (one gRPC channel; one keep-alive HTTP connection per thread, since
   tritonclient's HTTP client is not thread-safe), every call has a timeout;
+- a server started with ``clipq serve --api-key`` gets the key on every call (``api_key=`` or
+  ``$CLIPQ_API_KEY``); a call it refuses for a missing or wrong key raises ``AuthenticationError``
+  saying which, never retried; the current request's id (``triton_protocol.REQUEST_ID``, set by the
+  app) goes as Triton's own request id and an ``x-request-id`` header;
 - retries happen only where repeating is safe: the failure says the request did not run
   (connection refused, server unavailable or its queue full) and the model is stateless (no
   sequence batching, not decoupled). A timeout is never retried: the request may have run, and
@@ -45,11 +49,14 @@ from ..manifest import Manifest, ModelSpec, TensorSpec
 from .triton_protocol import (
     FROM_TRITON,
     PROTOCOLS,
+    REQUEST_ID,
     WIRE,
     Protocol,
     as_array,
+    auth_error,
     open_protocol,
     parse_url,
+    refused,
     remote_error,
 )
 from .triton_protocol import message as _message
@@ -65,10 +72,11 @@ class _TritonCommon:
     """What the blocking and the asyncio backends share: specs, checks, chunks, errors, retries."""
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None, protocol: str | None,
-                 timeout_s: float, retries: int, backoff_s: float, verify: bool, aio: bool) -> None:
+                 timeout_s: float, retries: int, backoff_s: float, verify: bool, aio: bool,
+                 api_key: str | None = None) -> None:
         self.url = url
         #: the adapter of the URL's protocol: everything that differs between gRPC and HTTP
-        self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio)
+        self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio, api_key=api_key)
         self.protocol, self.address, self.ssl = self.wire.name, self.wire.address, self.wire.ssl
         self._manifest: Manifest | None = (manifest if isinstance(manifest, Manifest) or manifest is None
                                            else Manifest.load(manifest))
@@ -143,7 +151,7 @@ class _TritonCommon:
 
     def _retryable(self, exc: BaseException, model: str | None) -> bool:
         """Safe to repeat: the request did not run, and running it twice would change nothing."""
-        if self._is_timeout(exc):
+        if self._is_timeout(exc) or refused(exc):
             return False
         if not self._is_connection_error(exc):
             return False
@@ -160,6 +168,8 @@ class _TritonCommon:
         """Map a tritonclient (or socket) error to the clipq error a caller of ``model`` expects."""
         if isinstance(exc, ClipqError):
             return exc
+        if refused(exc):  # before the connection check: Triton's gRPC answers UNAVAILABLE
+            return auth_error(exc, self.url, repr(model), self.wire.api_key is not None)
         if self._is_timeout(exc):
             return BackendUnavailable(f"Triton server at {self.url} did not answer {model!r} within {self.timeout_s:g} s")
         if self._is_connection_error(exc) and "queue" not in _message(exc).lower():
@@ -241,6 +251,11 @@ class _TritonCommon:
             out.append((start, infer_inputs))
         return out
 
+    @staticmethod
+    def _request_id() -> dict[str, str]:
+        rid = REQUEST_ID.get()
+        return {"request_id": rid} if rid else {}
+
     def _outputs(self, spec: ModelSpec) -> list[Any]:
         return [self.wire.requested_output(t.name) for t in spec.outputs]
 
@@ -273,18 +288,21 @@ class TritonBackend(_TritonCommon):
         backoff_s: Base of the exponential backoff between attempts.
         verify: Check, on first use of each network, that the server runs the graph the manifest
             describes (its sha256, recorded in the rendered config).
+        api_key: The key of a server started with ``clipq serve --api-key`` (default:
+            ``$CLIPQ_API_KEY``, else none).
 
     Raises:
         MissingDependencyError: tritonclient is not installed.
         ClipqError: an unusable URL.
+        AuthenticationError: (thin client) the server refused the key, or wants one.
         BackendUnavailable, ArtifactError: (thin client) the server cannot be reached, or does not
             describe itself.
     """
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
                  protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
-                 verify: bool = True) -> None:
-        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False)
+                 verify: bool = True, api_key: str | None = None) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False, api_key=api_key)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -393,7 +411,8 @@ class TritonBackend(_TritonCommon):
         results = []
         for start, infer_inputs in self._chunks(model, spec, feeds):
             try:
-                results.append(self._call(model, self._client().infer, model, infer_inputs, outputs=outputs))
+                results.append(self._call(model, self._client().infer, model, infer_inputs, outputs=outputs,
+                                          **self._request_id()))
             except Exception as e:  # noqa: BLE001
                 raise self._error(e, model, start) from e
         return self._join(spec, results)
@@ -459,8 +478,8 @@ class AsyncTritonBackend(_TritonCommon):
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
                  protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
-                 verify: bool = True, max_in_flight: int = 8) -> None:
-        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True)
+                 verify: bool = True, max_in_flight: int = 8, api_key: str | None = None) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True, api_key=api_key)
         self.max_in_flight = max(1, int(max_in_flight))
         self._c: Any = None
         self._closed = False
@@ -553,7 +572,8 @@ class AsyncTritonBackend(_TritonCommon):
         async def one(start: int, infer_inputs: list[Any]) -> Any:
             async with sem:
                 try:
-                    return await self._call(model, client.infer, model, infer_inputs, outputs=outputs)
+                    return await self._call(model, client.infer, model, infer_inputs, outputs=outputs,
+                                            **self._request_id())
                 except Exception as e:  # noqa: BLE001
                     raise self._error(e, model, start) from e
 

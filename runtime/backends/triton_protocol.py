@@ -8,13 +8,16 @@ both protocols (a tritonclient exception's status and message).
 
 from __future__ import annotations
 
+import os
 import re
+from contextvars import ContextVar
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..errors import (
+    AuthenticationError,
     ClipqError,
     DTypeError,
     InvalidImageError,
@@ -24,6 +27,18 @@ from ..errors import (
     ShapeError,
 )
 from ..manifest import TRITON_DTYPES, TensorSpec
+
+#: The header a server started with ``clipq serve --api-key`` wants on its restricted protocols
+#: (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protocol``; over gRPC Triton reads it
+#: with the ``triton-grpc-protocol-`` prefix).
+API_KEY_HEADER = "clipq-api-key"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+#: Environment variable of the key a client sends when none is given.
+API_KEY_ENV = "CLIPQ_API_KEY"
+#: The id of the request being served (the app sets it per request): sent as Triton's own request id
+#: (its traces and logs carry it) and as an ``x-request-id`` header.
+REQUEST_ID: ContextVar[str | None] = ContextVar("clipq_request_id", default=None)
+_REFUSED = ("is restricted, expecting header",)
 
 #: URL scheme -> protocol
 SCHEMES = {"grpc": "grpc", "http": "http", "https": "http"}
@@ -75,6 +90,7 @@ class Protocol:
         timeout_s: The deadline of each call.
         aio: Whether the asyncio client will be used (its module is imported now, so a missing
             dependency fails at construction).
+        api_key: The key sent in :data:`API_KEY_HEADER` on every call, or None.
 
     Raises:
         MissingDependencyError: tritonclient (for this protocol) is not installed.
@@ -85,8 +101,13 @@ class Protocol:
     #: whether one blocking client may serve every thread
     thread_safe: ClassVar[bool] = False
 
-    def __init__(self, address: str, ssl: bool, timeout_s: float, aio: bool = False) -> None:
+    #: the prefix Triton wants before a restricted protocol's header name
+    header_prefix: ClassVar[str] = ""
+
+    def __init__(self, address: str, ssl: bool, timeout_s: float, aio: bool = False,
+                 api_key: str | None = None) -> None:
         self.address, self.ssl, self.timeout_s = address, ssl, float(timeout_s)
+        self.api_key = api_key
         try:
             # InferInput / InferRequestedOutput live in the blocking module (the asyncio one reuses them)
             self.sync = self._import(aio=False)
@@ -105,9 +126,21 @@ class Protocol:
         """A new asyncio client (this adapter was built with ``aio=True``)."""
         raise NotImplementedError
 
+    def headers(self) -> dict[str, str] | None:
+        """The headers of a call: the API key, and the current request's id (:data:`REQUEST_ID`)."""
+        h = {}
+        if self.api_key:
+            h[self.header_prefix + API_KEY_HEADER] = self.api_key
+        rid = REQUEST_ID.get()
+        if rid:
+            h["x-request-id"] = rid
+        return h or None
+
     def call_options(self) -> dict[str, Any]:
-        """Keyword arguments every call takes (the deadline, where the protocol sets it per call)."""
-        return {}
+        """Keyword arguments every call takes: the headers, and the deadline where the protocol sets it
+        per call."""
+        h = self.headers()
+        return {"headers": h} if h else {}
 
     def json_options(self) -> dict[str, Any]:
         """Keyword arguments that make ``get_model_config`` / statistics answer JSON."""
@@ -128,6 +161,7 @@ class GrpcProtocol(Protocol):
     name = "grpc"
     default_port = 8001
     thread_safe = True
+    header_prefix = GRPC_HEADER_PREFIX
 
     def _import(self, aio: bool) -> Any:
         if aio:
@@ -143,7 +177,7 @@ class GrpcProtocol(Protocol):
         return self.aio.InferenceServerClient(self.address, ssl=self.ssl)
 
     def call_options(self) -> dict[str, Any]:
-        return {"client_timeout": self.timeout_s}
+        return {**super().call_options(), "client_timeout": self.timeout_s}
 
     def json_options(self) -> dict[str, Any]:
         return {"as_json": True}
@@ -211,10 +245,29 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
     return proto, f"{host}:{parts.port or PROTOCOLS[proto].default_port}", scheme == "https"
 
 
-def open_protocol(url: str, protocol: str | None, timeout_s: float, aio: bool = False) -> Protocol:
-    """The adapter for ``url`` (see :func:`parse_url`), its modules imported."""
+def open_protocol(url: str, protocol: str | None, timeout_s: float, aio: bool = False,
+                  api_key: str | None = None) -> Protocol:
+    """The adapter for ``url`` (see :func:`parse_url`), its modules imported.
+
+    Args:
+        api_key: The server's key; None: ``$CLIPQ_API_KEY`` if set.
+    """
     proto, address, ssl = parse_url(url, protocol)
-    return PROTOCOLS[proto](address, ssl, timeout_s, aio=aio)
+    key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    return PROTOCOLS[proto](address, ssl, timeout_s, aio=aio, api_key=key)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a tritonclient error says the server refused the call for its key (restricted protocol)."""
+    return any(s in message(exc) for s in _REFUSED)
+
+
+def auth_error(exc: BaseException, url: str, what: str, sent_key: bool) -> AuthenticationError:
+    """The typed error for a call the server refused for a missing or wrong key."""
+    cause = "the API key sent was wrong" if sent_key else "no API key was sent"
+    return AuthenticationError(
+        f"Triton server at {url} refused {what}: {cause} (its restricted protocols want header "
+        f"'{API_KEY_HEADER}'; pass api_key=..., --server-api-key or set ${API_KEY_ENV})")
 
 
 def status(exc: BaseException) -> str:

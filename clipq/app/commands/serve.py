@@ -54,6 +54,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per instance (0: one per core)")
     p.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary (default: nvidia-pytriton's, or PATH)")
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="restrict every protocol group but health to calls with header 'clipq-api-key: KEY' "
+                        "(clients: api_key=, --server-api-key or $CLIPQ_API_KEY); see docs/security.md")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="read that key from a file (first line), so it stays out of the shell history")
     p.add_argument("--log", action="store_true", help="show the server's whole log (default: warnings and errors)")
     p.set_defaults(func=run)
 
@@ -108,8 +113,15 @@ def run(args: argparse.Namespace) -> int:
     def port(v: int) -> int | None:
         return None if v == 0 else v
 
+    api_key = args.api_key
+    if args.api_key_file:
+        lines = Path(args.api_key_file).read_text(encoding="utf-8").split()
+        api_key = lines[0] if lines else None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"clipq serve: warning: listening on {args.host} without --api-key: anyone who reaches the ports "
+              "can run and inspect the models (docs/security.md)", file=sys.stderr)
     options = ServerOptions(
-        host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
+        api_key=api_key or None, host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
         metrics_port=0 if args.metrics_port < 0 else port(args.metrics_port),
         startup_timeout_s=args.startup_timeout,
     )
@@ -127,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             if server.metrics_url:
                 print(f"  metrics  {server.metrics_url}")
             print(f"  models   {', '.join(models)}")
+            if api_key:
+                print("  key      every protocol but health needs header 'clipq-api-key' (clients: $CLIPQ_API_KEY)")
             print(f"query it with e.g. `clipq search INDEX \"a red circle\" --server {server.grpc_url}`; "
                   "Ctrl-C stops it", flush=True)
             if stop.wait(server) is None:

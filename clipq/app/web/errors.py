@@ -23,6 +23,7 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     rt.UnknownIdError: (404, "unknown_id"),
     rt.MissingDependencyError: (501, "missing_dependency"),
     rt.InferenceError: (502, "inference_failed"),
+    rt.AuthenticationError: (502, "backend_auth_failed"),  # the app's server key, not the caller's
     rt.BackendUnavailable: (503, "backend_unavailable"),
     rt.ArtifactError: (500, "artifacts"),
     rt.ClipqError: (500, "clipq_error"),

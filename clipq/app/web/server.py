@@ -38,7 +38,8 @@ log = logging.getLogger("clipq.app")
 
 
 def open_services(settings: AppSettings, *, artifacts: str | None = None, server: str | None = None,
-                  index: str | None = None, backend: Any = None, spin: bool | None = False) -> Services:
+                  index: str | None = None, backend: Any = None, spin: bool | None = False,
+                  server_api_key: str | None = None) -> Services:
     """Connect to the runtime and load what the app serves.
 
     Args:
@@ -49,6 +50,8 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
         backend: An open backend to use instead of connecting (tests).
         spin: In process, whether onnxruntime's idle threads busy-wait (off by default: spinning
             threads take the cores from the event loop that parses and answers requests).
+        server_api_key: The key of a server started with ``clipq serve --api-key`` (default:
+            ``$CLIPQ_API_KEY``).
 
     Raises:
         ArtifactError, BackendUnavailable, IndexCorruptError, ...: as the runtime raises them.
@@ -57,7 +60,8 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
     from clipq.runtime.index import ImageIndex
 
     if backend is None:
-        backend = rt.connect(artifacts, server=server) if server else rt.connect(artifacts, spin=spin)
+        backend = (rt.connect(artifacts, server=server, api_key=server_api_key) if server
+                   else rt.connect(artifacts, spin=spin))
     try:
         encoder = rt.ClipEncoder(backend, max_pixels=settings.max_image_pixels)
         loaded = ImageIndex.load(index, encoder=encoder) if index is not None else None

@@ -1,0 +1,120 @@
+"""``clipq serve --api-key`` against the real tritonserver: Triton's restricted protocol groups.
+
+One keyed server (module scope) over the shared cpu-python repository of the tiny artifacts. Over
+gRPC and HTTP, blocking and asyncio: no key or a wrong key is an ``AuthenticationError`` that says
+which, never a retry nor a "server unreachable"; the right key (given, or ``$CLIPQ_API_KEY``)
+embeds exactly what the in-process encoder does; health stays open; the key is in no log line; and
+``clipq app --server`` passes its server key through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from _require import require_module, require_triton
+
+from clipq.runtime.errors import AuthenticationError
+
+pytestmark = [pytest.mark.timeout(300)]
+require_module("tritonclient.grpc")
+require_module("tritonclient.http")
+
+KEY = "sk-triton-test-key"
+TEXTS = ["a red circle on the left", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def server(cpu_repo):
+    from clipq.serving.server import ServerOptions, TritonServer
+
+    require_triton()
+    with TritonServer(cpu_repo.path, ServerOptions(api_key=KEY)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def want(tiny_artifacts):
+    import clipq.runtime as rt
+
+    with rt.connect(tiny_artifacts) as b:
+        return rt.ClipEncoder(b).encode_texts(TEXTS)
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_env(monkeypatch):
+    monkeypatch.delenv("CLIPQ_API_KEY", raising=False)
+
+
+def _url(server, proto: str) -> str:
+    return server.grpc_url if proto == "grpc" else server.http_url
+
+
+@pytest.mark.parametrize("proto", ["grpc", "http"])
+def test_missing_or_wrong_key_is_a_typed_error_naming_the_cause(server, proto):
+    import clipq.runtime as rt
+
+    with pytest.raises(AuthenticationError, match="no API key was sent") as err:
+        rt.connect(server=_url(server, proto))
+    assert "clipq-api-key" in str(err.value) and KEY not in str(err.value)
+    with pytest.raises(AuthenticationError, match="the API key sent was wrong") as err:
+        rt.connect(server=_url(server, proto), api_key="sk-wrong", retries=3)
+    assert "sk-wrong" not in str(err.value)
+
+
+@pytest.mark.parametrize("proto", ["grpc", "http"])
+def test_the_right_key_embeds_as_in_process(server, proto, want, monkeypatch):
+    import clipq.runtime as rt
+
+    with rt.connect(server=_url(server, proto), api_key=KEY) as b:
+        got = rt.ClipEncoder(b).encode_texts(TEXTS)
+    assert float((got * want).sum(1).min()) > 1 - 1e-4
+    monkeypatch.setenv("CLIPQ_API_KEY", KEY)  # the environment's key, when none is given
+    with rt.connect(server=_url(server, proto)) as b:
+        assert rt.ClipEncoder(b).encode_texts(TEXTS[:1]).shape == (1, want.shape[1])
+
+
+def test_health_stays_open_and_inference_is_closed(server, tiny_artifacts):
+    import clipq.runtime as rt
+
+    with rt.connect(tiny_artifacts, server=server.http_url) as b:  # with the manifest: no call at connect
+        b.health()
+        with pytest.raises(AuthenticationError, match="no API key"):
+            rt.ClipEncoder(b).encode_texts(TEXTS)
+
+
+def test_async_client_sends_the_key(server, want):
+    from clipq.runtime.backends.triton import AsyncTritonBackend
+
+    async def run(key):
+        async with AsyncTritonBackend(server.grpc_url, api_key=key) as b:
+            import clipq.runtime as rt
+
+            return await rt.ClipEncoder(b).encode_texts(TEXTS)
+
+    got = asyncio.run(run(KEY))
+    assert float((np.asarray(got) * want).sum(1).min()) > 1 - 1e-4
+    with pytest.raises(AuthenticationError, match="wrong"):
+        asyncio.run(run("sk-wrong"))
+
+
+def test_the_key_stays_out_of_logs_and_reprs(server):
+    assert any(line.startswith("$ ") and "--grpc-restricted-protocol=" in line for line in server.log)
+    assert not any(KEY in line for line in server.log)
+    assert KEY not in repr(server.options)
+
+
+def test_app_passes_its_server_key_through(server, tiny_artifacts):
+    httpx = require_module("httpx")
+    require_module("fastapi")
+    from clipq.app.web.server import create_app, open_services, serve_in_thread
+    from clipq.app.web.settings import AppSettings
+
+    with pytest.raises(AuthenticationError):
+        open_services(AppSettings(), server=server.grpc_url)
+    svc = open_services(AppSettings(timeout_s=60), server=server.grpc_url, server_api_key=KEY)
+    with serve_in_thread(create_app(svc)) as url:
+        r = httpx.post(url + "/v1/embeddings", json={"input": TEXTS, "model": "clip-text"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"]) == 2
