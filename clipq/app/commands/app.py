@@ -36,6 +36,8 @@ def add_parser(subparsers: Any) -> None:
                         "--api-key-file and $CLIPQ_API_KEYS, comma-separated)")
     p.add_argument("--api-key-file", default=None, metavar="FILE", help="a file of API keys, one per line")
     p.add_argument("--metrics-need-key", action="store_true", help="/metrics needs a key too (default: open)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
     p.add_argument("--rate-limit", type=float, default=0.0, metavar="R",
                    help="requests/s per key (per client address without keys); 429 above; 0: none")
     p.add_argument("--rate-burst", type=int, default=0, metavar="N", help="requests at once after idling (0: R)")
@@ -62,7 +64,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         max_inputs=args.max_inputs, max_images=args.max_images, max_text_chars=args.max_text_chars,
         warmup=not args.no_warmup, api_keys=load_keys(args.api_key, args.api_key_file),
         metrics_need_key=args.metrics_need_key, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-        max_concurrent=args.max_concurrent,
+        max_concurrent=args.max_concurrent, tls_cert=args.tls_cert, tls_key=args.tls_key,
     )
 
 
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     what = args.server or services.source
     idx = f", index {args.index} ({len(services.index)} images)" if services.index is not None else ", no index"
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"clipq app: http://{host}:{args.port}/ over {what}{idx}; API docs at /docs", flush=True)
+    scheme = "https" if settings.tls_cert else "http"
+    print(f"clipq app: {scheme}://{host}:{args.port}/ over {what}{idx}; API docs at /docs", flush=True)
     serve(app, settings, access_log=not args.no_access_log, log_level=args.log_level)
     return 0

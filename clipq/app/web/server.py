@@ -151,13 +151,15 @@ def serve(app: FastAPI, settings: AppSettings, *, access_log: bool = True, log_l
         alog.setLevel(logging.INFO)
         alog.propagate = False
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level=log_level,
-                server_header=False, timeout_graceful_shutdown=5)
+                server_header=False, timeout_graceful_shutdown=5, ssl_certfile=settings.tls_cert,
+                ssl_keyfile=settings.tls_key)
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                    startup_timeout_s: float = 30.0) -> Iterator[str]:
-    """Run uvicorn on a thread; yields the base URL (``http://127.0.0.1:PORT``); stops on exit.
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 30.0,
+                    tls_cert: str | None = None, tls_key: str | None = None) -> Iterator[str]:
+    """Run uvicorn on a thread; yields the base URL (``http://127.0.0.1:PORT``, ``https://`` with
+    ``tls_cert`` and ``tls_key``); stops on exit.
 
     Raises:
         RuntimeError: the server did not start within ``startup_timeout_s``.
@@ -165,7 +167,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            server_header=False, lifespan="on")
+                            server_header=False, lifespan="on", ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="clipq-app-uvicorn", daemon=True)
     thread.start()
@@ -177,7 +179,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
         time.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        yield f"{'https' if tls_cert else 'http'}://{host}:{bound}"
     finally:
         server.should_exit = True
         thread.join(15)

@@ -37,6 +37,8 @@ class AppSettings:
             token bucket; 0: none. Over it, 429 with ``Retry-After`` (see :mod:`.quota`).
         rate_burst: Requests a client may make at once after idling (0: the rate, at least 1).
         max_concurrent: Requests per client in flight at once (0: no limit; 429 above).
+        tls_cert: PEM certificate (chain) file: serve HTTPS (uvicorn's ``ssl_certfile``); None: HTTP.
+        tls_key: Its PEM private key file (``ssl_keyfile``); needed with ``tls_cert``.
     """
 
     host: str = "127.0.0.1"
@@ -58,12 +60,16 @@ class AppSettings:
     rate_limit: float = 0.0
     rate_burst: int = 0
     max_concurrent: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "workers", "max_pending", "max_request_bytes", "max_image_bytes",
                      "max_image_pixels", "max_inputs", "max_images", "max_text_chars", "max_k", "thumb_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AppSettings.{name} must be > 0, got {getattr(self, name)!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("AppSettings.tls_cert and tls_key go together: give both, or neither")
         for name in ("rate_limit", "rate_burst", "max_concurrent"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AppSettings.{name} must be >= 0 (0: no limit), got {getattr(self, name)!r}")
