@@ -256,5 +256,5 @@ register(Engine(
 register(Engine(
     name="triton", backend="clipq.runtime.backends.triton:TritonBackend",
     description="a Triton Inference Server over gRPC or HTTP (tritonclient)",
-    schemes=("grpc", "http", "https"), extra="runtime",
+    schemes=("grpc", "grpcs", "http", "https"), extra="runtime",
 ))

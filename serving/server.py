@@ -127,6 +127,9 @@ class ServerOptions:
             key in the ``clipq-api-key`` header (Triton's ``--http-restricted-api`` and
             ``--grpc-restricted-protocol``); the runtime client sends it (``api_key=``,
             ``$CLIPQ_API_KEY``). Kept out of ``repr`` and of :attr:`TritonServer.log`.
+        tls_cert, tls_key: PEM certificate and key: gRPC over TLS (``--grpc-use-ssl``; clients use
+            ``grpcs://`` and verify against the CA, ``ca_file=``). Triton's HTTP endpoint has no
+            TLS of its own: put a TLS-terminating proxy in front of it (docs/security.md).
         die_with_parent: Have Linux stop the server when the thread that started it ends, even if
             that process is killed outright (no orphaned servers). Turn it off when starting the
             server from a short-lived thread.
@@ -144,6 +147,8 @@ class ServerOptions:
     extra_args: Sequence[str] = field(default_factory=tuple)
     die_with_parent: bool = True
     api_key: str | None = field(default=None, repr=False)
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class TritonServer:
@@ -198,7 +203,7 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://{self._client_host}:{self.grpc_port}"
+        return f"{'grpcs' if self.options.tls_cert else 'grpc'}://{self._client_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -300,6 +305,11 @@ class TritonServer:
                                   "restricted-API flags cannot carry them)")
             restrict = f"{','.join(RESTRICTED)}:{API_KEY_HEADER}={o.api_key}"
             cmd += [f"--http-restricted-api={restrict}", f"--grpc-restricted-protocol={restrict}"]
+        if (o.tls_cert is None) != (o.tls_key is None):
+            raise ServerError("tls_cert and tls_key go together: give both, or neither")
+        if o.tls_cert:
+            cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(o.tls_cert).resolve()}",
+                    f"--grpc-server-key={Path(o.tls_key).resolve()}"]
         return [*cmd, *o.extra_args]
 
     def _launch(self, inst: TritonInstallation, backends: Path, env: dict[str, str]) -> None:

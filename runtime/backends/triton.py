@@ -73,10 +73,10 @@ class _TritonCommon:
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None, protocol: str | None,
                  timeout_s: float, retries: int, backoff_s: float, verify: bool, aio: bool,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, ca_file: str | None = None) -> None:
         self.url = url
         #: the adapter of the URL's protocol: everything that differs between gRPC and HTTP
-        self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio, api_key=api_key)
+        self.wire: Protocol = open_protocol(url, protocol, timeout_s, aio=aio, api_key=api_key, ca_file=ca_file)
         self.protocol, self.address, self.ssl = self.wire.name, self.wire.address, self.wire.ssl
         self._manifest: Manifest | None = (manifest if isinstance(manifest, Manifest) or manifest is None
                                            else Manifest.load(manifest))
@@ -279,7 +279,7 @@ class TritonBackend(_TritonCommon):
     """Run models on a Triton server; implements :class:`~clipq.runtime.contract.Backend`.
 
     Args:
-        url: ``grpc://host:port`` or ``http://host:port`` (``https://`` for TLS).
+        url: ``grpc://host:port`` or ``http://host:port`` (``grpcs://``, ``https://`` for TLS).
         manifest: The artifact manifest (or directory) the server's repository was rendered from,
             or None: a thin client, which asks the server (``clipq_info``) for what it must know.
         protocol: ``"grpc"`` or ``"http"`` for a URL without scheme.
@@ -290,6 +290,8 @@ class TritonBackend(_TritonCommon):
             describes (its sha256, recorded in the rendered config).
         api_key: The key of a server started with ``clipq serve --api-key`` (default:
             ``$CLIPQ_API_KEY``, else none).
+        ca_file: For ``grpcs://`` (``clipq serve --tls-cert``): the PEM file of the CA its
+            certificate is verified against (default: ``$CLIPQ_CA_FILE``, else the system's CAs).
 
     Raises:
         MissingDependencyError: tritonclient is not installed.
@@ -301,8 +303,9 @@ class TritonBackend(_TritonCommon):
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
                  protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
-                 verify: bool = True, api_key: str | None = None) -> None:
-        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False, api_key=api_key)
+                 verify: bool = True, api_key: str | None = None, ca_file: str | None = None) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=False, api_key=api_key,
+                         ca_file=ca_file)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -478,8 +481,10 @@ class AsyncTritonBackend(_TritonCommon):
 
     def __init__(self, url: str, manifest: Manifest | str | os.PathLike[str] | None = None,
                  protocol: str | None = None, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.05,
-                 verify: bool = True, max_in_flight: int = 8, api_key: str | None = None) -> None:
-        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True, api_key=api_key)
+                 verify: bool = True, max_in_flight: int = 8, api_key: str | None = None,
+                 ca_file: str | None = None) -> None:
+        super().__init__(url, manifest, protocol, timeout_s, retries, backoff_s, verify, aio=True, api_key=api_key,
+                         ca_file=ca_file)
         self.max_in_flight = max(1, int(max_in_flight))
         self._c: Any = None
         self._closed = False

@@ -35,13 +35,15 @@ API_KEY_HEADER = "clipq-api-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 #: Environment variable of the key a client sends when none is given.
 API_KEY_ENV = "CLIPQ_API_KEY"
+#: Environment variable of the CA file a TLS server (``grpcs://``) is verified against.
+CA_FILE_ENV = "CLIPQ_CA_FILE"
 #: The id of the request being served (the app sets it per request): sent as Triton's own request id
 #: (its traces and logs carry it) and as an ``x-request-id`` header.
 REQUEST_ID: ContextVar[str | None] = ContextVar("clipq_request_id", default=None)
 _REFUSED = ("is restricted, expecting header",)
 
 #: URL scheme -> protocol
-SCHEMES = {"grpc": "grpc", "http": "http", "https": "http"}
+SCHEMES = {"grpc": "grpc", "grpcs": "grpc", "http": "http", "https": "http"}
 #: Triton config dtype -> manifest dtype name
 FROM_TRITON = {v: k for k, v in TRITON_DTYPES.items()}
 #: manifest dtype -> tritonclient wire dtype
@@ -91,6 +93,8 @@ class Protocol:
         aio: Whether the asyncio client will be used (its module is imported now, so a missing
             dependency fails at construction).
         api_key: The key sent in :data:`API_KEY_HEADER` on every call, or None.
+        ca_file: PEM file of the CA(s) a TLS server's certificate is verified against (default:
+            the system's).
 
     Raises:
         MissingDependencyError: tritonclient (for this protocol) is not installed.
@@ -105,9 +109,9 @@ class Protocol:
     header_prefix: ClassVar[str] = ""
 
     def __init__(self, address: str, ssl: bool, timeout_s: float, aio: bool = False,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, ca_file: str | None = None) -> None:
         self.address, self.ssl, self.timeout_s = address, ssl, float(timeout_s)
-        self.api_key = api_key
+        self.api_key, self.ca_file = api_key, ca_file
         try:
             # InferInput / InferRequestedOutput live in the blocking module (the asyncio one reuses them)
             self.sync = self._import(aio=False)
@@ -171,10 +175,10 @@ class GrpcProtocol(Protocol):
         return mod
 
     def client(self) -> Any:
-        return self.sync.InferenceServerClient(self.address, ssl=self.ssl)
+        return self.sync.InferenceServerClient(self.address, ssl=self.ssl, root_certificates=self.ca_file)
 
     def aio_client(self, max_in_flight: int) -> Any:
-        return self.aio.InferenceServerClient(self.address, ssl=self.ssl)
+        return self.aio.InferenceServerClient(self.address, ssl=self.ssl, root_certificates=self.ca_file)
 
     def call_options(self) -> dict[str, Any]:
         return {**super().call_options(), "client_timeout": self.timeout_s}
@@ -222,7 +226,8 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
     """Split a server URL into (protocol, ``host:port``, ssl).
 
     Args:
-        url: ``grpc://host:port``, ``http://host:port``, ``https://host:port`` or ``host:port``.
+        url: ``grpc://host:port``, ``grpcs://host:port`` (TLS), ``http://host:port``,
+            ``https://host:port`` or ``host:port``.
         protocol: ``"grpc"`` or ``"http"``; required for a URL without scheme, must agree otherwise.
 
     Raises:
@@ -236,25 +241,31 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
     scheme = parts.scheme.lower()
     proto = SCHEMES.get(scheme)
     if proto is None:
-        raise ClipqError(f"unsupported server URL scheme {scheme!r} in {url!r} (use grpc:// or http://)")
+        raise ClipqError(f"unsupported server URL scheme {scheme!r} in {url!r} (use grpc://, grpcs://, http:// or "
+                         "https://)")
     if protocol is not None and protocol != proto:
         raise ClipqError(f"protocol {protocol!r} contradicts the URL {url!r}")
     if not parts.hostname:
         raise ClipqError(f"server URL {url!r} has no host")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return proto, f"{host}:{parts.port or PROTOCOLS[proto].default_port}", scheme == "https"
+    return proto, f"{host}:{parts.port or PROTOCOLS[proto].default_port}", scheme in ("https", "grpcs")
 
 
 def open_protocol(url: str, protocol: str | None, timeout_s: float, aio: bool = False,
-                  api_key: str | None = None) -> Protocol:
+                  api_key: str | None = None, ca_file: str | None = None) -> Protocol:
     """The adapter for ``url`` (see :func:`parse_url`), its modules imported.
 
     Args:
         api_key: The server's key; None: ``$CLIPQ_API_KEY`` if set.
+        ca_file: The CA file a TLS server is verified against; None: ``$CLIPQ_CA_FILE`` if set (for a
+            TLS URL), else the system's CAs.
     """
     proto, address, ssl = parse_url(url, protocol)
     key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-    return PROTOCOLS[proto](address, ssl, timeout_s, aio=aio, api_key=key)
+    ca = ca_file if ca_file is not None else ((os.environ.get(CA_FILE_ENV) or None) if ssl else None)
+    if ca is not None and not ssl:
+        raise ClipqError(f"a CA file is given but {url!r} is not a TLS URL: use grpcs:// or https://")
+    return PROTOCOLS[proto](address, ssl, timeout_s, aio=aio, api_key=key, ca_file=ca)
 
 
 def refused(exc: BaseException) -> bool:

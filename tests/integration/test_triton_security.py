@@ -4,7 +4,9 @@ One keyed server (module scope) over the shared cpu-python repository of the tin
 gRPC and HTTP, blocking and asyncio: no key or a wrong key is an ``AuthenticationError`` that says
 which, never a retry nor a "server unreachable"; the right key (given, or ``$CLIPQ_API_KEY``)
 embeds exactly what the in-process encoder does; health stays open; the key is in no log line; and
-``clipq app --server`` passes its server key through.
+``clipq app --server`` passes its server key through. A second server serves gRPC over TLS with a
+certificate the test makes (tests/_tls.py): ``grpcs://`` verified against its CA works, another CA
+or plain gRPC does not.
 """
 
 from __future__ import annotations
@@ -118,3 +120,40 @@ def test_app_passes_its_server_key_through(server, tiny_artifacts):
         r = httpx.post(url + "/v1/embeddings", json={"input": TEXTS, "model": "clip-text"}, timeout=60)
         assert r.status_code == 200, r.text
         assert len(r.json()["data"]) == 2
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    require_module("cryptography")
+    from _tls import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(cpu_repo, certs):
+    from clipq.serving.server import ServerOptions, TritonServer
+
+    require_triton()
+    opts = ServerOptions(api_key=KEY, tls_cert=str(certs.cert), tls_key=str(certs.key))
+    with TritonServer(cpu_repo.path, opts) as srv:
+        yield srv
+
+
+def test_grpc_over_tls_verified_against_the_test_ca(tls_server, certs, want, monkeypatch):
+    import clipq.runtime as rt
+    from clipq.runtime.errors import BackendUnavailable
+
+    url = tls_server.grpc_url
+    assert url.startswith("grpcs://127.0.0.1:")
+    with rt.connect(server=url, api_key=KEY, ca_file=str(certs.ca)) as b:
+        got = rt.ClipEncoder(b).encode_texts(TEXTS)
+    assert float((got * want).sum(1).min()) > 1 - 1e-4
+    monkeypatch.setenv("CLIPQ_CA_FILE", str(certs.ca))
+    with rt.connect(server=url, api_key=KEY) as b:
+        assert rt.ClipEncoder(b).encode_texts(TEXTS[:1]).shape == (1, want.shape[1])
+    monkeypatch.delenv("CLIPQ_CA_FILE")
+    with pytest.raises(BackendUnavailable):
+        rt.connect(server=url, api_key=KEY, ca_file=str(certs.other_ca), retries=0, timeout_s=10)
+    with pytest.raises(BackendUnavailable):
+        rt.connect(server=url.replace("grpcs://", "grpc://"), api_key=KEY, retries=0, timeout_s=10)

@@ -20,6 +20,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server", default=None, metavar="URL", help="Triton server (grpc://host:port or http://host:port)")
     p.add_argument("--server-api-key", default=None, metavar="KEY",
                    help="the key of a server started with `clipq serve --api-key` (default: $CLIPQ_API_KEY)")
+    p.add_argument("--server-ca", default=None, metavar="PEM",
+                   help="CA file a grpcs:// server is verified against (default: $CLIPQ_CA_FILE, else the system's)")
     p.add_argument("--index", default=None, metavar="DIR", help="image index to search (from `clipq index build`)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 picks a free one)")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipq app: error: {e}", file=sys.stderr)
         return 2
     services = open_services(settings, artifacts=args.artifacts, server=args.server, index=args.index,
-                             server_api_key=args.server_api_key)
+                             server_api_key=args.server_api_key, server_ca=args.server_ca)
     app = create_app(services)
     if args.host not in _LOOPBACK and not settings.api_keys:
         print(f"clipq app: warning: listening on {args.host} without API keys: anyone who reaches the port can "

@@ -39,7 +39,7 @@ log = logging.getLogger("clipq.app")
 
 def open_services(settings: AppSettings, *, artifacts: str | None = None, server: str | None = None,
                   index: str | None = None, backend: Any = None, spin: bool | None = False,
-                  server_api_key: str | None = None) -> Services:
+                  server_api_key: str | None = None, server_ca: str | None = None) -> Services:
     """Connect to the runtime and load what the app serves.
 
     Args:
@@ -52,6 +52,7 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
             threads take the cores from the event loop that parses and answers requests).
         server_api_key: The key of a server started with ``clipq serve --api-key`` (default:
             ``$CLIPQ_API_KEY``).
+        server_ca: The CA file a ``grpcs://`` server is verified against (default: ``$CLIPQ_CA_FILE``).
 
     Raises:
         ArtifactError, BackendUnavailable, IndexCorruptError, ...: as the runtime raises them.
@@ -60,7 +61,7 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
     from clipq.runtime.index import ImageIndex
 
     if backend is None:
-        backend = (rt.connect(artifacts, server=server, api_key=server_api_key) if server
+        backend = (rt.connect(artifacts, server=server, api_key=server_api_key, ca_file=server_ca) if server
                    else rt.connect(artifacts, spin=spin))
     try:
         encoder = rt.ClipEncoder(backend, max_pixels=settings.max_image_pixels)
