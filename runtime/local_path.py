@@ -97,12 +97,19 @@ class LocalPath:
 
     # -- steps
     def images(self, network: str, items: Sequence[Any], batch: int, progress: bool = False) -> Steps[np.ndarray]:
+        from .feed import BatchFeed
+
         name, dim = self._out(network)
+        # decoded in the process's pool of threads, the next chunk while the engine runs this one
+        feed = BatchFeed(self.preprocessor, items, batch)
 
         def call(s: int, e: int) -> Call:
-            return Call(network, {"pixel_values": self.preprocessor(items[s:e], start=s)}, s)
+            return Call(network, {"pixel_values": feed(s, e)}, s)
 
-        outs = yield from chunked(call, len(items), batch, self.window, progress=progress, desc=network)
+        try:
+            outs = yield from chunked(call, len(items), batch, self.window, progress=progress, desc=network)
+        finally:
+            feed.close()
         return gather_rows(outs, name, len(items), dim)
 
     def texts(self, network: str, items: Sequence[str], batch: int,

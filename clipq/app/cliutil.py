@@ -38,7 +38,10 @@ def open_encoder(args: argparse.Namespace) -> tuple[Any, Any]:
     import clipq.runtime as rt
     from clipq.runtime.tasks import ClipEncoder
 
-    backend = rt.connect(args.artifacts, server=args.server)
+    # in process, images decode on every core while the engine runs: onnxruntime's threads must not
+    # busy-wait between ops (measured on 12 MP photos, 2 cores: 31 against 15 images/s; docs/export.md)
+    kw = {} if args.server else {"spin": False}
+    backend = rt.connect(args.artifacts, server=args.server, **kw)
     try:
         return backend, ClipEncoder(backend)
     except BaseException:

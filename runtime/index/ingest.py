@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
     from .store import ImageIndex
 
 log = logging.getLogger(__name__)
+
+#: encoder calls in flight while indexing (one decoding while one is in the engine)
+AHEAD = 2
+#: smallest encoder call when a folder is split so that decoding and the engine overlap
+MIN_BATCH = 8
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -129,7 +136,8 @@ class IngestMixin:
                 one) match the index.
             ids: one unique string per image (overrides the defaults).
             metadata: a list aligned with the images, or a mapping id -> dict.
-            batch_size: images per encoder call.
+            batch_size: most images per encoder call (a small folder is split into at least four
+                calls of ``MIN_BATCH`` or more, so that decoding overlaps the engine).
             progress: show a progress bar.
             skip_invalid: skip images the encoder rejects (logged and reported) instead of failing.
 
@@ -157,13 +165,30 @@ class IngestMixin:
         from tqdm.auto import tqdm
 
         report = AddReport()
-        with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar:
-            for start in range(0, len(items), batch_size):
-                batch = list(range(start, min(start + batch_size, len(items))))
-                kept, vecs = encode_batch(encoder, items, id_list, batch, skip_invalid, report)
-                if kept:
-                    report.added.extend(self.add(vecs, [id_list[i] for i in kept], [metas[i] for i in kept]))
-                bar.update(len(batch))
+        # a small folder still gets a few batches: there is nothing to overlap in one
+        step = min(batch_size, max(MIN_BATCH, -(-len(items) // (2 * AHEAD))))
+        batches = [list(range(s, min(s + step, len(items)))) for s in range(0, len(items), step)]
+        # two batches in flight, added in order: one decodes (in the runtime's decode pool) while the
+        # other is in the engine, so neither the cores nor the engine wait
+        with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar, \
+                ThreadPoolExecutor(AHEAD, thread_name_prefix="clipq-index") as pool:
+            skipped: list[AddReport] = [AddReport() for _ in batches]
+            running: deque[Future[tuple[list[int], np.ndarray]]] = deque()
+            submitted = 0
+            try:
+                for k, batch in enumerate(batches):
+                    while submitted < len(batches) and len(running) < AHEAD:
+                        running.append(pool.submit(encode_batch, encoder, items, id_list, batches[submitted],
+                                                   skip_invalid, skipped[submitted]))
+                        submitted += 1
+                    kept, vecs = running.popleft().result()
+                    report.skipped.extend(skipped[k].skipped)
+                    if kept:
+                        report.added.extend(self.add(vecs, [id_list[i] for i in kept], [metas[i] for i in kept]))
+                    bar.update(len(batch))
+            finally:
+                for f in running:
+                    f.cancel()
         if self.model_id is None:
             self.model_id = getattr(encoder, "model_id", None)
             self.model_hash = getattr(encoder, "model_hash", None)
