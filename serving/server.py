@@ -130,6 +130,10 @@ class ServerOptions:
         tls_cert, tls_key: PEM certificate and key: gRPC over TLS (``--grpc-use-ssl``; clients use
             ``grpcs://`` and verify against the CA, ``ca_file=``). Triton's HTTP endpoint has no
             TLS of its own: put a TLS-terminating proxy in front of it (docs/security.md).
+        trace_file: Write Triton's own trace of every request (``--trace-config triton,file=``,
+            level TIMESTAMPS, rate 1) to this JSON file: each trace carries the request id the
+            client sent (``clipq app`` sends its ``X-Request-ID``). Written as the server runs
+            and stops; None: no tracing.
         die_with_parent: Have Linux stop the server when the thread that started it ends, even if
             that process is killed outright (no orphaned servers). Turn it off when starting the
             server from a short-lived thread.
@@ -149,6 +153,7 @@ class ServerOptions:
     api_key: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
+    trace_file: str | None = None
 
 
 class TritonServer:
@@ -307,6 +312,9 @@ class TritonServer:
             cmd += [f"--http-restricted-api={restrict}", f"--grpc-restricted-protocol={restrict}"]
         if (o.tls_cert is None) != (o.tls_key is None):
             raise ServerError("tls_cert and tls_key go together: give both, or neither")
+        if o.trace_file:
+            cmd += [f"--trace-config=triton,file={Path(o.trace_file).resolve()}", "--trace-config=level=TIMESTAMPS",
+                    "--trace-config=rate=1", "--trace-config=count=-1"]
         if o.tls_cert:
             cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(o.tls_cert).resolve()}",
                     f"--grpc-server-key={Path(o.tls_key).resolve()}"]

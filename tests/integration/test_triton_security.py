@@ -157,3 +157,33 @@ def test_grpc_over_tls_verified_against_the_test_ca(tls_server, certs, want, mon
         rt.connect(server=url, api_key=KEY, ca_file=str(certs.other_ca), retries=0, timeout_s=10)
     with pytest.raises(BackendUnavailable):
         rt.connect(server=url.replace("grpcs://", "grpc://"), api_key=KEY, retries=0, timeout_s=10)
+
+
+def test_request_id_follows_a_call_from_the_app_into_triton(cpu_repo, tiny_artifacts, tmp_path, caplog):
+    """The app's access log and Triton's own trace name the same X-Request-ID for one request."""
+    import json
+    import logging
+
+    httpx = require_module("httpx")
+    require_module("fastapi")
+    from clipq.app.web.server import create_app, open_services, serve_in_thread
+    from clipq.app.web.settings import AppSettings
+    from clipq.serving.server import ServerOptions, TritonServer
+
+    require_triton()
+    caplog.set_level(logging.INFO, logger="clipq.app.access")
+    trace = tmp_path / "trace.json"
+    rid = "req-follow-me-42"
+    with TritonServer(cpu_repo.path, ServerOptions(trace_file=str(trace))) as srv:
+        for proto_url in (srv.grpc_url, srv.http_url):
+            svc = open_services(AppSettings(timeout_s=60, warmup=False), server=proto_url)
+            with serve_in_thread(create_app(svc)) as url:
+                r = httpx.post(url + "/v1/embeddings", json={"input": ["a red circle"], "model": "clip-text"},
+                               headers={"X-Request-ID": f"{rid}-{proto_url[:4]}"}, timeout=60)
+                assert r.status_code == 200, r.text
+                assert r.headers["x-request-id"] == f"{rid}-{proto_url[:4]}"
+    traces = json.loads(trace.read_text())
+    ids = {t.get("request_id") for t in traces}
+    assert {f"{rid}-grpc", f"{rid}-http"} <= ids, sorted(i for i in ids if i)[:10]
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "clipq.app.access"]
+    assert any(f"request_id={rid}-grpc" in ln and "/v1/embeddings" in ln for ln in lines)

@@ -196,4 +196,4 @@ def test_cli_reads_keys_and_repr_hides_them(tmp_path, monkeypatch):
     args = parser.parse_args(["app", "--api-key", "flag-key", "--api-key-file", str(tmp_path / "k")])
     s = settings_from(args)
     assert s.api_keys == ("flag-key", "file-key", "env-key")
-    assert "key" not in repr(s).replace("api_keys", "").replace("metrics_need_key", "")
+    assert not any(k in repr(s) for k in ("flag-key", "file-key", "env-key"))

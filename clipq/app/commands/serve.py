@@ -63,6 +63,9 @@ def add_parser(subparsers: Any) -> None:
                    help="serve gRPC over TLS with this certificate (clients: grpcs://, verified against its CA); "
                         "Triton's HTTP has no TLS: put a TLS proxy in front of it")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--trace-file", default=None, metavar="JSON",
+                   help="write Triton's trace of every request here (each with the request id the client sent: "
+                        "clipq app sends its X-Request-ID)")
     p.add_argument("--log", action="store_true", help="show the server's whole log (default: warnings and errors)")
     p.set_defaults(func=run)
 
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipq serve: warning: listening on {args.host} without --api-key: anyone who reaches the ports "
               "can run and inspect the models (docs/security.md)", file=sys.stderr)
     options = ServerOptions(
-        api_key=api_key or None, tls_cert=args.tls_cert, tls_key=args.tls_key, host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
+        api_key=api_key or None, tls_cert=args.tls_cert, tls_key=args.tls_key, trace_file=args.trace_file,
+        host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
         metrics_port=0 if args.metrics_port < 0 else port(args.metrics_port),
         startup_timeout_s=args.startup_timeout,
     )

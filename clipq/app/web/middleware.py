@@ -11,11 +11,11 @@ import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
 from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from clipq.runtime.backends.triton_protocol import REQUEST_ID as request_id
 from clipq.runtime.errors import MissingDependencyError
 
 from .errors import ApiError, internal, log
@@ -24,8 +24,8 @@ _NO_ROUTE = "unmatched"
 #: a client's X-Request-ID is kept when it looks like an id (else a new one is made): no spaces,
 #: quotes or control characters that could forge a log line
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
-#: the current request's id, for the backend calls made on its behalf (copied into the pool's threads)
-request_id: ContextVar[str | None] = ContextVar("clipq_request_id", default=None)
+# ``request_id``: the runtime's context variable of the current request's id; the backend calls made on
+# its behalf (in the pool's threads, which get a copy of the context) send it to Triton
 access_log = logging.getLogger("clipq.app.access")
 
 

@@ -12,6 +12,7 @@ share one encoder and one index.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import io
 import logging
@@ -105,7 +106,8 @@ class Services:
                                "backend; retry shortly", code="overloaded", headers={"Retry-After": "1"})
             self._pending += 1
         try:
-            cfut = self.pool.submit(functools.partial(fn, *args, **kw))
+            # in a copy of this request's context: its id (set by RequestIds) follows the call into Triton
+            cfut = self.pool.submit(contextvars.copy_context().run, functools.partial(fn, *args, **kw))
         except RuntimeError:  # the pool is shut down: the app is stopping
             self._done(None)
             raise ApiError(503, "server is shutting down", code="shutting_down") from None
