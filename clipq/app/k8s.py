@@ -13,6 +13,11 @@ own record (``clipq_repository.json``, so names, ports and the model list cannot
   time per request (Triton's ``nv_inference_queue_duration_us`` over ``nv_inference_request_success``,
   served to the HPA by prometheus-adapter with the rule in the ``ConfigMap``), and a ServiceMonitor.
 
+With ``--api-key-secret NAME`` both carry Triton's key from that Secret (its ``api-key`` entry) into
+the container's ``CLIPQ_API_KEY`` and restrict every protocol group but health to it, as
+``clipq serve --api-key`` does (Kubernetes expands ``$(CLIPQ_API_KEY)`` in the arguments; the key
+itself is in no manifest); the probes stay on the open health endpoints.
+
 The repository is copied to local disk before Triton reads it (not ``--model-repository=s3://``)
 because the tokenize models name their shared tokenizer folder by a relative path.
 """
@@ -53,6 +58,7 @@ class K8sOptions:
     cpu: str = "4"
     memory: str = "16Gi"
     sync_image: str = "amazon/aws-cli:2.17.0"  # any image with a copy command for the storage scheme
+    api_key_secret: str | None = None  # a Secret whose "api-key" entry Triton's restricted protocols want
 
 
 def _labels(o: K8sOptions) -> dict[str, str]:
@@ -79,11 +85,29 @@ def _resources(o: K8sOptions, info: dict[str, Any]) -> dict[str, Any]:
     return {"requests": {"cpu": o.cpu, "memory": o.memory}, "limits": limits}
 
 
-def _tritonserver_args(model_store: str, models: list[str]) -> list[str]:
-    return ["tritonserver", f"--model-repository={model_store}", "--backend-directory=/opt/tritonserver/backends",
+#: The entry of the ``api_key_secret`` Secret that holds the key, and the variable it becomes.
+SECRET_KEY, KEY_ENV = "api-key", "CLIPQ_API_KEY"
+
+
+def _tritonserver_args(model_store: str, models: list[str], o: K8sOptions) -> list[str]:
+    args = ["tritonserver", f"--model-repository={model_store}", "--backend-directory=/opt/tritonserver/backends",
             "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
             f"--http-port={PORTS['http']}", f"--grpc-port={PORTS['grpc']}", f"--metrics-port={PORTS['metrics']}",
             "--allow-metrics=true", "--exit-on-error=true"]
+    if o.api_key_secret:
+        from clipq.runtime.backends.triton_protocol import API_KEY_HEADER
+        from clipq.serving.server import RESTRICTED
+
+        restrict = f"{','.join(RESTRICTED)}:{API_KEY_HEADER}=$({KEY_ENV})"
+        args += [f"--http-restricted-api={restrict}", f"--grpc-restricted-protocol={restrict}"]
+    return args
+
+
+def _key_env(o: K8sOptions) -> dict[str, Any]:
+    """The container's ``env`` carrying the key from the Secret (nothing without one)."""
+    if not o.api_key_secret:
+        return {}
+    return {"env": [{"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": o.api_key_secret, "key": SECRET_KEY}}}]}
 
 
 def _probes() -> dict[str, Any]:
@@ -109,7 +133,8 @@ def render_kserve(info: dict[str, Any], o: K8sOptions) -> list[dict[str, Any]]:
             "containers": [{
                 "name": "kserve-container", "image": o.image,
                 # KServe's storage initializer puts storageUri at /mnt/models; the Triton models are models/
-                "args": _tritonserver_args("/mnt/models/models", models),
+                "args": _tritonserver_args("/mnt/models/models", models, o),
+                **_key_env(o),
                 "ports": [{"name": "h2c", "containerPort": PORTS["grpc"], "protocol": "TCP"}],
                 "resources": _resources(o, info),
             }],
@@ -148,7 +173,8 @@ def render_deployment(info: dict[str, Any], o: K8sOptions) -> list[dict[str, Any
                     }],
                     "containers": [{
                         "name": "tritonserver", "image": o.image,
-                        "args": _tritonserver_args("/repository/models", models),
+                        "args": _tritonserver_args("/repository/models", models, o),
+                        **_key_env(o),
                         "ports": _container_ports(),
                         "resources": _resources(o, info),
                         "volumeMounts": [{"name": "repository", "mountPath": "/repository", "readOnly": True}],

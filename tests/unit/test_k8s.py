@@ -118,3 +118,24 @@ def test_a_cpu_server_repository_asks_for_no_gpu(tiny_artifacts, tmp_path):
     assert "nvidia.com/gpu" not in dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     rt = _docs(files["kserve"])["ServingRuntime"]
     assert "nvidia.com/gpu" not in rt["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_the_key_comes_from_a_secret_and_is_in_no_manifest(gpu_repository, tmp_path):
+    from clipq.serving.server import RESTRICTED
+
+    assert main(["deploy", "k8s", str(gpu_repository), "--out", str(tmp_path), "--api-key-secret", "clipq-key"]) == 0
+    for name, kind in (("triton.yaml", "Deployment"), ("kserve.yaml", "ServingRuntime")):
+        doc = _docs(tmp_path / name)[kind]
+        spec = doc["spec"]["template"]["spec"] if kind == "Deployment" else doc["spec"]
+        c = spec["containers"][0]
+        assert c["env"] == [{"name": "CLIPQ_API_KEY",
+                             "valueFrom": {"secretKeyRef": {"name": "clipq-key", "key": "api-key"}}}]
+        args = _args(c)
+        want = f"{','.join(RESTRICTED)}:clipq-api-key=$(CLIPQ_API_KEY)"  # expanded by Kubernetes from env
+        assert args["--http-restricted-api"] == args["--grpc-restricted-protocol"] == [want]
+    dep = _docs(tmp_path / "triton.yaml")["Deployment"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    kv = require_module("kubernetes_validate")
+    kv.validate(dep, "1.30.0", strict=True)
+    plain = _docs(write_manifests(gpu_repository, tmp_path / "plain")["triton"])["Deployment"]
+    assert "env" not in plain["spec"]["template"]["spec"]["containers"][0]

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--queue-target-us", type=int, default=20_000,
                    help="scale out above this average queue time per request (default %(default)s us)")
     k.add_argument("--gpus", type=int, default=None, help="GPUs per replica (default: 1 for the gpu flavour)")
+    k.add_argument("--api-key-secret", default=None, metavar="NAME",
+                   help="a Secret whose 'api-key' entry Triton's protocols (all but health) require, as "
+                        "`clipq serve --api-key` (docs/security.md)")
     k.set_defaults(func=run)
 
 
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     o = K8sOptions(image=args.image, storage_uri=args.storage_uri, name=args.name, namespace=args.namespace,
                    replicas=args.replicas, max_replicas=args.max_replicas, queue_target_us=args.queue_target_us,
-                   gpus=args.gpus)
+                   gpus=args.gpus, api_key_secret=args.api_key_secret)
     for key, path in write_manifests(args.repository, args.out, o).items():
         print(f"{key}: {path}")
     return 0
