@@ -19,7 +19,7 @@ from _require import require_module, require_triton
 
 from clipq.runtime.errors import AuthenticationError
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.triton]  # every test here starts a real tritonserver
 require_module("tritonclient.grpc")
 require_module("tritonclient.http")
 
