@@ -1,11 +1,11 @@
-"""`clipq bench --target models|triton|index|all`: benchmarks that print and save tables."""
+"""`clipq bench --target models|triton|index|app|embed|ingest|all`: benchmarks that print and save tables."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-TARGETS = ("models", "triton", "index", "app", "embed")
+TARGETS = ("models", "triton", "index", "app", "embed", "ingest")
 
 
 def _module(target: str):
