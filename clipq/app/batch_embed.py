@@ -144,24 +144,25 @@ class ShardEncoder:
         if self._encoder is None:
             import clipq.runtime as rt
 
-            kw = {} if self.server else {"threads": self.threads, "variant": self.variant}
+            # in process the engine does not busy-wait: the decode pool needs the cores (docs/export.md)
+            kw = {} if self.server else {"threads": self.threads, "variant": self.variant, "spin": False}
             self._backend = rt.connect(self.artifacts, server=self.server, **kw)
             self._encoder = rt.ClipEncoder(self._backend)
         return self._encoder
 
     def encode_shard(self, shard: Shard) -> ShardResult:
         """Encode one shard (unreadable images skipped and reported) and commit its files."""
-        from clipq.runtime.index import AddReport, encode_batch
+        from clipq.runtime.index import AddReport
+        from clipq.runtime.index.ingest import encode_pipelined
 
         t0 = time.perf_counter()
         enc = self.encoder
         report = AddReport()
         kept_rows: list[int] = []
         vecs: list[np.ndarray] = []
-        positions = list(range(len(shard.paths)))
-        for start in range(0, len(positions), self.batch_size):
-            batch = positions[start:start + self.batch_size]
-            kept, v = encode_batch(enc, shard.paths, shard.ids, batch, True, report)
+        # the index build's pipeline: one batch decodes while the other is in the engine
+        for _, kept, v, skipped in encode_pipelined(enc, shard.paths, shard.ids, self.batch_size, True):
+            report.skipped.extend(skipped)
             kept_rows += kept
             if kept:
                 vecs.append(np.asarray(v, np.float32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,30 +165,12 @@ class IngestMixin:
         from tqdm.auto import tqdm
 
         report = AddReport()
-        # a small folder still gets a few batches: there is nothing to overlap in one
-        step = min(batch_size, max(MIN_BATCH, -(-len(items) // (2 * AHEAD))))
-        batches = [list(range(s, min(s + step, len(items)))) for s in range(0, len(items), step)]
-        # two batches in flight, added in order: one decodes (in the runtime's decode pool) while the
-        # other is in the engine, so neither the cores nor the engine wait
-        with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar, \
-                ThreadPoolExecutor(AHEAD, thread_name_prefix="clipq-index") as pool:
-            skipped: list[AddReport] = [AddReport() for _ in batches]
-            running: deque[Future[tuple[list[int], np.ndarray]]] = deque()
-            submitted = 0
-            try:
-                for k, batch in enumerate(batches):
-                    while submitted < len(batches) and len(running) < AHEAD:
-                        running.append(pool.submit(encode_batch, encoder, items, id_list, batches[submitted],
-                                                   skip_invalid, skipped[submitted]))
-                        submitted += 1
-                    kept, vecs = running.popleft().result()
-                    report.skipped.extend(skipped[k].skipped)
-                    if kept:
-                        report.added.extend(self.add(vecs, [id_list[i] for i in kept], [metas[i] for i in kept]))
-                    bar.update(len(batch))
-            finally:
-                for f in running:
-                    f.cancel()
+        with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar:
+            for batch, kept, vecs, skipped in encode_pipelined(encoder, items, id_list, batch_size, skip_invalid):
+                report.skipped.extend(skipped)
+                if kept:
+                    report.added.extend(self.add(vecs, [id_list[i] for i in kept], [metas[i] for i in kept]))
+                bar.update(len(batch))
         if self.model_id is None:
             self.model_id = getattr(encoder, "model_id", None)
             self.model_hash = getattr(encoder, "model_hash", None)
@@ -216,6 +198,44 @@ def _expand_images(images: Any) -> tuple[list[Any], list[str | None], list[dict[
             ids.append(None)
             metas.append({})
     return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in items], ids, metas
+
+
+def encode_pipelined(
+    encoder: ImageEncoder,
+    items: Sequence[Any],
+    id_list: Sequence[str | None],
+    batch_size: int,
+    skip_invalid: bool,
+) -> Iterator[tuple[list[int], list[int], np.ndarray, list[tuple[str, str]]]]:
+    """Encode ``items`` in batches, ``AHEAD`` encoder calls in flight; yields in input order.
+
+    One call decodes (in the runtime's decode pool) while the other is in the engine, so neither
+    the cores nor the engine wait. A small input still gets a few calls of ``MIN_BATCH`` or more:
+    there is nothing to overlap in one.
+
+    Yields:
+        (batch positions, positions kept, their embeddings, (name, reason) of the items skipped).
+
+    Raises:
+        InvalidInputError: an unusable image, unless ``skip_invalid`` (see :func:`encode_batch`).
+    """
+    step = min(batch_size, max(MIN_BATCH, -(-len(items) // (2 * AHEAD))))
+    batches = [list(range(s, min(s + step, len(items)))) for s in range(0, len(items), step)]
+    reports = [AddReport() for _ in batches]
+    with ThreadPoolExecutor(AHEAD, thread_name_prefix="clipq-encode") as pool:
+        running: deque[Future[tuple[list[int], np.ndarray]]] = deque()
+        submitted = 0
+        try:
+            for k, batch in enumerate(batches):
+                while submitted < len(batches) and len(running) < AHEAD:
+                    running.append(pool.submit(encode_batch, encoder, items, id_list, batches[submitted],
+                                               skip_invalid, reports[submitted]))
+                    submitted += 1
+                kept, vecs = running.popleft().result()
+                yield batch, kept, vecs, reports[k].skipped
+        finally:
+            for f in running:
+                f.cancel()
 
 
 def encode_batch(
