@@ -134,6 +134,9 @@ class ServerOptions:
             level TIMESTAMPS, rate 1) to this JSON file: each trace carries the request id the
             client sent (``clipq app`` sends its ``X-Request-ID``). Written as the server runs
             and stops; None: no tracing.
+        otel_endpoint: Export the same traces as OpenTelemetry spans over OTLP/HTTP to this URL
+            (``http://collector:4318/v1/traces``; Triton's ``--trace-config mode=opentelemetry``),
+            instead of ``trace_file``: Triton's own exporter, no Python dependency. None: off.
         die_with_parent: Have Linux stop the server when the thread that started it ends, even if
             that process is killed outright (no orphaned servers). Turn it off when starting the
             server from a short-lived thread.
@@ -154,6 +157,7 @@ class ServerOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     trace_file: str | None = None
+    otel_endpoint: str | None = None
 
 
 class TritonServer:
@@ -312,6 +316,11 @@ class TritonServer:
             cmd += [f"--http-restricted-api={restrict}", f"--grpc-restricted-protocol={restrict}"]
         if (o.tls_cert is None) != (o.tls_key is None):
             raise ServerError("tls_cert and tls_key go together: give both, or neither")
+        if o.trace_file and o.otel_endpoint:
+            raise ServerError("Triton traces to one place: give trace_file or otel_endpoint, not both")
+        if o.otel_endpoint:
+            cmd += ["--trace-config=mode=opentelemetry", f"--trace-config=opentelemetry,url={o.otel_endpoint}",
+                    "--trace-config=level=TIMESTAMPS", "--trace-config=rate=1", "--trace-config=count=-1"]
         if o.trace_file:
             cmd += [f"--trace-config=triton,file={Path(o.trace_file).resolve()}", "--trace-config=level=TIMESTAMPS",
                     "--trace-config=rate=1", "--trace-config=count=-1"]

@@ -187,3 +187,44 @@ def test_request_id_follows_a_call_from_the_app_into_triton(cpu_repo, tiny_artif
     assert {f"{rid}-grpc", f"{rid}-http"} <= ids, sorted(i for i in ids if i)[:10]
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "clipq.app.access"]
     assert any(f"request_id={rid}-grpc" in ln and "/v1/embeddings" in ln for ln in lines)
+
+
+def test_opentelemetry_spans_carry_the_request_id(cpu_repo):
+    """``--otel-endpoint``: Triton's own OTLP/HTTP exporter posts spans to a collector (a stub here)."""
+    import http.server
+    import threading
+    import time
+
+    import clipq.runtime as rt
+    from clipq.runtime.backends.triton_protocol import REQUEST_ID
+    from clipq.serving.server import ServerOptions, TritonServer
+
+    require_triton()
+    posts: list[tuple[str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            posts.append((self.path, self.rfile.read(int(self.headers.get("content-length", 0)))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    try:
+        with TritonServer(cpu_repo.path, ServerOptions(otel_endpoint=endpoint)) as srv:
+            token = REQUEST_ID.set("otel-request-7")
+            try:
+                with rt.connect(server=srv.grpc_url) as b:
+                    rt.ClipEncoder(b).encode_texts(TEXTS[:1])
+            finally:
+                REQUEST_ID.reset(token)
+            deadline = time.monotonic() + 20
+            while not any(b"otel-request-7" in body for _, body in posts) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        collector.shutdown()
+    assert any(path == "/v1/traces" and b"otel-request-7" in body for path, body in posts), [p for p, _ in posts]

@@ -66,6 +66,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--trace-file", default=None, metavar="JSON",
                    help="write Triton's trace of every request here (each with the request id the client sent: "
                         "clipq app sends its X-Request-ID)")
+    p.add_argument("--otel-endpoint", default=None, metavar="URL",
+                   help="export Triton's traces as OpenTelemetry spans (OTLP/HTTP, e.g. "
+                        "http://collector:4318/v1/traces) instead of --trace-file")
     p.add_argument("--log", action="store_true", help="show the server's whole log (default: warnings and errors)")
     p.set_defaults(func=run)
 
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
               "can run and inspect the models (docs/security.md)", file=sys.stderr)
     options = ServerOptions(
         api_key=api_key or None, tls_cert=args.tls_cert, tls_key=args.tls_key, trace_file=args.trace_file,
-        host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
+        otel_endpoint=args.otel_endpoint, host=args.host, http_port=port(args.http_port), grpc_port=port(args.grpc_port),
         metrics_port=0 if args.metrics_port < 0 else port(args.metrics_port),
         startup_timeout_s=args.startup_timeout,
     )
