@@ -11,7 +11,8 @@ programs use. The page is plain HTML, JS and CSS files served by the app (no npm
 Modules: :mod:`.settings` (limits, timeouts), :mod:`.errors` (OpenAI's error shape, status per clipq
 error), :mod:`.schemas` (request and response models), :mod:`.inputs` (base64 / data-URI images,
 text checks), :mod:`.services` (the runtime's task classes behind a bounded thread pool),
-:mod:`.middleware` (body limit, Prometheus metrics), :mod:`.routes` (``/v1/*``), :mod:`.pages` (the
+:mod:`.middleware` (body limit, Prometheus metrics, request ids and the access log), :mod:`.auth`
+(API keys), :mod:`.quota` (per-client rate and concurrency limits), :mod:`.routes` (``/v1/*``), :mod:`.pages` (the
 page, thumbnails, health, metrics), :mod:`.server` (the app factory and uvicorn).
 Only the standard library is imported here: ``clipq --help`` must not load FastAPI.
 """

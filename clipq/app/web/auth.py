@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApiError
+from .middleware import send_error
 
 #: Environment variable of the app's keys, comma-separated.
 KEYS_ENV = "CLIPQ_API_KEYS"
@@ -130,8 +131,6 @@ class ApiKeys:
             token = bearer(scope.get("headers", ()))
             hit = self.ring.match(token) if token is not None else None
             if hit is None:
-                from .middleware import send_error
-
                 return await send_error(send, refusal(token is None))
             state["client"] = f"key:{hit}"
         await self.app(scope, receive, send)

@@ -17,6 +17,7 @@ from typing import Any
 
 from .auth import is_open
 from .errors import ApiError
+from .middleware import send_error
 
 #: buckets kept before idle, full ones are dropped (bounds memory under many client addresses)
 _MAX_CLIENTS = 10_000
@@ -91,8 +92,6 @@ class Quotas:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.off or scope["type"] != "http" or is_open(scope.get("path", ""), metrics_open=self.metrics_open):
             return await self.app(scope, receive, send)
-        from .middleware import send_error
-
         client = scope.get("state", {}).get("client") or "addr:?"
         b = self.buckets.bucket(client)
         if self.concurrency and b.inflight >= self.concurrency:
