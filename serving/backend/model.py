@@ -206,6 +206,27 @@ class _FusedRole:
     def _pixels(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
         return {"pixel_values": self.pre(_bytes_items(request, self.input_name))}, []
 
+    def _prepare_all(self, requests: list[Any]) -> list[Any]:
+        """Each request's (feeds, extra), or the exception that answers it alone.
+
+        The images of a dynamic batch's requests decode at once in the runtime's decode pool (as in
+        process: Pillow releases the GIL); the request tensors are read on this thread.
+        """
+        def attempt(fn: Any, arg: Any) -> Any:
+            try:
+                return fn(arg)
+            except Exception as e:  # noqa: BLE001 - answered on this request only
+                return e
+
+        if self.helper != "preprocess_image" or len(requests) < 2:
+            return [attempt(self.prepare, r) for r in requests]
+        from clipq.runtime.feed import decode_pool
+
+        items = [attempt(lambda r: _bytes_items(r, self.input_name), r) for r in requests]
+        return list(decode_pool().map(
+            lambda x: x if isinstance(x, Exception) else attempt(lambda b: ({"pixel_values": self.pre(b)}, []), x),
+            items))
+
     def _ids(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
         enc = self.tok(_bytes_items(request, self.input_name))
         truncated = np.asarray(enc.truncated, dtype=bool).reshape(-1, 1)
@@ -225,12 +246,11 @@ class _FusedRole:
     def __call__(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         ready: list[tuple[int, dict[str, np.ndarray], list[Any]]] = []
-        for i, r in enumerate(requests):
-            try:
-                feeds, extra = self.prepare(r)
-                ready.append((i, feeds, extra))
-            except Exception as e:  # noqa: BLE001 - answered on this request only
-                responses[i] = _error(e)
+        for i, got in enumerate(self._prepare_all(requests)):
+            if isinstance(got, Exception):
+                responses[i] = _error(got)
+            else:
+                ready.append((i, *got))
         if ready:
             sizes = [len(next(iter(f.values()))) for _, f, _ in ready]
             try:
