@@ -45,8 +45,11 @@ DEFAULT_MIN_SIDE = 1
 #: docs/export.md, "Images at the size the model needs").
 DRAFT_MARGIN = 1.0
 #: ``reducing_gap`` of the resize when drafting: box-reduce to at least this many times the target
-#: before the bicubic filter.
-REDUCING_GAP = 2.0
+#: before the bicubic filter. 3, Pillow's "indistinguishable from fair resampling" threshold: at 2 a
+#: 300 x 200 image resized to a 32 px model moved its embedding to cosine 0.9972 of CLIPImageProcessor's
+#: (a random-weight tiny CLIP); at 3, 0.99990-1.0. A 12 MP JPEG drafted to 1/8 is under 2x the target,
+#: so this gap does not slow it.
+REDUCING_GAP = 3.0
 
 # OpenAI CLIP's normalisation, the default when a manifest does not say otherwise.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -200,6 +200,13 @@ def _expand_images(images: Any) -> tuple[list[Any], list[str | None], list[dict[
     return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in items], ids, metas
 
 
+def pipeline_batches(n: int, batch_size: int) -> list[range]:
+    """The batches :func:`encode_pipelined` cuts ``n`` items into: at most ``batch_size``, and small
+    enough that ``AHEAD`` calls overlap (at least ``MIN_BATCH`` each)."""
+    step = min(batch_size, max(MIN_BATCH, -(-n // (2 * AHEAD))))
+    return [range(s, min(s + step, n)) for s in range(0, n, step)]
+
+
 def encode_pipelined(
     encoder: ImageEncoder,
     items: Sequence[Any],
@@ -219,8 +226,7 @@ def encode_pipelined(
     Raises:
         InvalidInputError: an unusable image, unless ``skip_invalid`` (see :func:`encode_batch`).
     """
-    step = min(batch_size, max(MIN_BATCH, -(-len(items) // (2 * AHEAD))))
-    batches = [list(range(s, min(s + step, len(items)))) for s in range(0, len(items), step)]
+    batches = [list(r) for r in pipeline_batches(len(items), batch_size)]
     reports = [AddReport() for _ in batches]
     with ThreadPoolExecutor(AHEAD, thread_name_prefix="clipq-encode") as pool:
         running: deque[Future[tuple[list[int], np.ndarray]]] = deque()

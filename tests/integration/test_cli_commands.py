@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.app.cli import main
 
@@ -101,9 +102,13 @@ def test_index_build_search_info_delete(clip_variant_artifacts, small_world, tmp
 
     backend, enc = _encoder(tiny_artifacts)
     try:
-        # [N, D], unit rows, in the batches `index build` makes (its --batch-size 64): a dynamic-int8
-        # default graph quantises activations per batch, so an image's embedding depends on its batch
-        emb = enc.encode_images([str(p) for p in paths], batch_size=64)
+        # [N, D], unit rows, in the batches `index build` makes (its --batch-size 64, cut so that two
+        # calls overlap): a dynamic-int8 default graph quantises activations per batch, so an image's
+        # embedding depends on its batch
+        from clipq.runtime.index.ingest import pipeline_batches
+
+        emb = np.concatenate([enc.encode_images([str(paths[i]) for i in r], batch_size=64)
+                              for r in pipeline_batches(len(paths), 64)])
         probe = enc.encode_images([str(paths[3])], batch_size=1)[0]  # an image query goes alone
         text_bare = enc.encode_texts(QUERIES)
         text_tpl = embed_texts(enc, QUERIES, DEFAULT_TEMPLATES)  # one batch, as `search` with the three
@@ -335,8 +340,8 @@ def _import_helpers():
 
 
 def test_import_command_matches_transformers(tmp_path, capsys):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    require_module("torch")
+    require_module("transformers")
     from clipq.export.parity import FP32
     from clipq.runtime.manifest import Manifest
 
@@ -370,14 +375,15 @@ def test_import_command_matches_transformers(tmp_path, capsys):
     photos = h._photos(4)
     want_img, _ = h._reference(src, photos, texts)
     got_img, _ = h._runtime(art, photos, texts)
-    assert (got_img * want_img).sum(1).min() >= FP32.min_cos  # resampling differs a little: cosine only
+    # large images are reduced at the size the model needs (docs/export.md): within the draft gate
+    assert (got_img * want_img).sum(1).min() >= 0.999
 
 
 def test_import_command_int8_default_within_its_gate(tmp_path, capsys):
     """Without --no-int8 an int8 graph may become a tower's CPU default (where it passes and is faster):
     the default runtime then embeds within the reduced-precision gate of transformers' own."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    require_module("torch")
+    require_module("transformers")
     import clipq.runtime as rt
     from clipq.export.parity import FP32, REDUCED
     from clipq.runtime.manifest import Manifest

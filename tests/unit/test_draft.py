@@ -85,7 +85,8 @@ def test_draft_keeps_embeddings(photos, tiny_artifacts):
 
 
 def test_small_images_decode_exactly_as_without_draft():
-    """An image under twice the target is never drafted or reduced: CLIPImageProcessor's pixels."""
+    """An image under twice the target is never drafted or reduced (under three times, never reduced):
+    CLIPImageProcessor's pixels."""
     arr = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
