@@ -28,7 +28,7 @@ so that every task class and CLI command works unchanged with ``--server URL``:
 Models that are not networks in the manifest (the ensembles, the helpers) are described by the
 server's own configuration. Without a local manifest the client is thin: it asks the server's
 ``clipq_info`` model for everything else it must know, and the task classes send bytes and strings
-to the ensembles (:mod:`.remote`).
+to the ensembles (:mod:`clipq.runtime.server_path`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -54,13 +54,16 @@ from .triton_protocol import (
     Protocol,
     as_array,
     auth_error,
+    empty_outputs,
+    is_connection_error,
+    is_timeout,
+    join_outputs,
     open_protocol,
     parse_url,
     refused,
     remote_error,
 )
 from .triton_protocol import message as _message
-from .triton_protocol import status as _status
 
 __all__ = ["PROTOCOLS", "AsyncTritonBackend", "TritonBackend", "parse_url"]
 
@@ -136,24 +139,11 @@ class _TritonCommon:
             f"Triton server at {self.url} {what} ({_message(exc).strip() or type(exc).__name__}); "
             "is it running? Start one with `clipq serve`")
 
-    def _is_connection_error(self, exc: BaseException) -> bool:
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-            return True
-        status, msg = _status(exc), _message(exc).lower()
-        if "UNAVAILABLE" in status or status == "503":
-            return True
-        return any(s in msg for s in ("connection refused", "failed to connect", "connect failed",
-                                      "connection reset", "name or service not known", "socket closed"))
-
-    def _is_timeout(self, exc: BaseException) -> bool:
-        return isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in _status(exc) or \
-            "timed out" in _message(exc).lower() or type(exc).__name__ == "Timeout"
-
     def _retryable(self, exc: BaseException, model: str | None) -> bool:
         """Safe to repeat: the request did not run, and running it twice would change nothing."""
-        if self._is_timeout(exc) or refused(exc):
+        if is_timeout(exc) or refused(exc):
             return False
-        if not self._is_connection_error(exc):
+        if not is_connection_error(exc):
             return False
         cfg = self._configs.get(model or "")
         if cfg and (cfg.get("sequence_batching") or (cfg.get("model_transaction_policy") or {}).get("decoupled")):
@@ -170,9 +160,9 @@ class _TritonCommon:
             return exc
         if refused(exc):  # before the connection check: Triton's gRPC answers UNAVAILABLE
             return auth_error(exc, self.url, repr(model), self.wire.api_key is not None)
-        if self._is_timeout(exc):
+        if is_timeout(exc):
             return BackendUnavailable(f"Triton server at {self.url} did not answer {model!r} within {self.timeout_s:g} s")
-        if self._is_connection_error(exc) and "queue" not in _message(exc).lower():
+        if is_connection_error(exc) and "queue" not in _message(exc).lower():
             return self._unavailable(exc)
         msg = _message(exc)
         err = remote_error(msg, model, start)
@@ -258,21 +248,6 @@ class _TritonCommon:
 
     def _outputs(self, spec: ModelSpec) -> list[Any]:
         return [self.wire.requested_output(t.name) for t in spec.outputs]
-
-    @staticmethod
-    def _empty(spec: ModelSpec) -> dict[str, np.ndarray]:
-        """Outputs of an empty batch, answered here: Triton refuses a batch of zero."""
-        dt = {"bytes": object}
-        return {t.name: np.zeros([0] + [max(d, 0) for d in t.shape[1:]], dtype=dt.get(t.dtype, t.dtype))
-                for t in spec.outputs}
-
-    @staticmethod
-    def _join(spec: ModelSpec, results: Sequence[Any]) -> dict[str, np.ndarray]:
-        out = {}
-        for t in spec.outputs:
-            parts = [r.as_numpy(t.name) for r in results]
-            out[t.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return out
 
 
 class TritonBackend(_TritonCommon):
@@ -409,7 +384,7 @@ class TritonBackend(_TritonCommon):
         spec = self.spec(model)
         feeds = self._check(model, spec, inputs)
         if feeds and len(next(iter(feeds.values()))) == 0:
-            return self._empty(spec)
+            return empty_outputs(spec)
         outputs = self._outputs(spec)
         results = []
         for start, infer_inputs in self._chunks(model, spec, feeds):
@@ -418,7 +393,7 @@ class TritonBackend(_TritonCommon):
                                           **self._request_id()))
             except Exception as e:  # noqa: BLE001
                 raise self._error(e, model, start) from e
-        return self._join(spec, results)
+        return join_outputs(spec, results)
 
     def health(self) -> None:
         """Raise ``BackendUnavailable`` unless the server is live and every model is ready."""
@@ -569,7 +544,7 @@ class AsyncTritonBackend(_TritonCommon):
         spec = await self.spec(model)
         feeds = self._check(model, spec, inputs)
         if feeds and len(next(iter(feeds.values()))) == 0:
-            return self._empty(spec)
+            return empty_outputs(spec)
         outputs = self._outputs(spec)
         sem = asyncio.Semaphore(self.max_in_flight)
         client = self._client()
@@ -583,7 +558,7 @@ class AsyncTritonBackend(_TritonCommon):
                     raise self._error(e, model, start) from e
 
         results = await asyncio.gather(*(one(s, ii) for s, ii in self._chunks(model, spec, feeds)))
-        return self._join(spec, results)
+        return join_outputs(spec, results)
 
     async def health(self) -> None:
         """As :meth:`TritonBackend.health`."""

@@ -293,3 +293,36 @@ def message(exc: BaseException) -> str:
     m = getattr(exc, "message", None)
     m = m() if callable(m) else m
     return str(m or exc)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether an error says the server could not be reached (or is unavailable): the request did not run."""
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    code, msg = status(exc), message(exc).lower()
+    if "UNAVAILABLE" in code or code == "503":
+        return True
+    return any(s in msg for s in ("connection refused", "failed to connect", "connect failed",
+                                  "connection reset", "name or service not known", "socket closed"))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether an error is a deadline that passed (the request may have run)."""
+    return isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in status(exc) or \
+        "timed out" in message(exc).lower() or type(exc).__name__ == "Timeout"
+
+
+def empty_outputs(spec: Any) -> dict[str, np.ndarray]:
+    """Outputs of an empty batch, answered by the client: Triton refuses a batch of zero."""
+    dt = {"bytes": object}
+    return {t.name: np.zeros([0] + [max(d, 0) for d in t.shape[1:]], dtype=dt.get(t.dtype, t.dtype))
+            for t in spec.outputs}
+
+
+def join_outputs(spec: Any, results: Any) -> dict[str, np.ndarray]:
+    """Every output of ``spec`` from the results of a request's chunks, joined in order."""
+    out = {}
+    for t in spec.outputs:
+        parts = [r.as_numpy(t.name) for r in results]
+        out[t.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out

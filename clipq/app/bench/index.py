@@ -78,7 +78,7 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
     """Fastest of ``repeats`` runs: on shared cores the minimum is the least disturbed figure."""
     best = float("inf")
     for _ in range(repeats):
@@ -262,9 +262,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"index bench: {n} x {dim} vectors, {n_clusters} clusters, {nq} queries, k={K}, {threads} threads")
 
     with threadpool_limits(limits=1):
-        exact_s = _best_time(lambda: exact_topk(q, x, K, space="ip"), repeats)
+        exact_s = best_time(lambda: exact_topk(q, x, K, space="ip"), repeats)
         truth, _ = exact_topk(q, x, K, space="ip")
-    exact_mt_s = _best_time(lambda: exact_topk(q, x, K, space="ip"), repeats)
+    exact_mt_s = best_time(lambda: exact_topk(q, x, K, space="ip"), repeats)
     exact = {"qps_1t": nq / exact_s, "qps_mt": nq / exact_mt_s}
     print(f"  exact numpy: {exact['qps_1t']:.0f} QPS (1 thread), {exact['qps_mt']:.0f} QPS ({threads} threads)")
 
@@ -298,11 +298,11 @@ def run(args: argparse.Namespace) -> int:
             # exact search joins the round too (on a subset: it is slow), so that every speed-up
             # compares figures taken in the same window
             with threadpool_limits(limits=1):
-                exact_best = min(exact_best, _best_time(lambda: exact_topk(q_exact, x, K, space="ip"), 1))
+                exact_best = min(exact_best, best_time(lambda: exact_topk(q_exact, x, K, space="ip"), 1))
             for name, peer in peers.items():
                 peer.set_ef(ef)
                 for t in (1, threads):
-                    elapsed = _best_time(lambda p=peer, t=t: p.search(q, t), 1)
+                    elapsed = best_time(lambda p=peer, t=t: p.search(q, t), 1)
                     best[name, t] = min(best.get((name, t), float("inf")), elapsed)
         exact_qps_ef = len(q_exact) / exact_best
         exact_rounds.append(exact_qps_ef)
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         peers[name].set_ef(one_ef)
     for _ in range(repeats):
         for name in pair:
-            t = _best_time(lambda p=peers[name]: [p.search_one(v) for v in q1], 1)
+            t = best_time(lambda p=peers[name]: [p.search_one(v) for v in q1], 1)
             per_query[name] = max(per_query.get(name, 0.0), len(q1) / t)
 
     if "clipq" in peers:

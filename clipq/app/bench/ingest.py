@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .index import best_time  # fastest of n runs: the least disturbed figure on shared cores
+
 BATCH = 8
 
 
@@ -39,15 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ingest: artifact directory (default: $CLIPQ_ARTIFACTS or the demo's)")
     g.add_argument("--ingest-checkpoint", default=None, metavar="DIR",
                    help="ingest: a transformers CLIP checkpoint for the user-written peer (skipped without)")
-
-
-def _best(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def stage_ms(files: list[Path], pre: Any) -> dict[str, float]:
@@ -109,7 +102,7 @@ def _peer(checkpoint: str, files: list[Path], repeats: int) -> dict[str, float]:
             model_s += time.perf_counter() - t1
             pre_s += t1 - t0
 
-    total = _best(loop, repeats)
+    total = best_time(loop, repeats)
     return {"images_per_s": len(files) / total, "preprocess_ms": 1e3 * pre_s / len(files),
             "model_ms": 1e3 * model_s / len(files)}
 
@@ -160,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             e2e = {}
             for draft in (True, False):
                 enc.path._pre = ImagePreprocessor.from_manifest(m, draft=draft)  # type: ignore[attr-defined]
-                t = _best(lambda: ImageIndex.from_images(folder, enc, progress=False), repeats)
+                t = best_time(lambda: ImageIndex.from_images(folder, enc, progress=False), repeats)
                 e2e["draft" if draft else "full"] = len(files) / t
         finally:
             backend.close()
