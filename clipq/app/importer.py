@@ -107,7 +107,7 @@ def import_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str], 
                       data: str | os.PathLike[str] | None = None, heads: str | os.PathLike[str] | None = None,
                       prompts: str | os.PathLike[str] | None = None, prompt_images: str | os.PathLike[str] | None = None,
                       k: int = 10, threads: int | None = None, parity_batches: tuple[int, ...] | None = None,
-                      force: bool = False) -> ImportReport:
+                      force: bool = False, openvino: bool | None = None) -> ImportReport:
     """Import a local CLIP checkpoint into a new artifact directory and export it.
 
     Args:
@@ -121,6 +121,11 @@ def import_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str], 
         threads: onnxruntime threads for timing and encoding.
         parity_batches: batch sizes of the parity checks (default 1, 8 and the largest served).
         force: replace an existing artifact directory.
+        openvino: also export the OpenVINO variants (IR and NNCF int8, calibrated on ``data``'s images or
+            the built-in real photos) and record the CPU default measured on this machine across
+            onnxruntime and OpenVINO, each engine in its own process. Default: with ``int8``, where
+            OpenVINO is installed; an imported model then gets the fastest passing engine without a
+            second ``clipq export --openvino``.
 
     Raises:
         ArtifactError: the checkpoint cannot be read, ``out`` exists (without ``force``), or a head
@@ -160,8 +165,12 @@ def import_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str], 
     m.save()
     report.seconds["load"] = round(time.perf_counter() - t0, 2)
     t1 = time.perf_counter()
-    opts = ExportOptions(int8=int8, networks=networks, threads=threads, parity_batches=parity_batches,
-                         **export_options_for_data(data, threads=threads))
+    if openvino is None:
+        from clipq.runtime.engines import ENGINES
+
+        openvino = int8 and "openvino" in ENGINES and ENGINES["openvino"].installed
+    opts = ExportOptions(int8=int8, openvino=bool(openvino), networks=networks, threads=threads,
+                         parity_batches=parity_batches, **export_options_for_data(data, threads=threads))
     report.export = export_artifacts(out, opts)
     report.networks = list(report.export.networks)
     report.seconds["export"] = round(time.perf_counter() - t1, 2)

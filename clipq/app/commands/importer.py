@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="the checkpoint directory")
     p.add_argument("--out", required=True, help="artifact directory to create")
-    p.add_argument("--no-int8", action="store_true", help="fp32 graphs only")
+    p.add_argument("--no-int8", action="store_true", help="fp32 graphs only (no int8, no OpenVINO variants)")
+    p.add_argument("--no-openvino", action="store_true",
+                   help="no OpenVINO variants and no engine measurement (onnxruntime only; faster import)")
     p.add_argument("--data", default=None, help="data directory: real parity inputs and the task-metric gate")
     p.add_argument("--heads", default=None, metavar="ARTIFACTS",
                    help="attach the VQA / Model A checkpoints of a clipq artifact directory")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     rep = import_checkpoint(args.checkpoint, args.out, int8=not args.no_int8, data=args.data, heads=args.heads,
                             prompts=args.prompts, prompt_images=args.prompt_images, k=args.k,
-                            threads=args.threads, force=args.force)
+                            threads=args.threads, force=args.force, openvino=False if args.no_openvino else None)
     if args.json:
         print_json(rep.to_dict())
         return 0
