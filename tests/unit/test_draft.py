@@ -110,3 +110,24 @@ def test_manifest_switches_draft_off_for_client_and_server(tiny_artifacts):
     assert ImagePreprocessor.from_manifest(m).draft
     m.preprocessing = {**m.preprocessing, "draft": False}
     assert not ImagePreprocessor.from_manifest(m).draft
+
+
+def test_app_thumbnails_decode_at_their_size(photos):
+    """The app's thumbnails of phone photos: drafted and box-reduced, the same picture as from full decoding."""
+    import io
+
+    from clipq.app.web.services import _thumbnail
+
+    for p in photos:
+        with Image.open(p) as im:
+            full_size = im.size
+        got = Image.open(io.BytesIO(_thumbnail(str(p), 0, 160, 100_000_000)))
+        ref = decode_image(p, max_pixels=100_000_000)  # full resolution, oriented, then one Lanczos resize
+        scale = 160 / max(ref.size)
+        ref = ref.resize((max(1, round(ref.width * scale)), max(1, round(ref.height * scale))), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        ref.save(buf, format="JPEG", quality=88)  # as the thumbnail is served
+        ref = Image.open(buf)
+        assert got.size == ref.size and max(got.size) == 160, (p.name, full_size)
+        diff = np.abs(np.asarray(got.convert("RGB"), np.float32) - np.asarray(ref.convert("RGB"), np.float32))
+        assert diff.mean() <= 3.0, (p.name, float(diff.mean()))  # measured 0.8-1.7 on these (JPEG q88 both)
