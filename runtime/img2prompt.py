@@ -49,6 +49,7 @@ class ImageToPrompt(_Task):
         backend: Any backend (blocking or asyncio).
         settings: Override the manifest's record (default: :meth:`Img2PromptSettings.from_manifest`).
         max_pixels: Decompression-bomb limit for images decoded here.
+        clip: The CLIP image encoder of ``backend`` a caller already holds (default: a new one).
 
     Attributes:
         settings: The record in force.
@@ -57,10 +58,10 @@ class ImageToPrompt(_Task):
     """
 
     def __init__(self, backend: Backend, *, settings: Img2PromptSettings | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, clip: ClipEncoder | None = None) -> None:
         super().__init__(backend, max_pixels=max_pixels)
         self.settings = settings or Img2PromptSettings.from_manifest(self.manifest)
-        self.clip = ClipEncoder(backend, max_pixels=max_pixels)
+        self.clip = clip if clip is not None else ClipEncoder(backend, max_pixels=max_pixels)
         self.has_model_a = IMG2PROMPT_A in self.manifest.models
         self._fusion: KnnPromptFusion | None = None
 

@@ -204,7 +204,10 @@ class _FusedRole:
              f"{_engine_label(self.backend, self.network)}")
 
     def _pixels(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
-        return {"pixel_values": self.pre(_bytes_items(request, self.input_name))}, []
+        return self._pixels_of(_bytes_items(request, self.input_name))
+
+    def _pixels_of(self, items: list[Any]) -> tuple[dict[str, np.ndarray], list[Any]]:
+        return {"pixel_values": self.pre(items)}, []
 
     def _prepare_all(self, requests: list[Any]) -> list[Any]:
         """Each request's (feeds, extra), or the exception that answers it alone.
@@ -224,7 +227,7 @@ class _FusedRole:
 
         items = [attempt(lambda r: _bytes_items(r, self.input_name), r) for r in requests]
         return list(decode_pool().map(
-            lambda x: x if isinstance(x, Exception) else attempt(lambda b: ({"pixel_values": self.pre(b)}, []), x),
+            lambda x: x if isinstance(x, Exception) else attempt(self._pixels_of, x),
             items))
 
     def _ids(self, request: Any) -> tuple[dict[str, np.ndarray], list[Any]]:

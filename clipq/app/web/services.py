@@ -170,7 +170,7 @@ class Services:
         def build() -> Any:
             from clipq.runtime.img2prompt import ImageToPrompt
 
-            return ImageToPrompt(self.backend, max_pixels=self.settings.max_image_pixels)
+            return ImageToPrompt(self.backend, max_pixels=self.settings.max_image_pixels, clip=self.encoder)
 
         return self._get("describe", build, "describe images")
 
