@@ -113,4 +113,12 @@ class ServerError(ClipqError):
     """tritonserver could not be found, failed to start or a model failed to load."""
 
 
+class StoreError(ClipqError):
+    """A vector store (``--store`` URL) is malformed, refused a call, or lacks the collection named."""
+
+
+class StoreUnavailableError(StoreError, BackendUnavailable):
+    """A vector store server (Milvus) cannot be reached within the timeout."""
+
+
 __all__ = [n for n, v in dict(globals()).items() if isinstance(v, type) and issubclass(v, Exception)]
