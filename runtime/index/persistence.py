@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .store import ImageIndex
 
 INDEX_SCHEMA_VERSION = 1
+#: the sidecar version of an index of a faiss engine (several files; older clipq refuses it)
+ENGINE_SCHEMA_VERSION = 2
 SIDECAR_NAME = "index.json"
 GRAPH_PREFIX = "hnsw-"
 GRAPH_SUFFIX = ".bin"
@@ -183,26 +185,35 @@ class PersistenceMixin:
                     f"{self._source[1]} -> {on_disk}); reload it and redo the change, or use ImageIndex.edit()"
                 )
             generation = (on_disk or 0) + 1
-            graph_name = f"{GRAPH_PREFIX}{uuid.uuid4().hex[:16]}{GRAPH_SUFFIX}"
+            stem = f"{GRAPH_PREFIX}{uuid.uuid4().hex[:16]}"
+            graph_name = f"{stem}{GRAPH_SUFFIX}"
             tmp = root / f".{graph_name}.tmp"
             with self._lock.read():
-                try:
-                    self._hnsw.save_index(str(tmp))
-                    _fsync_file(tmp)
-                    size, digest = tmp.stat().st_size, sha256_file(tmp)
-                    os.replace(tmp, root / graph_name)
-                    sidecar = self._sidecar(graph_name, size, digest)
-                    sidecar["generation"] = generation
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+                save_files = getattr(self._hnsw, "save_files", None)
+                if save_files is not None:  # a faiss engine: codes, floats and positions
+                    files = save_files(root, stem)
+                    keep = {f["file"] for f in files}
+                    sidecar = self._sidecar("", 0, "", files=files)
+                else:
+                    keep = {graph_name}
+                    try:
+                        self._hnsw.save_index(str(tmp))
+                        _fsync_file(tmp)
+                        size, digest = tmp.stat().st_size, sha256_file(tmp)
+                        os.replace(tmp, root / graph_name)
+                        sidecar = self._sidecar(graph_name, size, digest)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
+                sidecar["generation"] = generation
             try:
                 atomic_write_json(root / SIDECAR_NAME, sidecar)
             except BaseException:
-                (root / graph_name).unlink(missing_ok=True)
+                for name in keep:
+                    (root / name).unlink(missing_ok=True)
                 raise
             for old in root.iterdir():  # previous graphs and temp files of interrupted saves
-                if old.name != graph_name and old.name.lstrip(".").startswith(GRAPH_PREFIX):
+                if old.name not in keep and old.name.lstrip(".").startswith(GRAPH_PREFIX):
                     old.unlink(missing_ok=True)
             self._source = (real, generation)
             return root / SIDECAR_NAME
@@ -248,14 +259,15 @@ class PersistenceMixin:
             raise IndexCorruptError(f"cannot read {side_path}: {e}") from e
         if not isinstance(side, dict):
             raise IndexCorruptError(f"{side_path}: not a JSON object")
-        if side.get("schema_version") != INDEX_SCHEMA_VERSION:
+        if side.get("schema_version") not in (INDEX_SCHEMA_VERSION, ENGINE_SCHEMA_VERSION):
             raise SchemaVersionError(
                 f"{side_path} has index schema version {side.get('schema_version')!r}; "
-                f"this clipq reads version {INDEX_SCHEMA_VERSION}"
+                f"this clipq reads versions {INDEX_SCHEMA_VERSION} and {ENGINE_SCHEMA_VERSION}"
             )
         try:
-            graph = side["graph"]
-            graph_path = root / graph["file"]
+            engine = side.get("engine") or {"name": "hnswlib"}
+            engine_name = engine["name"]
+            graph = side["graph"] if engine_name == "hnswlib" else {}
             d = int(side["dim"])
             space = side["space"]
             ids, labels, metas = side["ids"], side["labels"], side["metadata"]
@@ -267,6 +279,9 @@ class PersistenceMixin:
                 "model_id": side["encoder"].get("model_id"),
                 "model_hash": side["encoder"].get("hash"),
                 "seed": int(side.get("seed", 100)),
+                "engine": engine_name,
+                "nprobe": int(engine.get("nprobe", 32)),
+                "rescore": int(engine.get("rescore", 50)),
             }
             total, next_label = int(side["total"]), int(side["next_label"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -287,6 +302,18 @@ class PersistenceMixin:
                 f"index {root} was built with model {params['model_id']!r}, not {want_model!r}; "
                 "rebuild it with this model (`clipq index build`)"
             )
+        if engine_name != "hnswlib":
+            index = _load_engine(cls, root, side, engine, d, params, kwargs, verify)
+            index._next_label = next_label
+            _restore_items(index, side_path, ids, labels, metas, next_label)
+            if not set(index._hnsw.get_ids_list()) == set(index._label_to_id):
+                raise IndexCorruptError(f"index {root}: the sidecar's labels are not the engine's live items")
+            if encoder is not None:
+                index.check_encoder(encoder)
+            index.build_recall = side.get("build_recall")
+            index._source = (os.path.realpath(root), int(side.get("generation", 0)))
+            return index
+        graph_path = root / graph["file"]
         if not graph_path.is_file():
             raise IndexCorruptError(f"index {root}: graph file {graph['file']} is missing")
         size = graph_path.stat().st_size
@@ -314,14 +341,8 @@ class PersistenceMixin:
         graph_obj.set_ef(params["ef"])  # hnswlib resets ef to 10 on load
         index._hnsw = graph_obj
         index._next_label = next_label
-        for item_id, label, meta in zip(ids, labels, metas):
-            if not isinstance(item_id, str) or not isinstance(meta, dict) or not 0 <= label < next_label:
-                raise IndexCorruptError(f"{side_path}: malformed entry for id {item_id!r}")
-            index._id_to_label[item_id] = label
-            index._label_to_id[label] = item_id
-            index._meta[label] = MappingProxyType(meta) if meta else NO_METADATA
-        if len(index._id_to_label) != len(ids) or len(index._label_to_id) != len(ids):
-            raise IndexCorruptError(f"{side_path}: repeated ids or labels")
+        _restore_items(index, side_path, ids, labels, metas, next_label)
+        index.build_recall = side.get("build_recall")
         graph_labels = set(graph_obj.get_ids_list())
         if not graph_labels.issuperset(index._label_to_id):
             raise IndexCorruptError(f"index {root}: the sidecar names labels that are not in the graph")
@@ -330,10 +351,11 @@ class PersistenceMixin:
         index._source = (os.path.realpath(root), int(side.get("generation", 0)))
         return index
 
-    def _sidecar(self, graph_name: str, size: int, digest: str) -> dict[str, Any]:
+    def _sidecar(self, graph_name: str, size: int, digest: str,
+                 files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         labels = sorted(self._label_to_id)
-        return {
-            "schema_version": INDEX_SCHEMA_VERSION,
+        side = {
+            "schema_version": INDEX_SCHEMA_VERSION if files is None else ENGINE_SCHEMA_VERSION,
             "format": "clipq.image_index",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dim": self.dim,
@@ -352,7 +374,67 @@ class PersistenceMixin:
             "ids": [self._label_to_id[lb] for lb in labels],
             "labels": labels,
             "metadata": [dict(self._meta[lb]) for lb in labels],
+            "build_recall": getattr(self, "build_recall", None),
         }
+        if files is not None:
+            from .faiss_engine import faiss_version
+
+            side["engine"] = self._hnsw.params()
+            side["graph"] = {"library": faiss_version()}
+            side["files"] = files
+        return side
+
+
+def _restore_items(index: Any, side_path: Path, ids: list[Any], labels: list[Any], metas: list[Any],
+                   next_label: int) -> None:
+    """Fill the id maps and metadata of a loading index from the sidecar's lists."""
+    for item_id, label, meta in zip(ids, labels, metas):
+        if not isinstance(item_id, str) or not isinstance(meta, dict) or not 0 <= label < next_label:
+            raise IndexCorruptError(f"{side_path}: malformed entry for id {item_id!r}")
+        index._id_to_label[item_id] = label
+        index._label_to_id[label] = item_id
+        index._meta[label] = MappingProxyType(meta) if meta else NO_METADATA
+    if len(index._id_to_label) != len(ids) or len(index._label_to_id) != len(ids):
+        raise IndexCorruptError(f"{side_path}: repeated ids or labels")
+
+
+def _load_engine(cls: Any, root: Path, side: dict[str, Any], engine: dict[str, Any], dim: int,
+                 params: dict[str, Any], kwargs: dict[str, Any], verify: bool) -> Any:
+    """An index of a faiss engine: every file checked (size always, sha256 with ``verify``), then loaded."""
+    from .engines import ENGINES
+
+    if engine["name"] not in ENGINES:
+        raise IndexCorruptError(f"index {root}: unknown engine {engine['name']!r}")
+    try:
+        files = {f["role"]: f for f in side["files"]}
+        names = {role: str(f["file"]) for role, f in files.items()}
+    except (KeyError, TypeError) as e:
+        raise IndexCorruptError(f"index {root}: malformed file list in {SIDECAR_NAME}: {e}") from e
+    for role in ("positions", "vectors"):
+        if role not in files:
+            raise IndexCorruptError(f"index {root}: {SIDECAR_NAME} names no {role} file")
+    for role, f in files.items():
+        path = root / names[role]
+        if not path.is_file():
+            raise IndexCorruptError(f"index {root}: {role} file {names[role]} is missing")
+        if path.stat().st_size != f.get("size"):
+            raise IndexCorruptError(
+                f"index {root}: {names[role]} has {path.stat().st_size} bytes, the sidecar says {f.get('size')} (truncated?)"
+            )
+        if verify and sha256_file(path) != f.get("sha256"):
+            raise IndexCorruptError(f"index {root}: sha256 of {names[role]} does not match the sidecar (corrupt)")
+    index = cls(dim, capacity=16, **params, **kwargs)
+    from .faiss_engine import FaissGraph
+
+    hnsw = {"M": params["M"], "ef_construction": params["ef_construction"], "ef": params["ef"]}
+    try:
+        index._hnsw = FaissGraph.load_files(root, names, dim, params["space"], engine, hnsw)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, MemoryError) as e:
+        raise IndexCorruptError(f"index {root}: cannot read the {engine['name']} engine's files: {e}") from e
+    if index._hnsw.get_current_count() != int(side["total"]):
+        raise IndexCorruptError(f"index {root}: the engine holds {index._hnsw.get_current_count()} items, "
+                                f"the sidecar says {side['total']}")
+    return index
 
 
 def graph_header(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -67,6 +67,7 @@ class QueryMixin:
     _label_to_id: dict[int, str]
     _meta: dict[int, Mapping[str, Any]]
     _dense: tuple[np.ndarray, np.ndarray] | None
+    build_recall: dict[str, Any] | None
 
     def search(
         self,
@@ -182,6 +183,27 @@ class QueryMixin:
             exact_qps=len(per_query) / max(t2 - t1, 1e-9),
         )
 
+    def check_build(self, k: int = 10, n_queries: int = 200, *, seed: int = 0) -> dict[str, Any]:
+        """The build-time recall self-check: :meth:`recall_check` at the current settings, recorded.
+
+        The result goes to ``self.build_recall``, which :meth:`save` writes to the sidecar and
+        ``clipq index info`` shows.
+
+        Returns:
+            ``{"engine", "k", "n_queries", "recall", "min_recall", "ef", "nprobe", "rescore", "qps", "exact_qps"}``.
+        """
+        rep = self.recall_check(k=k, n_queries=n_queries, seed=seed)
+        engine = getattr(self, "engine", "hnswlib")
+        out = {
+            "engine": engine, "k": rep.k, "n_queries": rep.n_queries, "recall": round(rep.recall, 4),
+            "min_recall": round(rep.min_recall, 4), "ef": rep.ef, "qps": round(rep.hnsw_qps, 1),
+            "exact_qps": round(rep.exact_qps, 1),
+        }
+        if engine != "hnswlib":
+            out.update(nprobe=getattr(self, "nprobe", None), rescore=getattr(self, "rescore", None))
+        self.build_recall = out
+        return out
+
     # -- internals -----------------------------------------------------------------------------
     def _dense_view(self) -> tuple[np.ndarray, np.ndarray]:
         """(labels [n], vectors [n, dim]) of live items, cached until the next write."""
@@ -245,6 +267,13 @@ class QueryMixin:
     def _hnsw_query(
         self, q: np.ndarray, k: int, allowed: list[int] | None, num_threads: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        search_labels = getattr(self._hnsw, "search_labels", None)  # a faiss engine: scores already
+        if search_labels is not None:
+            try:
+                return search_labels(q, k, allowed, num_threads)
+            except RuntimeError:
+                log.debug("the engine returned fewer than k=%d results; falling back to exact search", k)
+                return self._exact(q, k, allowed)
         flt = None if allowed is None else set(allowed).__contains__
         try:
             labels, dists = self._hnsw.knn_query(q, k=k, num_threads=num_threads, filter=flt)
@@ -257,6 +286,10 @@ class QueryMixin:
         return labels, (-dists if self.space == "l2" else 1.0 - dists)
 
     def _exact(self, q: np.ndarray, k: int, allowed: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        streamed = getattr(self._hnsw, "exact", None)
+        if allowed is None and streamed is not None:
+            # a compressed engine: the floats are on disk, read them in chunks rather than keep a copy
+            return streamed(q, k)
         if allowed is None:
             labels, vecs = self._dense_view()
         else:

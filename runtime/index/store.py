@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, DimensionMismatchError, InvalidInputError, ShapeError, UnknownIdError
-from .graph import HNSW_SPACE, SPACES, new_graph
+from .engines import ENGINE_CHOICES, choose_engine, new_engine
+from .graph import HNSW_SPACE, SPACES
 from .ingest import IngestMixin
 from .lock import RWLock
 from .persistence import PersistenceMixin
@@ -47,6 +48,14 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
         rebuild_threshold: share of deleted items in the graph that triggers a rebuild.
         num_threads: threads hnswlib uses for inserts (-1: all cores).
         seed: hnswlib's random seed (level assignment), for reproducible graphs.
+        engine: ``"hnswlib"`` (float32 HNSW, the default), ``"sq8"`` / ``"sq4"`` (faiss HNSW over
+            8- / 4-bit scalar codes, rescored against memory-mapped floats), ``"ivfpq"`` (faiss
+            IVF-PQ, for collections larger than memory) or ``"auto"`` (chosen from ``capacity``
+            and ``memory_budget`` by :func:`~clipq.runtime.index.engines.choose_engine`).
+        memory_budget: bytes the index may keep in memory, for ``engine="auto"`` (default: half
+            of this machine's memory).
+        nprobe: IVF lists visited per query (``ivfpq``).
+        rescore: candidates re-ranked by their float score (compressed engines; 0: none).
 
     Raises:
         InvalidInputError: a parameter is out of range.
@@ -67,12 +76,23 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
         rebuild_threshold: float = 0.25,
         num_threads: int = -1,
         seed: int = 100,
+        engine: str = "hnswlib",
+        memory_budget: int | None = None,
+        nprobe: int = 32,
+        rescore: int = 50,
     ) -> None:
         if space not in HNSW_SPACE:
             raise InvalidInputError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
         for name, value, low in (("dim", dim, 1), ("M", M, 2), ("ef_construction", ef_construction, 1), ("ef", ef, 1)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+        if engine not in ENGINE_CHOICES:
+            raise InvalidInputError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
+        for name, value in (("nprobe", nprobe), ("rescore", rescore)):
+            if not isinstance(value, (int, np.integer)) or value < (0 if name == "rescore" else 1):
+                raise InvalidInputError(f"{name} must be an integer >= {0 if name == 'rescore' else 1}, not {value!r}")
+        if engine == "auto":
+            engine = choose_engine(max(int(capacity), 1), int(dim), memory_budget=memory_budget, M=int(M))
         if not 0.0 < rebuild_threshold <= 1.0:
             raise InvalidInputError(f"rebuild_threshold must be in (0, 1], not {rebuild_threshold!r}")
         self.dim = int(dim)
@@ -86,6 +106,11 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
         self.num_threads = int(num_threads)
         self.seed = int(seed)
         self._ef = int(ef)
+        self.engine = engine
+        self.nprobe = int(nprobe)
+        self.rescore = int(rescore)
+        #: the recall self-check of the last build (``ImageIndex.check_build``), saved in the sidecar
+        self.build_recall: dict[str, Any] | None = None
         self._lock = RWLock()
         self._save_lock = threading.Lock()  # two saves into one directory would delete each other's graph
         self._hnsw = self._new_graph(max(int(capacity), 16))
@@ -193,7 +218,32 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
             "ef": self.ef,
             "model_id": self.model_id,
             "model_hash": self.model_hash,
+            "engine": self.engine_params(),
+            "build_recall": self.build_recall,
         }
+
+    def engine_params(self) -> dict[str, Any]:
+        """The engine's name and settings (``{"name": "hnswlib"}`` for float HNSW)."""
+        params = getattr(self._hnsw, "params", None)
+        return params() if callable(params) else {"name": "hnswlib"}
+
+    def set_search_params(self, *, ef: int | None = None, nprobe: int | None = None, rescore: int | None = None) -> None:
+        """Change the search knobs: ``ef`` (HNSW), ``nprobe`` (IVF-PQ), ``rescore`` (compressed engines).
+
+        Raises:
+            InvalidInputError: a value is out of range.
+        """
+        if ef is not None:
+            self.ef = ef
+        for name, value, low in (("nprobe", nprobe, 1), ("rescore", rescore, 0)):
+            if value is None:
+                continue
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+            with self._lock.write():
+                setattr(self, name, int(value))
+                if hasattr(self._hnsw, name):
+                    setattr(self._hnsw, name, int(value))
 
     def check_encoder(self, encoder: Any) -> None:
         """Refuse an encoder whose dimension or model differs from the index's.
@@ -309,8 +359,9 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
 
     # -- internals -----------------------------------------------------------------------------
     def _new_graph(self, capacity: int) -> Any:
-        return new_graph(
-            self.space, self.dim, capacity, M=self.M, ef_construction=self.ef_construction, seed=self.seed, ef=self._ef
+        return new_engine(
+            self.engine, self.space, self.dim, capacity, M=self.M, ef_construction=self.ef_construction,
+            seed=self.seed, ef=self._ef, nprobe=self.nprobe, rescore=self.rescore,
         )
 
     def _label(self, item_id: str) -> int:
@@ -340,6 +391,13 @@ class ImageIndex(QueryMixin, IngestMixin, PersistenceMixin):
     def _rebuild_unlocked(self) -> None:
         labels = sorted(self._label_to_id)
         t0 = time.perf_counter()
+        if hasattr(self._hnsw, "rebuilt"):  # a compressed engine refits its codes on the live items
+            dropped = self._hnsw.get_current_count() - len(labels)
+            self._hnsw = self._hnsw.rebuilt(labels, self.num_threads)
+            self._dense = None
+            log.info("rebuilt index: %d live items, %d deleted dropped, %.2f s", len(labels), dropped,
+                     time.perf_counter() - t0)
+            return
         graph = self._new_graph(max(len(labels) * 5 // 4, 16))
         for start in range(0, len(labels), _REBUILD_CHUNK):
             chunk = labels[start : start + _REBUILD_CHUNK]
