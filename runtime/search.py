@@ -29,15 +29,22 @@ class ImageSearch:
         index: the image index (built with this encoder's model).
         encoder: a CLIP encoder on any backend.
         templates: the default prompt templates for text queries (see :func:`parse_templates`).
+        projection: the :class:`~clipq.runtime.compact.Projection` of an index of shorter vectors
+            (default: the index's own ``projection.npz``, if any); queries go through it.
 
     Raises:
-        DimensionMismatchError / ArtifactError: the encoder is not the one the index was built with.
+        DimensionMismatchError / ArtifactError: the encoder (or projection) is not the one the index
+            was built with.
     """
 
     def __init__(
-        self, index: ImageIndex, encoder: ClipLikeEncoder, templates: str | Sequence[str] | None = DEFAULT_TEMPLATES
+        self, index: ImageIndex, encoder: ClipLikeEncoder, templates: str | Sequence[str] | None = DEFAULT_TEMPLATES,
+        projection: Any = None,
     ) -> None:
-        index.check_encoder(encoder)
+        from .compact import query_projection
+
+        # compact embeddings (issue 30): an index of projected vectors projects its queries with its own file
+        self.projection = query_projection(index, encoder, projection)
         self.index = index
         self.encoder = encoder
         self.templates = parse_templates(templates)
@@ -80,7 +87,7 @@ class ImageSearch:
     ) -> list[list[SearchResult]]:
         """:meth:`search` for several queries with one encoder call."""
         tpl = self.templates if templates is None else parse_templates(templates)
-        vecs = embed_texts(self.encoder, list(texts), tpl)
+        vecs = self._project(embed_texts(self.encoder, list(texts), tpl))
         return self.index.search_batch(vecs, k, filter=filter, exact=exact)
 
     def search_image(
@@ -108,9 +115,12 @@ class ImageSearch:
             InvalidImageError: the image cannot be decoded.
         """
         skip = set(exclude)
-        vec = np.asarray(self.encoder.encode_images([_image_arg(image)], batch_size=1), np.float32)
+        vec = self._project(np.asarray(self.encoder.encode_images([_image_arg(image)], batch_size=1), np.float32))
         hits = self.index.search(vec[0], k + len(skip), filter=filter, exact=exact)
         return [h for h in hits if h.id not in skip][:k]
+
+    def _project(self, vecs: np.ndarray) -> np.ndarray:
+        return vecs if self.projection is None else self.projection.apply(vecs)
 
 
 def results_to_json(queries: Sequence[Any], results: Sequence[Sequence[SearchResult]]) -> list[dict[str, Any]]:

@@ -61,6 +61,10 @@ def add_parser(subparsers: Any) -> None:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_info)
 
+    from clipq.app.commands.index_compact import add_parsers as add_compact_parsers
+
+    add_compact_parsers(sub)  # `index project` (compact embeddings, issue 30)
+
 
 def _add_images(index: Any, encoder: Any, args: argparse.Namespace, ids: list[str] | None = None) -> Any:
     """Add every folder/file of ``args.images``; returns the merged AddReport."""
@@ -150,9 +154,11 @@ def _build_from_embeddings(args: argparse.Namespace, out: Path) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from clipq.runtime.compact import encoder_for_index
     from clipq.runtime.index import ImageIndex
 
     backend, encoder = cliutil.open_encoder(args)
+    encoder = encoder_for_index(args.index, encoder)  # an index of projected vectors: new images projected too
     try:
         # load-add-save under the index's inter-process lock: concurrent `index add`s serialise
         with ImageIndex.edit(args.index, encoder=encoder) as index:

@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     exact = True if args.exact else None
     backend, encoder = cliutil.open_encoder(args)
     try:
-        index = ImageIndex.load(args.index, encoder=encoder)
+        from clipq.runtime.compact import encoder_for_index
+
+        index = ImageIndex.load(args.index, encoder=encoder_for_index(args.index, encoder))  # a projection.npz: its dim
         if args.ef:
             index.ef = args.ef
         searcher = ImageSearch(index, encoder, templates=args.templates)

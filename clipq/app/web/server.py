@@ -65,7 +65,10 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
                    else rt.connect(artifacts, spin=spin))
     try:
         encoder = rt.ClipEncoder(backend, max_pixels=settings.max_image_pixels)
-        loaded = ImageIndex.load(index, encoder=encoder) if index is not None else None
+        from clipq.runtime.compact import encoder_for_index
+
+        # an index of projected vectors (issue 30) is checked against the projected encoder
+        loaded = ImageIndex.load(index, encoder=encoder_for_index(index, encoder)) if index is not None else None
         svc = Services(backend, settings, index=loaded, encoder=encoder,
                        source=server or str(artifacts or backend.manifest.root))
         if settings.warmup:
