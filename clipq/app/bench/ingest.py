@@ -9,8 +9,15 @@ On a folder of photos (by default :func:`clipq.app.bench.photos.phone_photos`: 2
 - end to end in process (``ImageIndex.from_images``, what ``clipq index build`` runs), draft on and
   off, after start-up;
 - the machine's limit for this pipeline: cores / (decode core-ms + model core-ms per image);
-- with ``--ingest-checkpoint`` (a transformers CLIP directory), the loop a user would otherwise write:
-  transformers' ``CLIPImageProcessor`` + the model's ``get_image_features`` in PyTorch, batch 8.
+- through Triton (``--ingest-paths`` ``triton``): a real tritonserver on 127.0.0.1 serving what
+  ``clipq serve`` renders, a thin client sending each photo's JPEG bytes to ``embed_image`` at
+  concurrency 1, 2, 4 and 8, with Triton's own per-stage statistics (:mod:`.ingest_paths`);
+- with Ray (``ray``): ``clipq embed --ray`` on a local Ray, one actor per core (:mod:`.ingest_paths`);
+- the pipelines a user would otherwise write (:mod:`.ingest_peers`): Qdrant's fastembed
+  (``fastembed``) over clipq's fp32 graph with its ``parallel`` workers; with ``--ingest-checkpoint``
+  (a transformers CLIP directory) transformers' ``CLIPImageProcessor`` + ``get_image_features`` in a
+  loop, and clip-retrieval's ``inference`` from its own environment (``--ingest-clip-retrieval
+  PYTHON``; recorded as not measured, with the reason, where it cannot run).
 
 Every figure comes from one run on one machine; with shared cores compare within a run only.
 Writes ``<out>/ingest.json``, ``<out>/ingest.md`` and ``<out>/ingest.png``.
@@ -29,6 +36,8 @@ from typing import Any
 from .index import best_time  # fastest of n runs: the least disturbed figure on shared cores
 
 BATCH = 8
+#: the rows --ingest-paths may ask for (in process always runs: the other rows are read against it)
+PATHS = ("triton", "ray", "fastembed", "clip-retrieval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ingest: artifact directory (default: $CLIPQ_ARTIFACTS or the demo's)")
     g.add_argument("--ingest-checkpoint", default=None, metavar="DIR",
                    help="ingest: a transformers CLIP checkpoint for the user-written peer (skipped without)")
+    g.add_argument("--ingest-paths", default=",".join(PATHS), metavar="LIST",
+                   help="ingest: rows besides in process, from %(default)s")
+    g.add_argument("--ingest-concurrency", default="1,2,4,8", metavar="LIST",
+                   help="ingest: Triton concurrency levels (default %(default)s)")
+    g.add_argument("--ingest-clip-retrieval", default=None, metavar="PYTHON",
+                   help="ingest: the python of an environment with clip-retrieval installed (its own torch)")
 
 
 def stage_ms(files: list[Path], pre: Any) -> dict[str, float]:
@@ -77,34 +92,38 @@ def _model(backend: Any, pixels: Any, repeats: int) -> dict[str, float]:
     return {"ms_per_image": 1e3 * wall / n, "core_ms_per_image": 1e3 * cpu / n}
 
 
-def _peer(checkpoint: str, files: list[Path], repeats: int) -> dict[str, float]:
-    """transformers' CLIPImageProcessor + CLIPModel.get_image_features, batch 8, as a user's loop."""
-    import torch
-    import transformers
-    from PIL import Image
+def _paths(args: argparse.Namespace) -> list[str]:
+    from clipq.runtime.errors import InvalidInputError
 
-    # a checkpoint without preprocessor_config.json gets CLIP's defaults, as `clipq import` gives it
-    proc = (transformers.CLIPImageProcessor.from_pretrained(checkpoint)
-            if (Path(checkpoint) / "preprocessor_config.json").is_file() else transformers.CLIPImageProcessor())
-    model = transformers.CLIPModel.from_pretrained(checkpoint).eval()
-    pre_s = model_s = 0.0
+    got = [p.strip() for p in str(getattr(args, "ingest_paths", None) or ",".join(PATHS)).split(",") if p.strip()]
+    bad = sorted(set(got) - set(PATHS) - {"none"})
+    if bad:
+        raise InvalidInputError(f"--ingest-paths takes {', '.join(PATHS)} (or none), got {', '.join(bad)}")
+    return [p for p in got if p != "none"]
 
-    def loop() -> None:
-        nonlocal pre_s, model_s
-        pre_s = model_s = 0.0
-        for s in range(0, len(files), BATCH):
-            t0 = time.perf_counter()
-            images = [Image.open(f).convert("RGB") for f in files[s:s + BATCH]]
-            px = proc(images=images, return_tensors="pt")["pixel_values"]
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                model.get_image_features(pixel_values=px)
-            model_s += time.perf_counter() - t1
-            pre_s += t1 - t0
 
-    total = best_time(loop, repeats)
-    return {"images_per_s": len(files) / total, "preprocess_ms": 1e3 * pre_s / len(files),
-            "model_ms": 1e3 * model_s / len(files)}
+def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files: list[Path], cores: int,
+                repeats: int, quick: bool) -> dict[str, Any]:
+    """Triton, Ray and the user-written peers, each only where asked for (``--ingest-paths``)."""
+    from .ingest_paths import ray_row, triton_rows
+    from .ingest_peers import clip_retrieval_peer, fastembed_peer, transformers_peer
+
+    paths = _paths(args)
+    ckpt = getattr(args, "ingest_checkpoint", None)
+    conc = [int(c) for c in str(getattr(args, "ingest_concurrency", None) or "1,2,4,8").split(",") if c.strip()]
+    r: dict[str, Any] = {"triton": None, "ray": None, "peer_fastembed": None, "peer_clip_retrieval": None,
+                         "peer_transformers": transformers_peer(ckpt, files, repeats) if ckpt else None}
+    if "triton" in paths:
+        r["triton"] = triton_rows(art, files, conc[:2] if quick else conc, repeats)
+    if "ray" in paths:
+        r["ray"] = ray_row(art, folder, len(files), cores, 1 if quick else repeats)
+    if "fastembed" in paths:
+        with tempfile.TemporaryDirectory(prefix="clipq-ingest-fe-") as work:
+            r["peer_fastembed"] = fastembed_peer(m, files, Path(work), repeats, cores, ckpt)
+    if "clip-retrieval" in paths:
+        r["peer_clip_retrieval"] = clip_retrieval_peer(getattr(args, "ingest_clip_retrieval", None), folder,
+                                                       len(files), ckpt, cores)
+    return r
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,16 +178,14 @@ def run(args: argparse.Namespace) -> int:
             backend.close()
         decode_core_ms = sum(stages["draft"].values())
         limit = cores / (1e-3 * (decode_core_ms + model["core_ms_per_image"]))
-        peer = None
-        if getattr(args, "ingest_checkpoint", None):
-            peer = _peer(args.ingest_checkpoint, files, repeats)
+        others = _other_rows(args, art, m, folder, files, cores, repeats, quick)
         result = {
             "target": "ingest", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
             "config": {"artifacts": str(art), "photos": str(folder), "files": len(files), "cores": cores,
                        "batch_model": BATCH, "quick": quick, "repeats": repeats},
             "stages_ms": stages, "model": model, "end_to_end_images_per_s": e2e,
             "model_only_images_per_s": 1e3 / model["ms_per_image"], "machine_limit_images_per_s": limit,
-            "share_of_limit": e2e["draft"] / limit, "peer_transformers": peer,
+            "share_of_limit": e2e["draft"] / limit, **others,
         }
     finally:
         if tmp is not None:
@@ -191,13 +208,67 @@ def markdown(r: dict[str, Any]) -> str:
               f"| in process, full decoding | {r['end_to_end_images_per_s']['full']:.1f} |",
               f"| model alone (batch {c['batch_model']}) | {r['model_only_images_per_s']:.1f} |",
               f"| machine's limit: cores / (decode + model core-ms) | {r['machine_limit_images_per_s']:.1f} |"]
-    if r.get("peer_transformers"):
-        p = r["peer_transformers"]
-        lines.append(f"| transformers CLIPImageProcessor + model, batch 8 ({p['preprocess_ms']:.0f} + "
-                     f"{p['model_ms']:.0f} ms per image) | {p['images_per_s']:.1f} |")
+    lines += [f"| {name} | {v} |" for name, v in _other_lines(r)]
     lines += ["", f"In process, draft: {100 * r['share_of_limit']:.0f} % of the machine's limit "
               f"(model {r['model']['core_ms_per_image']:.1f} core-ms per image)."]
+    best = _best_peer(r)
+    if best:
+        lines.append(f"In process against the best user-written pipeline ({best[0]}): "
+                     f"{r['end_to_end_images_per_s']['draft'] / best[1]:.1f}x.")
+    tri = (r.get("triton") or {}).get("rows") or []
+    if tri:
+        lines += ["", f"Through Triton {r['triton']['server_version']} (fused embed_image, gRPC, one photo's bytes "
+                  "a request), Triton's mean ms per request:", "",
+                  "| concurrency | images/s | p50 ms | p90 ms | queue | compute input | compute infer | "
+                  "compute output | average batch |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in tri:
+            st = row.get("stages") or {}
+            cell = [f"{st.get(k + '_ms', 0.0):.1f}" for k in ("queue", "compute_input", "compute_infer", "compute_output")]
+            lines.append(f"| {row['concurrency']} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | "
+                         f"{row['p90_ms']:.1f} | {' | '.join(cell)} | {st.get('avg_batch') or 0:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row name, images/s or "not measured: why") of Triton, Ray and the peers present in ``r``."""
+    out: list[tuple[str, str]] = []
+    for row in (r.get("triton") or {}).get("rows") or []:
+        out.append((f"through Triton, concurrency {row['concurrency']}", f"{row['images_per_s']:.1f}"))
+    if r.get("ray"):
+        y = r["ray"]
+        out.append((f"clipq embed --ray, {y['workers']} actors (after ray.init {y['startup_s']:.1f} s; "
+                    f"in shards {y['in_shard_images_per_s']:.1f})", f"{y['images_per_s']:.1f}"))
+    if r.get("peer_transformers"):
+        p = r["peer_transformers"]
+        out.append((f"transformers CLIPImageProcessor + model, batch 8 ({p['preprocess_ms']:.0f} + "
+                    f"{p['model_ms']:.0f} ms per image)", f"{p['images_per_s']:.1f}"))
+    fe = r.get("peer_fastembed") or {}
+    for key in ("default", "parallel"):
+        if key in fe:
+            v = fe[key]
+            name = f"fastembed ImageEmbedding, fp32 graph, parallel={v['parallel']}"
+            out.append((name, f"{v['images_per_s']:.1f}" if "images_per_s" in v else f"not measured: {v['not_measured']}"))
+    cr = r.get("peer_clip_retrieval")
+    if cr:
+        out.append(("clip-retrieval inference (hf_clip, whole command)",
+                    f"{cr['images_per_s']:.1f}" if "images_per_s" in cr else f"not measured: {cr['not_measured']}"))
+    return out
+
+
+def _best_peer(r: dict[str, Any]) -> tuple[str, float] | None:
+    """The fastest user-written pipeline measured: (name, images/s)."""
+    got: dict[str, float] = {}
+    if r.get("peer_transformers"):
+        got["transformers loop"] = r["peer_transformers"]["images_per_s"]
+    for v in (r.get("peer_fastembed") or {}).values():
+        if isinstance(v, dict) and "images_per_s" in v:
+            got[f"fastembed parallel={v['parallel']}"] = v["images_per_s"]
+    if (r.get("peer_clip_retrieval") or {}).get("images_per_s"):
+        got["clip-retrieval"] = r["peer_clip_retrieval"]["images_per_s"]
+    if not got:
+        return None
+    k = max(got, key=got.__getitem__)
+    return k, got[k]
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
@@ -211,10 +282,20 @@ def plot(r: dict[str, Any], path: Path) -> None:
         return
     bars = {"draft": r["end_to_end_images_per_s"]["draft"], "full decoding": r["end_to_end_images_per_s"]["full"],
             "model alone": r["model_only_images_per_s"], "machine limit": r["machine_limit_images_per_s"]}
+    for row in (r.get("triton") or {}).get("rows") or []:
+        bars[f"Triton, concurrency {row['concurrency']}"] = row["images_per_s"]
+    if r.get("ray"):
+        bars[f"Ray, {r['ray']['workers']} actors"] = r["ray"]["images_per_s"]
     if r.get("peer_transformers"):
         bars["transformers loop"] = r["peer_transformers"]["images_per_s"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(list(bars), list(bars.values()), color=["C0", "C1", "C2", "C7", "C3"][:len(bars)])
+    for v in (r.get("peer_fastembed") or {}).values():
+        if isinstance(v, dict) and "images_per_s" in v:
+            bars[f"fastembed parallel={v['parallel']}"] = v["images_per_s"]
+    if (r.get("peer_clip_retrieval") or {}).get("images_per_s"):
+        bars["clip-retrieval"] = r["peer_clip_retrieval"]["images_per_s"]
+    colours = ["C0", "C1", "C2", "C7"] + ["C4" if k.startswith(("Triton", "Ray")) else "C3" for k in list(bars)[4:]]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(bars)))
+    ax.barh(list(bars), list(bars.values()), color=colours)
     ax.invert_yaxis()
     ax.set_xlabel("images/s")
     ax.set_title(f"{r['config']['files']} photos, {r['machine']['cpu']}, {r['config']['cores']} cores", fontsize=9)

@@ -1,0 +1,157 @@
+"""The ingest benchmark's other clipq paths: through Triton (a thin client sending JPEG bytes) and with Ray.
+
+- :func:`triton_rows`: a real ``tritonserver`` on 127.0.0.1 (free ports) serving the repository
+  ``clipq serve`` renders by default (fused ``embed_image``: decode in the server's decode pool,
+  the manifest's CPU default engine); ``concurrency`` callers, each with its own gRPC connection,
+  send one photo's encoded bytes per request until every photo of the folder is embedded. Per
+  level: images/s, request latency percentiles and Triton's own per-stage statistics (queue,
+  compute input / infer / output) of ``embed_image`` with the average batch it ran.
+- :func:`ray_row`: ``clipq embed --ray`` (:func:`clipq.app.batch_embed.embed_collection` on a local
+  Ray, one actor per core, a shard per actor): images/s after Ray's start-up and inside the shards.
+
+Every figure comes from the same run as the in-process rows; with shared cores compare within a run only.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+#: the models a request to the fused embed_image crosses (its statistics are the request's)
+TRITON_MODELS = ("embed_image",)
+
+
+def _percentiles(lat_ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    if not lat_ms:
+        return {"p50_ms": 0.0, "p90_ms": 0.0}
+    a = np.asarray(lat_ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90))}
+
+
+def _one_pass(clients: list[Any], data: list[bytes], concurrency: int) -> tuple[float, list[float], list[str]]:
+    """Every photo once, ``concurrency`` callers taking the next one in turn: (seconds, latencies ms, errors)."""
+    nxt = [0]
+    lock = threading.Lock()
+    lat: list[float] = []
+    errors: list[str] = []
+
+    def caller(c: int) -> None:
+        client = clients[c]
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= len(data):
+                return
+            t = time.perf_counter()
+            try:
+                client.infer("embed_image", {"image": [data[i]]})
+            except Exception as e:  # noqa: BLE001 - counted and reported with the row
+                with lock:
+                    errors.append(f"{i}: {type(e).__name__}: {e}")
+                continue
+            dt = 1e3 * (time.perf_counter() - t)
+            with lock:
+                lat.append(dt)
+
+    threads = [threading.Thread(target=caller, args=(c,), daemon=True) for c in range(concurrency)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0, lat, errors
+
+
+def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int], repeats: int,
+                work: Path | None = None) -> dict[str, Any]:
+    """Through Triton at each concurrency level (see the module docstring).
+
+    Returns:
+        ``{"server_version", "startup_s", "repository", "rows": [{concurrency, images_per_s, p50_ms,
+        p90_ms, errors, stages}]}``; ``stages`` is Triton's mean ms per request of each stage of
+        ``embed_image`` over the best pass, with its average batch.
+
+    Raises:
+        clipq.serving.server.ServerError: the server cannot be found or started.
+    """
+    from clipq.runtime import connect
+    from clipq.runtime.manifest import Manifest
+    from clipq.serving import RenderOptions, render_repository
+    from clipq.serving.server import TritonServer
+
+    from .triton import stage_delta, stage_snapshot
+
+    own = work is None
+    root = Path(tempfile.mkdtemp(prefix="clipq-ingest-triton-")) if work is None else Path(work)
+    data = [f.read_bytes() for f in files]  # a thin client sends what is on disk
+    try:
+        # what `clipq serve ARTIFACTS` renders: fused pipelines, the manifest's CPU default per network
+        repo = render_repository(Manifest.load(artifacts), root / "repository", RenderOptions(pipelines="fused"),
+                                 models=["clip_image", "embed_image", "clipq_info"])
+        with TritonServer(repo.path) as server:
+            print(f"ingest: tritonserver {server.version} ready in {server.startup_s:.1f} s at {server.grpc_url}",
+                  flush=True)
+            clients = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
+            try:
+                for c in clients:  # connections and the server's first requests are start-up
+                    c.infer("embed_image", {"image": [data[0]]})
+                rows = []
+                for conc in concurrency:
+                    best: tuple[float, list[float], list[str], dict[str, Any]] | None = None
+                    for _ in range(repeats):
+                        before = stage_snapshot(clients[0], TRITON_MODELS)
+                        dt, lat, errors = _one_pass(clients, data, conc)
+                        stages = stage_delta(before, stage_snapshot(clients[0], TRITON_MODELS))
+                        if best is None or dt < best[0]:
+                            best = (dt, lat, errors, stages)
+                    assert best is not None
+                    dt, lat, errors, stages = best
+                    row = {"concurrency": conc, "images_per_s": (len(data) - len(errors)) / dt,
+                           **_percentiles(lat), "errors": errors, "stages": stages.get("embed_image", {})}
+                    print(f"ingest: triton concurrency {conc}: {row['images_per_s']:.1f} images/s, "
+                          f"p50 {row['p50_ms']:.1f} ms", flush=True)
+                    rows.append(row)
+            finally:
+                for c in clients:
+                    c.close()
+            return {"server_version": server.version, "startup_s": server.startup_s, "rows": rows,
+                    "pipelines": "fused"}
+    finally:
+        if own:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def ray_row(artifacts: str | Path, folder: Path, n_files: int, workers: int, repeats: int,
+            batch_size: int = 8) -> dict[str, Any]:
+    """``clipq embed --ray`` on the folder: a local Ray with ``workers`` actors, one shard each.
+
+    Each pass starts and stops its own Ray (as the command does); the best pass is kept.
+
+    Returns:
+        ``{"workers", "images_per_s" (after ray.init, actors' start counted), "in_shard_images_per_s",
+        "startup_s" (ray.init), "seconds", "skipped"}``.
+    """
+    from clipq.app.batch_embed import embed_collection
+
+    shard = max(1, math.ceil(n_files / max(1, workers)))
+    best: Any = None
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="clipq-ingest-ray-") as out:
+            s = embed_collection([folder], out, artifacts=str(artifacts), ray=True, workers=workers,
+                                 shard_size=shard, batch_size=batch_size, progress=False)
+        if best is None or s.images_per_s > best.images_per_s:
+            best = s
+    row = {"workers": best.workers, "images_per_s": best.images_per_s,
+           "in_shard_images_per_s": best.encode_images_per_s, "startup_s": best.startup_s,
+           "seconds": best.seconds, "skipped": best.skipped, "shard_size": shard, "batch_size": batch_size}
+    print(f"ingest: ray ({best.workers} actors): {row['images_per_s']:.1f} images/s after ray.init "
+          f"({row['startup_s']:.1f} s), {row['in_shard_images_per_s']:.1f} in shards", flush=True)
+    return row
