@@ -24,10 +24,8 @@ vector through the client (correct, and slow on a large collection: a recall che
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,45 +36,57 @@ from ..errors import (
     InvalidInputError,
     ShapeError,
     StoreError,
-    StoreUnavailableError,
     UnknownIdError,
 )
-from .filters import MetadataFilter, allowed_labels
 from .ingest import IngestMixin, _expand_images
-from .milvus_filters import META_FIELD, ids_expr, milvus_expr
+from .milvus_filters import META_FIELD, ids_expr
+from .milvus_query import MilvusQueryMixin
+from .milvus_schema import (
+    BATCH_ROWS,
+    ID_FIELD,
+    IDS_CHUNK,
+    INDEX_TYPES,
+    METRICS,
+    SCAN_BATCH,
+    SCHEMA_VERSION,
+    SEQ_FIELD,
+    VECTOR_FIELD,
+    Caller,
+    check_ids,
+    create_collection,
+)
 from .milvus_url import CONNECT_TIMEOUT_S, MilvusURL, connect
-from .query import RecallReport, SearchResult, exact_topk
-from .validate import NO_METADATA, MetadataArg, check_ids_unique, check_metadata, prepare_vectors
+from .validate import MetadataArg, check_ids_unique, check_metadata, prepare_vectors
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-ID_FIELD, SEQ_FIELD, VECTOR_FIELD = "id", "seq", "vector"
-#: longest id (characters; Milvus' VARCHAR counts bytes, so 4 x this is reserved)
-MAX_ID_CHARS = 1024
-#: rows per insert call (Milvus' gRPC messages stay far below their 64 MiB limit at 512-d)
-BATCH_ROWS = 5000
-#: queries per search call, ids per ``id in [...]`` expression, rows per scan batch
-QUERY_CHUNK, IDS_CHUNK, SCAN_BATCH = 1024, 2000, 4096
-#: Milvus' largest top-k
-MAX_TOPK = 16384
-METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
-INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT")
+__all__ = ["MilvusIndex", "NoCollectionError", "check_ids"]
 
 
 class NoCollectionError(StoreError):
     """The store URL names a collection that does not exist (create it with ``create=True``)."""
 
 
-class MilvusIndex(IngestMixin):
+class MilvusIndex(MilvusQueryMixin, IngestMixin):
     """An image index stored in a Milvus collection; open one with :meth:`open`.
 
     Thread-safe as far as pymilvus' client is (one gRPC channel; calls may run in parallel).
     """
 
-    def __init__(self, client: Any, where: MilvusURL, *, dim: int, space: str, model_id: str | None,
-                 model_hash: str | None, index_type: str, ef: int = 64, nprobe: int = 16,
-                 batch_rows: int = BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        client: Any,
+        where: MilvusURL,
+        *,
+        dim: int,
+        space: str,
+        model_id: str | None,
+        model_hash: str | None,
+        index_type: str,
+        ef: int = 64,
+        nprobe: int = 16,
+        batch_rows: int = BATCH_ROWS,
+    ) -> None:
         self._client, self.where = client, where
         self.url, self.collection = where.url, where.collection
         self.dim, self.space, self.index_type = int(dim), space, index_type
@@ -87,11 +97,27 @@ class MilvusIndex(IngestMixin):
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str | MilvusURL, *, create: bool = False, dim: int | None = None, encoder: Any = None,
-             space: str = "cosine", model_id: str | None = None, model_hash: str | None = None,
-             index_type: str = "HNSW", M: int = 16, ef_construction: int = 200, ef: int = 64,
-             nlist: int = 1024, nprobe: int = 16, replace: bool = False, token: str | None = None,
-             timeout: float = CONNECT_TIMEOUT_S, batch_rows: int = BATCH_ROWS) -> MilvusIndex:
+    def open(
+        cls,
+        url: str | MilvusURL,
+        *,
+        create: bool = False,
+        dim: int | None = None,
+        encoder: Any = None,
+        space: str = "cosine",
+        model_id: str | None = None,
+        model_hash: str | None = None,
+        index_type: str = "HNSW",
+        M: int = 16,
+        ef_construction: int = 200,
+        ef: int = 64,
+        nlist: int = 1024,
+        nprobe: int = 16,
+        replace: bool = False,
+        token: str | None = None,
+        timeout: float = CONNECT_TIMEOUT_S,
+        batch_rows: int = BATCH_ROWS,
+    ) -> MilvusIndex:
         """Open (or create) the collection a store URL names.
 
         Args:
@@ -121,40 +147,69 @@ class MilvusIndex(IngestMixin):
         want_dim = int(encoder.dim) if encoder is not None and dim is None else dim
         client = connect(where, token=token, timeout=timeout)
         try:
-            call = _Caller(where)
+            call = Caller(where)
             exists = call("has_collection", client.has_collection, where.collection)
             if exists and replace:
                 call("drop_collection", client.drop_collection, where.collection)
                 exists = False
             if not exists:
                 if not create:
-                    raise NoCollectionError(f"{where.url}: no collection {where.collection!r} in this Milvus "
-                                     "(create it with `clipq index build --store URL`)")
+                    raise NoCollectionError(
+                        f"{where.url}: no collection {where.collection!r} in this Milvus "
+                        "(create it with `clipq index build --store URL`)"
+                    )
                 if want_dim is None or want_dim < 1:
                     raise InvalidInputError(f"{where.url}: creating a collection needs its dimension")
                 if encoder is not None:
                     model_id = model_id or getattr(encoder, "model_id", None)
                     model_hash = model_hash or getattr(encoder, "model_hash", None)
-                params = {"M": M, "efConstruction": ef_construction} if index_type == "HNSW" else (
-                    {"nlist": nlist} if index_type == "IVF_FLAT" else {})
-                _create(client, call, where.collection, int(want_dim), space, index_type, params,
-                        model_id, model_hash)
+                params = (
+                    {"M": M, "efConstruction": ef_construction}
+                    if index_type == "HNSW"
+                    else ({"nlist": nlist} if index_type == "IVF_FLAT" else {})
+                )
+                create_collection(
+                    client,
+                    call,
+                    where.collection,
+                    int(want_dim),
+                    space,
+                    index_type,
+                    params,
+                    model_id,
+                    model_hash,
+                )
             desc = call("describe_collection", client.describe_collection, where.collection)
             props = desc.get("properties") or {}
             fields = {f["name"]: f for f in desc.get("fields", [])}
-            if props.get("clipq.schema") != SCHEMA_VERSION or not {ID_FIELD, VECTOR_FIELD, META_FIELD} <= set(fields):
-                raise StoreError(f"{where.url}: collection {where.collection!r} was not created by clipq "
-                                 f"(fields {sorted(fields)}, clipq.schema {props.get('clipq.schema')!r})")
+            if props.get("clipq.schema") != SCHEMA_VERSION or not {ID_FIELD, VECTOR_FIELD, META_FIELD} <= set(
+                fields
+            ):
+                raise StoreError(
+                    f"{where.url}: collection {where.collection!r} was not created by clipq "
+                    f"(fields {sorted(fields)}, clipq.schema {props.get('clipq.schema')!r})"
+                )
             have_dim = int(fields[VECTOR_FIELD]["params"]["dim"])
             if want_dim is not None and int(want_dim) != have_dim:
                 what = "the encoder" if encoder is not None and dim is None else "the vectors"
-                raise DimensionMismatchError(f"{where.url}: collection {where.collection!r} holds {have_dim}-d "
-                                             f"vectors, {what} give {int(want_dim)}-d")
+                raise DimensionMismatchError(
+                    f"{where.url}: collection {where.collection!r} holds {have_dim}-d "
+                    f"vectors, {what} give {int(want_dim)}-d"
+                )
             idx = call("describe_index", client.describe_index, where.collection, VECTOR_FIELD) or {}
             call("load_collection", client.load_collection, where.collection)
-            index = cls(client, where, dim=have_dim, space=props.get("clipq.space", "cosine"),
-                        model_id=props.get("clipq.model_id") or None, model_hash=props.get("clipq.model_hash") or None,
-                        index_type=str(idx.get("index_type", index_type)), ef=ef, nprobe=nprobe, batch_rows=batch_rows)
+            index = cls(
+                client,
+                where,
+                dim=have_dim,
+                space=props.get("clipq.space", "cosine"),
+                model_id=props.get("clipq.model_id") or None,
+                model_hash=props.get("clipq.model_hash") or None,
+                index_type=str(idx.get("index_type", index_type)),
+                ef=ef,
+                nprobe=nprobe,
+                batch_rows=batch_rows,
+            )
             if encoder is not None:
                 index.check_encoder(encoder)
             return index
@@ -254,11 +309,25 @@ class MilvusIndex(IngestMixin):
     def info(self) -> dict[str, Any]:
         """Summary for humans and ``--json``: where, sizes, parameters, model."""
         idx = self._call("describe_index", self._client.describe_index, self.collection, VECTOR_FIELD) or {}
-        params = {k: v for k, v in idx.items() if k not in ("field_name", "index_name", "total_rows",
-                                                             "indexed_rows", "pending_index_rows", "state")}
-        return {"store": self.url, "collection": self.collection, "count": len(self), "deleted": 0,
-                "dim": self.dim, "space": self.space, "index": params, "ef": self.ef, "nprobe": self.nprobe,
-                "model_id": self.model_id, "model_hash": self.model_hash}
+        params = {
+            k: v
+            for k, v in idx.items()
+            if k
+            not in ("field_name", "index_name", "total_rows", "indexed_rows", "pending_index_rows", "state")
+        }
+        return {
+            "store": self.url,
+            "collection": self.collection,
+            "count": len(self),
+            "deleted": 0,
+            "dim": self.dim,
+            "space": self.space,
+            "index": params,
+            "ef": self.ef,
+            "nprobe": self.nprobe,
+            "model_id": self.model_id,
+            "model_hash": self.model_hash,
+        }
 
     def check_encoder(self, encoder: Any) -> None:
         """Refuse an encoder whose dimension or model differs from the collection's.
@@ -269,17 +338,24 @@ class MilvusIndex(IngestMixin):
         """
         enc_dim = int(getattr(encoder, "dim", -1))
         if enc_dim != self.dim:
-            raise DimensionMismatchError(f"{self.url}: the encoder gives {enc_dim}-d embeddings, "
-                                         f"the collection holds {self.dim}-d")
+            raise DimensionMismatchError(
+                f"{self.url}: the encoder gives {enc_dim}-d embeddings, the collection holds {self.dim}-d"
+            )
         for attr in ("model_id", "model_hash"):
             mine, theirs = getattr(self, attr), getattr(encoder, attr, None)
             if mine is not None and theirs is not None and mine != theirs:
-                raise ArtifactError(f"{self.url}: the collection was built with a model of {attr} {mine!r}, the "
-                                    f"encoder has {theirs!r}; rebuild it with this model")
+                raise ArtifactError(
+                    f"{self.url}: the collection was built with a model of {attr} {mine!r}, the "
+                    f"encoder has {theirs!r}; rebuild it with this model"
+                )
 
     # -- writes --------------------------------------------------------------------------------
-    def add(self, embeddings: np.ndarray, ids: Sequence[str | None] | None = None, metadata: MetadataArg = None,
-            ) -> list[str]:
+    def add(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str | None] | None = None,
+        metadata: MetadataArg = None,
+    ) -> list[str]:
         """Add vectors; all-or-nothing (see :class:`ImageIndex.add`).
 
         Every check runs before the first write; the rows then go in batches of ``batch_rows``, and
@@ -305,17 +381,28 @@ class MilvusIndex(IngestMixin):
         self.insert_rows(id_list, vecs, metas, seqs)
         return id_list
 
-    def insert_rows(self, id_list: Sequence[str], vecs: np.ndarray, metas: Sequence[Mapping[str, Any]],
-                    seqs: Sequence[int] | None = None) -> None:
+    def insert_rows(
+        self,
+        id_list: Sequence[str],
+        vecs: np.ndarray,
+        metas: Sequence[Mapping[str, Any]],
+        seqs: Sequence[int] | None = None,
+    ) -> None:
         """Insert rows already checked (ids new and valid, vectors prepared), rolling back on failure."""
         seqs = self._next_seqs(len(id_list)) if seqs is None else seqs
         done: list[str] = []
         try:
             for s in range(0, len(id_list), self.batch_rows):
-                chunk = id_list[s:s + self.batch_rows]
-                rows = [{ID_FIELD: i, SEQ_FIELD: q, VECTOR_FIELD: v, META_FIELD: dict(m)}
-                        for i, q, v, m in zip(chunk, seqs[s:s + self.batch_rows], vecs[s:s + self.batch_rows],
-                                              metas[s:s + self.batch_rows])]
+                chunk = id_list[s : s + self.batch_rows]
+                rows = [
+                    {ID_FIELD: i, SEQ_FIELD: q, VECTOR_FIELD: v, META_FIELD: dict(m)}
+                    for i, q, v, m in zip(
+                        chunk,
+                        seqs[s : s + self.batch_rows],
+                        vecs[s : s + self.batch_rows],
+                        metas[s : s + self.batch_rows],
+                    )
+                ]
                 self._call("insert", self._client.insert, self.collection, rows)
                 done += chunk
         except BaseException:
@@ -323,7 +410,7 @@ class MilvusIndex(IngestMixin):
                 log.warning("%s: insert failed after %d rows; deleting them", self.url, len(done))
                 try:
                     for s in range(0, len(done), IDS_CHUNK):
-                        self._client.delete(self.collection, ids=done[s:s + IDS_CHUNK])
+                        self._client.delete(self.collection, ids=done[s : s + IDS_CHUNK])
                 except Exception:  # noqa: BLE001 - the first error is the one to report
                     log.error("%s: could not roll back %d rows of a failed add", self.url, len(done))
             raise
@@ -340,28 +427,36 @@ class MilvusIndex(IngestMixin):
             if item_id not in present:
                 raise UnknownIdError(f"id {item_id!r} is not in the index ({self.url})")
         for s in range(0, len(id_list), IDS_CHUNK):
-            self._call("delete", self._client.delete, self.collection, ids=id_list[s:s + IDS_CHUNK])
+            self._call("delete", self._client.delete, self.collection, ids=id_list[s : s + IDS_CHUNK])
         return len(id_list)
 
-    def update(self, item_id: str, embedding: np.ndarray | None = None,
-               metadata: Mapping[str, Any] | None = None) -> None:
+    def update(
+        self, item_id: str, embedding: np.ndarray | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> None:
         """Replace an item's vector and/or metadata (the whole dict), keeping its id and place.
 
         Raises:
             UnknownIdError: no such id.
             DimensionMismatchError / InvalidInputError: the vector or metadata is unusable.
         """
-        vec = None if embedding is None else prepare_vectors(embedding, self.dim, self.space, what="embedding")
+        vec = (
+            None if embedding is None else prepare_vectors(embedding, self.dim, self.space, what="embedding")
+        )
         if vec is not None and vec.shape[0] != 1:
             raise ShapeError(f"update takes one vector, got {vec.shape[0]}")
         meta = None if metadata is None else check_metadata([metadata], [item_id])[0]
         row = self._get([item_id], [SEQ_FIELD, VECTOR_FIELD, META_FIELD])[item_id]
-        new = {ID_FIELD: item_id, SEQ_FIELD: row[SEQ_FIELD],
-               VECTOR_FIELD: row[VECTOR_FIELD] if vec is None else vec[0],
-               META_FIELD: row[META_FIELD] if meta is None else dict(meta)}
+        new = {
+            ID_FIELD: item_id,
+            SEQ_FIELD: row[SEQ_FIELD],
+            VECTOR_FIELD: row[VECTOR_FIELD] if vec is None else vec[0],
+            META_FIELD: row[META_FIELD] if meta is None else dict(meta),
+        }
         self._call("upsert", self._client.upsert, self.collection, [new])
 
-    def add_images(self, images: Any, encoder: Any, *, ids: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def add_images(
+        self, images: Any, encoder: Any, *, ids: Sequence[str] | None = None, **kwargs: Any
+    ) -> Any:
         """Encode images and add them (see :meth:`ImageIndex.add_images`); ids checked in one pass first."""
         _, default_ids, _ = _expand_images(images)
         wanted = [i for i in (list(ids) if ids is not None else default_ids) if isinstance(i, str)]
@@ -376,122 +471,17 @@ class MilvusIndex(IngestMixin):
         # IngestMixin checks new ids against this container before encoding anything
         return self._known if self._known is not None else set()
 
-    # -- search --------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, k: int = 10, *, filter: MetadataFilter | None = None,
-               exact: bool | None = None, num_threads: int = 1) -> list[SearchResult]:
-        """Nearest items to one vector; see :meth:`ImageIndex.search` (``num_threads`` is Milvus' business)."""
-        vec = prepare_vectors(vector, self.dim, self.space, what="query")
-        if vec.shape[0] != 1:
-            raise ShapeError(f"search takes one vector, got {vec.shape[0]}; use search_batch")
-        return self._search(vec, k, filter, exact, objects=True)[0]
-
-    def search_batch(self, vectors: np.ndarray, k: int = 10, *, filter: MetadataFilter | None = None,
-                     exact: bool | None = None, num_threads: int = 1) -> list[list[SearchResult]]:
-        """Nearest items to each of several vectors ([N, dim]), in as few Milvus calls as possible."""
-        vecs = prepare_vectors(vectors, self.dim, self.space, what="queries", allow_empty=True)
-        return self._search(vecs, k, filter, exact, objects=True)
-
-    def search_ids(self, vectors: np.ndarray, k: int = 10, *, filter: MetadataFilter | None = None,
-                   exact: bool | None = None, num_threads: int = 1) -> tuple[list[list[str]], np.ndarray]:
-        """Like :meth:`search_batch` but ids and a float32 [N, k'] score matrix (k' the shortest row)."""
-        vecs = prepare_vectors(vectors, self.dim, self.space, what="queries", allow_empty=True)
-        return self._search(vecs, k, filter, exact, objects=False)
-
-    def recall_check(self, k: int = 10, n_queries: int = 200, *, queries: np.ndarray | None = None,
-                     noise: float = 0.1, seed: int = 0) -> RecallReport:
-        """Recall@k of Milvus' search against an exact scan, as :meth:`ImageIndex.recall_check`.
-
-        Sampled queries are stored vectors (the first ``n_queries`` Milvus returns) moved by noise.
-        """
-        if queries is None:
-            rows = self._call("query", self._client.query, self.collection, filter="",
-                              output_fields=[VECTOR_FIELD], limit=max(1, n_queries))
-            if not rows:
-                raise InvalidInputError("cannot check recall of an empty index")
-            base = np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
-            rng = np.random.default_rng(seed)
-            scale = noise * np.linalg.norm(base, axis=1, keepdims=True) / math.sqrt(self.dim)
-            queries = base + rng.standard_normal(base.shape).astype(np.float32) * scale
-        q = prepare_vectors(queries, self.dim, self.space, what="queries")
-        t0 = time.perf_counter()
-        approx, _ = self.search_ids(q, k, exact=False)
-        t1 = time.perf_counter()
-        truth, _ = self.search_ids(q, k, exact=True)
-        t2 = time.perf_counter()
-        per_query = np.array([len(set(a) & set(t)) / max(len(t), 1) for a, t in zip(approx, truth)])
-        return RecallReport(k=k, n_queries=len(per_query), ef=self.ef, recall=float(per_query.mean()),
-                            min_recall=float(per_query.min()), hnsw_qps=len(per_query) / max(t1 - t0, 1e-9),
-                            exact_qps=len(per_query) / max(t2 - t1, 1e-9))
-
-    def _search(self, q: np.ndarray, k: int, filt: MetadataFilter | None, exact: bool | None, *,
-                objects: bool) -> Any:
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInputError(f"k must be an integer >= 1, not {k!r}")
-        kk = min(int(k), MAX_TOPK)
-        expr = milvus_expr(filt)
-        exprs = [expr] if expr is not None else self._allowed_exprs(filt)
-        rows: list[list[tuple[str, float]]] = [[] for _ in range(q.shape[0])]
-        if q.shape[0] and exprs:
-            if exact:
-                rows = self._exact(q, kk, exprs)
-            else:
-                for e in exprs:
-                    rows = _merge(rows, self._ann(q, kk, e), kk)
-        if q.shape[0] and not any(rows) and len(self) == 0:
-            raise InvalidInputError("the index is empty: add items before searching")
-        if not objects:
-            width = min((len(r) for r in rows), default=0)
-            ids = [[i for i, _ in r[:width]] for r in rows]
-            return ids, np.array([[s for _, s in r[:width]] for r in rows], np.float32).reshape(len(rows), width)
-        wanted = list(dict.fromkeys(i for r in rows for i, _ in r))
-        metas = self._get(wanted, [META_FIELD]) if wanted else {}
-        return [[SearchResult(i, s, _view(metas[i][META_FIELD])) for i, s in r] for r in rows]
-
-    def _ann(self, q: np.ndarray, k: int, expr: str) -> list[list[tuple[str, float]]]:
-        if self.index_type == "HNSW":
-            params: dict[str, Any] = {"ef": max(self._ef, k)}
-        elif self.index_type.startswith("IVF"):
-            params = {"nprobe": self.nprobe}
-        else:
-            params = {}
-        sign = -1.0 if self.space == "l2" else 1.0
-        out: list[list[tuple[str, float]]] = []
-        for s in range(0, q.shape[0], QUERY_CHUNK):
-            res = self._call("search", self._client.search, self.collection, data=q[s:s + QUERY_CHUNK], limit=k,
-                             filter=expr, output_fields=[], search_params={"params": params},
-                             anns_field=VECTOR_FIELD)
-            out += [[(h["id"], sign * float(h["distance"])) for h in hits] for hits in res]
-        return out
-
-    def _exact(self, q: np.ndarray, k: int, exprs: list[str]) -> list[list[tuple[str, float]]]:
-        """Exact top-k by scanning every (allowed) vector through the client."""
-        best: list[list[tuple[str, float]]] = [[] for _ in range(q.shape[0])]
-        for e in exprs:
-            batch_ids: list[str] = []
-            batch_vecs: list[Any] = []
-            for row in self._scan(e, [VECTOR_FIELD]):
-                batch_ids.append(row[ID_FIELD])
-                batch_vecs.append(row[VECTOR_FIELD])
-                if len(batch_ids) >= SCAN_BATCH:
-                    best = _merge(best, _topk_rows(q, batch_ids, batch_vecs, k, self.space), k)
-                    batch_ids, batch_vecs = [], []
-            if batch_ids:
-                best = _merge(best, _topk_rows(q, batch_ids, batch_vecs, k, self.space), k)
-        return best
-
-    def _allowed_exprs(self, filt: MetadataFilter | None) -> list[str]:
-        """A filter Milvus cannot evaluate: clipq scans the metadata, then searches by id lists."""
-        meta = {r[ID_FIELD]: (r[META_FIELD] or NO_METADATA) for r in self._scan("", [META_FIELD])}
-        allowed = allowed_labels(meta, filt)  # type: ignore[arg-type]
-        return [ids_expr(allowed[s:s + IDS_CHUNK]) for s in range(0, len(allowed), IDS_CHUNK)]
-
     # -- internals -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return _Caller(self.where)(what, fn, *args, **kwargs)
+        return Caller(self.where)(what, fn, *args, **kwargs)
 
     def _set_props(self, props: dict[str, str]) -> None:
-        self._call("alter_collection_properties", self._client.alter_collection_properties, self.collection,
-                   properties=props)
+        self._call(
+            "alter_collection_properties",
+            self._client.alter_collection_properties,
+            self.collection,
+            properties=props,
+        )
 
     def properties(self) -> dict[str, str]:
         """The collection's properties (clipq's are ``clipq.*``)."""
@@ -511,17 +501,22 @@ class MilvusIndex(IngestMixin):
         """Which of ``ids`` are in the collection (in calls of ``IDS_CHUNK``)."""
         found: set[str] = set()
         for s in range(0, len(ids), IDS_CHUNK):
-            chunk = [i for i in ids[s:s + IDS_CHUNK] if isinstance(i, str) and i]
+            chunk = [i for i in ids[s : s + IDS_CHUNK] if isinstance(i, str) and i]
             if chunk:
-                rows = self._call("query", self._client.query, self.collection, filter=ids_expr(chunk),
-                                  output_fields=[ID_FIELD])
+                rows = self._call(
+                    "query",
+                    self._client.query,
+                    self.collection,
+                    filter=ids_expr(chunk),
+                    output_fields=[ID_FIELD],
+                )
                 found.update(r[ID_FIELD] for r in rows)
         return found
 
     def _get(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for s in range(0, len(ids), IDS_CHUNK):
-            chunk = list(ids[s:s + IDS_CHUNK])
+            chunk = list(ids[s : s + IDS_CHUNK])
             if any(not isinstance(i, str) or not i for i in chunk):
                 bad = next(i for i in chunk if not isinstance(i, str) or not i)
                 raise UnknownIdError(f"id {bad!r} is not in the index ({self.url})")
@@ -534,8 +529,14 @@ class MilvusIndex(IngestMixin):
 
     def _scan(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every row matching ``expr`` (``""``: all), ``fields`` plus the id, in batches."""
-        it = self._call("query_iterator", self._client.query_iterator, self.collection, batch_size=SCAN_BATCH,
-                        filter=expr, output_fields=fields)
+        it = self._call(
+            "query_iterator",
+            self._client.query_iterator,
+            self.collection,
+            batch_size=SCAN_BATCH,
+            filter=expr,
+            output_fields=fields,
+        )
         try:
             while True:
                 batch = self._call("query_iterator", it.next)
@@ -544,69 +545,3 @@ class MilvusIndex(IngestMixin):
                 yield from batch
         finally:
             it.close()
-
-
-class _Caller:
-    """Runs a pymilvus call; its exceptions become clipq's typed errors naming the URL."""
-
-    def __init__(self, where: MilvusURL) -> None:
-        self.where = where
-
-    def __call__(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            return fn(*args, **kwargs)
-        except MilvusException as e:
-            msg = str(getattr(e, "message", None) or e)
-            code = getattr(e, "code", None)
-            if code in (2, 503) or "unavailable" in msg.lower() or "connect" in msg.lower():
-                raise StoreUnavailableError(f"{self.where.url}: {what}: Milvus is unavailable: {msg}") from None
-            raise StoreError(f"{self.where.url}: {what} failed: {msg}") from None
-
-
-def _create(client: Any, call: _Caller, name: str, dim: int, space: str, index_type: str, params: dict[str, Any],
-            model_id: str | None, model_hash: str | None) -> None:
-    """Create clipq's collection (schema, vector index, properties)."""
-    from pymilvus import DataType
-
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
-                                  description="clipq image index: string ids, vectors, JSON metadata")
-    schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=4 * MAX_ID_CHARS)
-    schema.add_field(SEQ_FIELD, DataType.INT64)
-    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-    schema.add_field(META_FIELD, DataType.JSON)
-    index_params = client.prepare_index_params()
-    index_params.add_index(VECTOR_FIELD, index_type=index_type, metric_type=METRICS[space], params=params)
-    props = {"clipq.schema": SCHEMA_VERSION, "clipq.space": space, "clipq.model_id": model_id or "",
-             "clipq.model_hash": model_hash or ""}
-    call("create_collection", client.create_collection, name, schema=schema, index_params=index_params,
-         consistency_level="Strong", properties=props)
-    log.info("created Milvus collection %s: %d-d, %s %s %s", name, dim, index_type, METRICS[space], params)
-
-
-def check_ids(id_list: Sequence[Any]) -> None:
-    """Refuse ids Milvus' VARCHAR key or its expressions cannot carry (too long, control characters).
-
-    Raises:
-        InvalidInputError: naming the id and its position.
-    """
-    for n, item_id in enumerate(id_list):
-        if isinstance(item_id, str) and (len(item_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in item_id)):
-            raise InvalidInputError(f"id {item_id[:80]!r} is longer than {MAX_ID_CHARS} characters or holds "
-                                    "control characters (a Milvus store refuses those)", index=n)
-
-
-def _view(meta: Any) -> Mapping[str, Any]:
-    return MappingProxyType(meta) if meta else NO_METADATA
-
-
-def _topk_rows(q: np.ndarray, ids: list[str], vecs: list[Any], k: int, space: str) -> list[list[tuple[str, float]]]:
-    labels, scores = exact_topk(q, np.asarray(vecs, np.float32), k, space=space)
-    return [[(ids[j], float(s)) for j, s in zip(lrow, srow)] for lrow, srow in zip(labels.tolist(), scores.tolist())]
-
-
-def _merge(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]], k: int) -> list[list[tuple[str, float]]]:
-    """Per query, the best k of two ranked lists (higher score first; ties keep ``a``'s order)."""
-    return [sorted(x + y, key=lambda p: -p[1])[:k] if x else y[:k] for x, y in zip(a, b)]
-

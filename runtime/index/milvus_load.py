@@ -51,9 +51,15 @@ class LoadReport:
         return self.inserted / max(self.seconds, 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "rows": self.rows, "inserted": self.inserted, "present": self.present,
-                "resumed_at": list(self.resumed_at) if self.resumed_at else None, "seconds": self.seconds,
-                "rows_per_s": self.rows_per_s}
+        return {
+            "key": self.key,
+            "rows": self.rows,
+            "inserted": self.inserted,
+            "present": self.present,
+            "resumed_at": list(self.resumed_at) if self.resumed_at else None,
+            "seconds": self.seconds,
+            "rows_per_s": self.rows_per_s,
+        }
 
 
 def load_progress(index: MilvusIndex, key: str) -> dict[str, Any] | None:
@@ -65,8 +71,14 @@ def load_progress(index: MilvusIndex, key: str) -> dict[str, Any] | None:
         return None
 
 
-def bulk_load(index: MilvusIndex, shards: Sequence[ShardReader], counts: Sequence[int], key: str, *,
-              progress: bool = True) -> LoadReport:
+def bulk_load(
+    index: MilvusIndex,
+    shards: Sequence[ShardReader],
+    counts: Sequence[int],
+    key: str,
+    *,
+    progress: bool = True,
+) -> LoadReport:
     """Insert every shard's rows into ``index``, resuming where a run with the same ``key`` stopped.
 
     Args:
@@ -103,11 +115,15 @@ def bulk_load(index: MilvusIndex, shards: Sequence[ShardReader], counts: Sequenc
             if len(ids) != len(vecs) or len(ids) != len(metas):
                 from ..errors import InvalidInputError
 
-                raise InvalidInputError(f"shard {n}: {len(vecs)} vectors, {len(ids)} ids, {len(metas)} metadata rows")
+                raise InvalidInputError(
+                    f"shard {n}: {len(vecs)} vectors, {len(ids)} ids, {len(metas)} metadata rows"
+                )
             row0 = start_row if n == start_shard else 0
             for s in range(row0, len(ids), index.batch_rows):
-                chunk = list(ids[s:s + index.batch_rows])
-                vec = prepare_vectors(vecs[s:s + index.batch_rows], index.dim, index.space, what=f"shard {n} vectors")
+                chunk = list(ids[s : s + index.batch_rows])
+                vec = prepare_vectors(
+                    vecs[s : s + index.batch_rows], index.dim, index.space, what=f"shard {n} vectors"
+                )
                 check_ids(chunk)
                 there = index._existing(chunk)
                 if first and there:
@@ -117,7 +133,7 @@ def bulk_load(index: MilvusIndex, shards: Sequence[ShardReader], counts: Sequenc
                     meta_rows = [metas[s + j] for j in keep]
                     there = set()
                 else:
-                    meta_rows = list(metas[s:s + index.batch_rows])
+                    meta_rows = list(metas[s : s + index.batch_rows])
                 first = False
                 check_ids_unique(chunk, there)
                 if chunk:

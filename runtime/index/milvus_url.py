@@ -72,16 +72,20 @@ class MilvusURL:
         if not sep or not where or not collection:
             raise StoreError(f"bad store URL {url!r}: no collection name after the last '/'; {_USAGE}")
         if not _COLLECTION_RE.match(collection):
-            raise StoreError(f"bad store URL {url!r}: collection {collection!r} must be letters, digits and "
-                             "underscores, starting with a letter or underscore (Milvus' rule)")
+            raise StoreError(
+                f"bad store URL {url!r}: collection {collection!r} must be letters, digits and "
+                "underscores, starting with a letter or underscore (Milvus' rule)"
+            )
         if _SCHEMES[scheme] is None:
             path = os.path.expanduser(where)
             if not path.endswith(".db"):
                 raise StoreError(f"bad store URL {url!r}: a Milvus Lite file must end in .db, got {where!r}")
             return cls(url, path, collection, True)
         if "/" in where or "@" in where:
-            raise StoreError(f"bad store URL {url!r}: HOST:PORT then one '/COLLECTION' (put a token in "
-                             f"${TOKEN_ENV}, not in the URL)")
+            raise StoreError(
+                f"bad store URL {url!r}: HOST:PORT then one '/COLLECTION' (put a token in "
+                f"${TOKEN_ENV}, not in the URL)"
+            )
         m = _HOST_RE.fullmatch(where)
         if m is None:
             raise StoreError(f"bad store URL {url!r}: {where!r} is not HOST or HOST:PORT; {_USAGE}")
@@ -97,6 +101,11 @@ def quiet_pymilvus() -> None:
     log = logging.getLogger("pymilvus")
     if log.level in (logging.NOTSET, logging.WARNING):
         log.setLevel(logging.CRITICAL)
+    # Milvus Lite serves gRPC inside this process, and its server logs a traceback for each call it
+    # does not implement (pymilvus' query iterator asks for a timestamp first, then does without)
+    grpc_server = logging.getLogger("grpc._server")
+    if grpc_server.level == logging.NOTSET:
+        grpc_server.setLevel(logging.CRITICAL)
 
 
 def connect(where: MilvusURL, *, token: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> Any:
@@ -123,7 +132,9 @@ def connect(where: MilvusURL, *, token: str | None = None, timeout: float = CONN
     if where.lite:
         folder = Path(where.uri).parent
         if not folder.is_dir():
-            raise StoreError(f"{where.url}: the folder {str(folder)!r} of the Milvus Lite file does not exist")
+            raise StoreError(
+                f"{where.url}: the folder {str(folder)!r} of the Milvus Lite file does not exist"
+            )
     token = os.environ.get(TOKEN_ENV, "") if token is None else token
     try:
         return MilvusClient(uri=where.uri, token="" if where.lite else token, timeout=timeout)

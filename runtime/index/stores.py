@@ -17,13 +17,32 @@ from ..errors import InvalidInputError
 from .milvus_url import MilvusURL, is_store_url
 
 #: what MilvusIndex.open takes besides the target; what ImageIndex.load takes
-_MILVUS_OPTIONS = {"space", "model_id", "model_hash", "index_type", "M", "ef_construction", "ef", "nlist", "nprobe",
-                   "replace", "token", "timeout", "batch_rows"}
+_MILVUS_OPTIONS = {
+    "space",
+    "model_id",
+    "model_hash",
+    "index_type",
+    "M",
+    "ef_construction",
+    "ef",
+    "nlist",
+    "nprobe",
+    "replace",
+    "token",
+    "timeout",
+    "batch_rows",
+}
 _LOAD_OPTIONS = {"exact_threshold", "rebuild_threshold", "num_threads", "verify", "model_id"}
 
 
-def open_store(target: str | os.PathLike[str], *, encoder: Any = None, create: bool = False,
-               dim: int | None = None, **kwargs: Any) -> Any:
+def open_store(
+    target: str | os.PathLike[str],
+    *,
+    encoder: Any = None,
+    create: bool = False,
+    dim: int | None = None,
+    **kwargs: Any,
+) -> Any:
     """An :class:`ImageIndex` for a directory, or a :class:`MilvusIndex` for a ``milvus*://`` URL.
 
     Args:
