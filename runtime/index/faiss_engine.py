@@ -241,10 +241,7 @@ class FaissGraph:
         kc = max(k, self.rescore)
         bits = self._bitmap(allowed)
         sel = None if bits is None else faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits))
-        if self.kind == "ivfpq":
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel)
-        else:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef, kc), sel=sel)
+        params = self._params(kc, sel)
         with _threads(faiss, num_threads):
             dist, pos = self.index.search(np.ascontiguousarray(q, np.float32), kc, params=params)
         del bits  # kept alive until here: the selector points into it
@@ -356,7 +353,30 @@ class FaissGraph:
         mask[pos[pos >= 0]] = True
         return np.packbits(mask, bitorder="little")
 
+    def _params(self, kc: int, sel: Any) -> Any:
+        """faiss search parameters; the unfiltered ones are cached (building them costs microseconds)."""
+        key = (self.ef, self.nprobe, kc)
+        if sel is None and getattr(self, "_cached_params", (None, None))[0] == key:
+            return self._cached_params[1]
+        faiss = self.faiss
+        if self.kind == "ivfpq":
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel)
+        else:
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef, kc), sel=sel)
+        if sel is None:
+            self._cached_params = (key, params)
+        return params
+
     def _rescored(self, q: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if q.shape[0] == 1 and pos[0, -1] >= 0:  # one query, every candidate found: the service's path
+            p = pos[0]
+            sc = (
+                self.vectors.rows(p) @ q[0]
+                if self.space != "l2"
+                else -((self.vectors.rows(p) - q[0]) ** 2).sum(1)
+            )
+            top = np.argsort(-sc, kind="stable")[:k]
+            return self._pos_label[p[top]][None, :], sc[top].astype(np.float32)[None, :]
         labels = np.empty((q.shape[0], k), np.int64)
         sims = np.empty((q.shape[0], k), np.float32)
         for s in range(0, q.shape[0], _RESCORE_STEP):

@@ -1,5 +1,8 @@
 """``clipq bench --target index``: HNSW build time, memory, QPS and recall, against exact search.
 
+With ``--large`` (or ``--index-engines``) it runs :mod:`.index_engines` instead: every engine clipq
+offers (hnswlib, faiss sq8 / sq4 HNSW, faiss IVF-PQ) on 1M x 512 vectors. Without, as follows.
+
 On N x D clustered, L2-normalised vectors (100k x 512 by default, 1M with ``--large``, 5k x 64 with
 ``--quick``) it builds raw hnswlib, clipq's :class:`~clipq.runtime.index.ImageIndex` (hnswlib
 underneath, plus ids, metadata, checks and the lock), faiss-cpu's ``IndexHNSWFlat`` and usearch,
@@ -40,13 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the index benchmark (``--out`` and ``--quick`` come from ``clipq bench``)."""
     # plain add_argument only: `clipq bench` hands in a de-duplicating wrapper, not a parser
     g = parser
-    g.add_argument("--large", action="store_true", help="index: 1M vectors instead of 100k")
+    g.add_argument("--large", action="store_true", help="index: every engine on 1M vectors (index_engines.md)")
+    g.add_argument("--index-engines", dest="index_engines", default=None,
+                   help="index: run the engine benchmark on these engines (default with --large: all)")
+    g.add_argument("--index-tmp", dest="index_tmp", default=None, help="index: folder for the engines' saved indexes")
     g.add_argument("--n", type=int, default=None, help="index: number of vectors (overrides --large/--quick)")
     g.add_argument("--dim", type=int, default=None, help="index: dimension (default 512; 64 with --quick)")
     g.add_argument("--threads", type=int, default=None, help="threads for builds and multi-thread QPS (default: all cores)")
     g.add_argument("--index-queries", type=int, default=None, help="index: queries per measurement (default 1000; 200 quick)")
     g.add_argument("--index-M", dest="index_M", type=int, default=16, help="index: HNSW M for every library")
-    g.add_argument("--index-ef-construction", dest="index_efc", type=int, default=200, help="index: HNSW ef_construction")
+    g.add_argument("--index-ef-construction", dest="index_efc", type=int, default=None,
+                   help="index: HNSW ef_construction (default 200; 100 for the engine benchmark)")
     g.add_argument("--index-libs", dest="index_libs", default=",".join(LIBS), help="index: subset of " + ",".join(LIBS))
 
 
@@ -239,8 +246,12 @@ def run(args: argparse.Namespace) -> int:
         # another bench target may own a shared option name, or a caller may build args by hand
         return getattr(args, name, None) or default
 
+    if opt("large") or opt("index_engines"):
+        from .index_engines import run_engines
+
+        return run_engines(args)
     quick = bool(opt("quick", False))
-    n = int(opt("n") or (5000 if quick else 1_000_000 if opt("large") else 100_000))
+    n = int(opt("n") or (5000 if quick else 100_000))
     dim = int(opt("dim") or (64 if quick else 512))
     nq = int(opt("index_queries") or (200 if quick else 1000))
     threads = int(opt("threads") or os.cpu_count() or 1)
