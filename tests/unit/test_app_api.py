@@ -162,7 +162,7 @@ def test_models_list_both_towers(client, runtime):
     ({"input": "red " * 60, "model": "clip-text"}, 400, "context_length_exceeded", "input", "context of"),
     ({"input": "x", "model": "clip-text", "dimensions": 7}, 400, "invalid_value", "dimensions", "must be"),
     ({"input": "x", "model": "clip-text", "modality": "image"}, 400, "invalid_value", "modality", "does not match"),
-    ({"input": "x", "model": "clip-text", "encoding_format": "int8"}, 400, "invalid_value", "encoding_format", ""),
+    ({"input": "x", "model": "clip-text", "encoding_format": "int4"}, 400, "invalid_value", "encoding_format", "ubinary"),
     ({"input": "data:image/png;base64,@@@not-base64", "model": "clip-image"}, 400, "invalid_base64", "input", "base64"),
     ({"input": ["data:text/plain;base64,aGVsbG8="], "model": "clip-image"}, 400, "unsupported_media_type", "input[0]",
      "text/plain"),

@@ -9,7 +9,6 @@ event loop before the work goes to the thread pool (:meth:`Services.call`).
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from clipq.runtime.compact import encode_rows
 from clipq.runtime.errors import InvalidInputError
 
 from . import inputs
@@ -146,20 +146,51 @@ async def embeddings(req: EmbeddingRequest, request: Request) -> Any:
     if req.modality is not None and req.modality != info.modality:
         raise ApiError(400, f"modality {req.modality!r} does not match model {info.name!r} ({info.modality})",
                        param="modality", code="invalid_value")
-    if req.dimensions is not None and req.dimensions != svc.encoder.dim:
-        raise ApiError(400, f"'dimensions' must be {svc.encoder.dim} for {info.name} (CLIP embeddings cannot be "
-                       "shortened)", param="dimensions", code="invalid_value")
+    projection = _projection(svc, req.dimensions, info.name)
+    codec = await _codec(svc, req.encoding_format, projection)
     single = isinstance(req.input, str)
     items: list[Any] = (inputs.texts if info.modality == "text" else inputs.images)(req.input, svc.settings)
     vecs, tokens = await svc.call(svc.embed, info, items, truncate=req.truncate, single=single, param="input")
     request.app.state.metrics.inputs.labels(info.name).inc(len(items))
-    if req.encoding_format == "base64":
-        rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vecs]
-    else:
-        rows = vecs.tolist()
+    if projection is not None:
+        vecs = projection.apply(vecs)
+    rows = encode_rows(vecs, req.encoding_format, codec)
     data = [{"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(rows)]
     return JSONResponse({"object": "list", "data": data, "model": info.name,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _projection(svc: Services, dimensions: int | None, model: str) -> Any:
+    """The served index's projection when ``dimensions`` asks for it; None for the model's own dimension."""
+    dim = svc.encoder.dim
+    if dimensions is None or dimensions == dim:
+        return None
+    proj = svc.searcher.projection if svc.searcher is not None else None
+    if proj is not None and proj.dim == dimensions:
+        return proj
+    if not 1 <= dimensions < dim:
+        raise ApiError(400, f"'dimensions' must be between 1 and {dim} for {model}, not {dimensions}",
+                       param="dimensions", code="invalid_value")
+    have = f"this server's index has a {proj.dim}-d projection" if proj is not None else "this server has none"
+    raise ApiError(400, f"'dimensions' {dimensions} needs a projection fitted on the collection ({have}): make one "
+                   f"with `clipq index project INDEX --dimensions {dimensions} -o OUT` and serve it with "
+                   "`clipq app --index OUT`; without it 'dimensions' must be "
+                   f"{dim} for {model} (CLIP embeddings cannot be cut)", param="dimensions", code="invalid_value")
+
+
+async def _codec(svc: Services, encoding_format: str, projection: Any) -> Any:
+    """The int8 ranges of ``int8`` / ``uint8``: calibrated on the served index's vectors (once, then cached)."""
+    from clipq.runtime.compact import INT8_FORMATS, collection_codec
+
+    if encoding_format not in INT8_FORMATS:
+        return None
+    dim = projection.dim if projection is not None else svc.encoder.dim
+    if svc.index is None or svc.index.dim != dim:
+        where = "no image index is loaded" if svc.index is None else f"the index holds {svc.index.dim}-d vectors"
+        raise ApiError(400, f"encoding_format {encoding_format!r} needs ranges calibrated on a collection of "
+                       f"{dim}-d embeddings and {where}: start `clipq app` with --index DIR, or ask for 'float', "
+                       "'base64', 'binary' or 'ubinary'", param="encoding_format", code="invalid_value")
+    return await svc.call(collection_codec, svc.index)
 
 
 @router.get("/models", response_model=ModelList)

@@ -26,9 +26,13 @@ class EmbeddingRequest(_Request):
         ..., description="a string or a list of strings; for clip-image, images as base64 data URIs "
         "(data:image/png;base64,...) or bare base64")
     model: str = Field(..., description="clip-text or clip-image (GET /v1/models)")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded")
-    dimensions: int | None = Field(None, description="must equal the model's dimension if given")
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded (OpenAI's); "
+        "int8 / uint8: one integer a dimension on ranges calibrated on the served index; binary / ubinary: sign "
+        "bits packed 8 dimensions a byte, as int8 (-128..127) or uint8 (infinity's names)")
+    dimensions: int | None = Field(
+        None, description="the model's dimension, or the dimension of the served index's projection "
+        "(`clipq index project`)")
     user: str | None = None
     modality: Literal["text", "image"] | None = Field(None, description="infinity's field: must match the model")
     truncate: bool = Field(False, description="cut texts longer than the model's context instead of refusing them")
