@@ -127,6 +127,7 @@ def new_engine(
         nprobe=nprobe,
         rescore=rescore,
         capacity=capacity,
+        train_at=capacity,
     )
 
 

@@ -105,6 +105,7 @@ class FaissGraph:
         rescore: int = 50,
         capacity: int = 16,
         nlist: int | None = None,
+        train_at: int = MIN_TRAIN,
     ) -> None:
         if kind not in FAISS_ENGINES:
             raise InvalidInputError(f"unknown faiss engine {kind!r}; choose from {', '.join(FAISS_ENGINES)}")
@@ -113,6 +114,9 @@ class FaissGraph:
         self.M, self.ef_construction, self.ef = int(M), int(ef_construction), int(ef)
         self.nprobe, self.rescore, self.nlist = int(nprobe), int(rescore), nlist
         self.capacity = int(capacity)
+        #: vectors awaited before the codes are fitted: the expected collection size, so that a
+        #: build in batches calibrates on all of it (``fit_pending`` fits whatever is there)
+        self.train_at = max(MIN_TRAIN, int(train_at))
         self.index: Any = None  # None until trained: searches then fall back to exact
         self.vectors = FloatStore(self.dim)
         self._pos_label = np.zeros(0, np.int64)  # position -> label (-1: tombstone)
@@ -173,7 +177,7 @@ class FaissGraph:
         if self.index is not None:
             with _threads(self.faiss, num_threads):
                 self.index.add(vecs)
-        elif not defer and self._n >= MIN_TRAIN:
+        elif not defer and self._n >= self.train_at:
             self.train(num_threads)
 
     def mark_deleted(self, label: int) -> None:
@@ -182,6 +186,11 @@ class FaissGraph:
         self._label_pos[label] = -1
         self._dead += 1
         self._live_bits = None
+
+    def fit_pending(self, num_threads: int = -1) -> None:
+        """Fit the codes now if they wait for more vectors than came (at least ``MIN_TRAIN`` live)."""
+        if self.index is None and self._n - self._dead >= MIN_TRAIN:
+            self.train(num_threads)
 
     def train(self, num_threads: int = -1) -> None:
         """Fit the codes on (a sample of) the stored vectors and index every position."""

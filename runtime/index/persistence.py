@@ -188,6 +188,10 @@ class PersistenceMixin:
             stem = f"{GRAPH_PREFIX}{uuid.uuid4().hex[:16]}"
             graph_name = f"{stem}{GRAPH_SUFFIX}"
             tmp = root / f".{graph_name}.tmp"
+            fit_pending = getattr(self._hnsw, "fit_pending", None)
+            if fit_pending is not None:  # a compressed engine still waiting for its expected size
+                with self._lock.write():
+                    fit_pending(getattr(self, "num_threads", -1))
             with self._lock.read():
                 save_files = getattr(self._hnsw, "save_files", None)
                 if save_files is not None:  # a faiss engine: codes, floats and positions

@@ -11,6 +11,7 @@ from typing import Any
 
 from clipq.app import cliutil
 from clipq.app.cliutil import add_backend_args, caption_metadata, print_json
+from clipq.app.commands import index_engine
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -34,6 +35,7 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--force", action="store_true", help="replace an existing index")
     b.add_argument("--no-progress", action="store_true")
     add_backend_args(b)
+    index_engine.add_engine_args(b)  # --engine, --memory-budget, --nprobe, --rescore, --recall-queries
     b.set_defaults(func=run_build)
 
     a = sub.add_parser("add", help="encode images and add them to an index")
@@ -123,12 +125,14 @@ def run_build(args: argparse.Namespace) -> int:
             ef=args.ef,
             model_id=getattr(encoder, "model_id", None),
             model_hash=getattr(encoder, "model_hash", None),
+            **index_engine.engine_kwargs(args, index_engine.count_images(args.images)),
         )
         rep = _add_images(index, encoder, args)
     finally:
         backend.close()
     if not len(index):
         raise InvalidInputError("no image could be indexed")
+    index_engine.check_build(index, args)
     index.save(out)
     _report("built", str(out), index, rep, args.json)
     return 0
@@ -147,7 +151,9 @@ def _build_from_embeddings(args: argparse.Namespace, out: Path) -> int:
     metas = [{**meta, **captions.get(i, {})} for i, meta in zip(ids, metas)]
     index = ImageIndex.from_embeddings(vecs, ids, metas, space=args.space, M=args.M,
                                        ef_construction=args.ef_construction, ef=args.ef,
-                                       model_id=summary.get("model_id"))
+                                       model_id=summary.get("model_id"),
+                                       **index_engine.engine_kwargs(args, len(ids)))
+    index_engine.check_build(index, args)
     index.save(out)
     _report("built", str(out), index, AddReport(added=list(ids)), args.json)
     return 0
@@ -197,6 +203,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"{args.index}: {info['count']} items ({info['deleted']} deleted, capacity {info['capacity']})")
     print(f"  dim {info['dim']}, space {info['space']}, M {info['M']}, ef_construction {info['ef_construction']}, ef {info['ef']}")
     print(f"  model {model[:16]}{'...' if len(model) > 16 else ''}")
+    print("\n".join(index_engine.describe(info)))
     if args.recall:
         r = info["recall"]
         print(
