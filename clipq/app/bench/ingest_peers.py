@@ -122,7 +122,12 @@ folder, out, model, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[
 t = time.perf_counter()
 clip_inference(input_dataset=folder, output_folder=out, input_format="files", clip_model=model,
                batch_size=batch, enable_text=False, enable_metadata=False, num_prepro_workers=int(sys.argv[5]))
-print(json.dumps({"seconds": time.perf_counter() - t}))
+seconds = time.perf_counter() - t
+# its own statistics (per worker): the span that read, preprocessed and embedded, model loading excluded
+import glob, os
+st = [json.load(open(f)) for f in glob.glob(os.path.join(out, "stats", "*.json"))]
+work = max(x["end_time"] for x in st) - min(x["start_time"] for x in st) if st else None
+print(json.dumps({"seconds": seconds, "work_seconds": work, "count": sum(x["sample_count"] for x in st)}))
 """
 
 
@@ -134,7 +139,8 @@ def clip_retrieval_peer(python: str | None, folder: Path, n_files: int, checkpoi
     never clipq's environment; its model is ``hf_clip:<checkpoint dir>`` (transformers' CLIP).
 
     Returns:
-        ``{"images_per_s", "seconds"}`` (start-up included: the command's wall time), or
+        ``{"images_per_s"`` (its own statistics' span: model loading excluded, as the other rows'
+        after start-up), ``"whole_command_images_per_s"``, ``"seconds"``, ``"embedded"}``, or
         ``{"not_measured": reason}``.
     """
     if not python:
@@ -156,7 +162,11 @@ def clip_retrieval_peer(python: str | None, folder: Path, n_files: int, checkpoi
             return {"not_measured": f"clip_inference failed offline on this checkpoint: "
                                     f"{tail[-1] if tail else 'exit ' + str(p.returncode)}"[:400]}
         try:
-            seconds = float(json.loads(p.stdout.strip().splitlines()[-1])["seconds"])
-        except (ValueError, KeyError, IndexError):
+            got = json.loads(p.stdout.strip().splitlines()[-1])
+            seconds, work, count = float(got["seconds"]), got["work_seconds"], int(got["count"])
+        except (ValueError, KeyError, IndexError, TypeError):
             return {"not_measured": f"clip_inference printed no timing: {p.stdout[-200:]!r}"}
-    return {"images_per_s": n_files / seconds, "seconds": seconds}
+    return {"images_per_s": count / work if work else 0.0, "whole_command_images_per_s": count / seconds,
+            "seconds": seconds, "embedded": count, "files": n_files,
+            "setup": "python -m venv; pip install torch==2.13.0 clip-retrieval 'setuptools<81' (its clip package "
+                     "imports pkg_resources); clip_model=hf_clip:<checkpoint>, input_format=files, batch 8"}
