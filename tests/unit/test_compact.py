@@ -322,3 +322,17 @@ def test_encode_rows_decode_to_the_vectors(collection) -> None:
         encode_rows(q, "int8")
     with pytest.raises(InvalidInputError, match="encoding_format must be one of"):
         encode_rows(q, "int4")
+
+
+def test_the_compact_bench_measures_every_code_against_float(tmp_path) -> None:
+    from clipq.app.bench.compact import code_recall, format_table, run, synthetic
+
+    base, q = synthetic(4000, dim=64, queries=50)
+    rows = {r["code"]: r for r in code_recall(base, q)}
+    assert rows["float32"]["recall"] == 1.0 and rows["float32"]["bytes"] == 256
+    assert rows["int8"]["bytes"] == 64 and rows["binary"]["bytes"] == 8
+    assert rows["int8 + rescore 50"]["recall"] >= rows["int8"]["recall"]
+    assert rows["binary + rescore 200"]["recall"] >= rows["binary + rescore 100"]["recall"] > rows["binary"]["recall"]
+    res = run(None, None, n_synthetic=3000, out=str(tmp_path))
+    assert (tmp_path / "compact.png").stat().st_size > 0 and (tmp_path / "compact.json").is_file()
+    assert "| binary + rescore 200 |" in format_table(res)
