@@ -238,6 +238,8 @@ class ImagePreprocessor:
         min_side: Smallest accepted shorter side of an input image.
         draft: Decode and reduce at the size the model needs (see the module docstring); ``False``
             decodes every image at full resolution, as ``CLIPImageProcessor`` does.
+        resize: ``"shortest_side"`` (CLIP: shorter side to ``shortest_edge``, centre crop) or ``"squash"``
+            (SigLIP's ``SiglipImageProcessor``: the whole image to ``size`` x ``size``, no crop).
     """
 
     def __init__(
@@ -251,7 +253,11 @@ class ImagePreprocessor:
         resample: str = "bicubic",
         min_side: int = DEFAULT_MIN_SIDE,
         draft: bool = True,
+        resize: str = "shortest_side",
     ) -> None:
+        if resize not in ("shortest_side", "squash"):
+            raise ValueError(f"resize must be 'shortest_side' or 'squash', got {resize!r}")
+        self.squash = resize == "squash"  # SigLIP: the whole image to size x size, no crop
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
         if len(mean) != 3 or len(std) != 3:
@@ -289,6 +295,7 @@ class ImagePreprocessor:
             "resample": p.get("resample", "bicubic"),
             "shortest_edge": p.get("shortest_edge"),
             "draft": bool(p.get("draft", True)),
+            "resize": p.get("resize", "shortest_side"),
         }
         kw.update(overrides)
         return cls(int(p["size"]), **kw)
@@ -296,6 +303,10 @@ class ImagePreprocessor:
     def resize_crop(self, img: Image.Image) -> Image.Image:
         """Shortest side to ``shortest_edge`` (bicubic), then centre crop to ``size`` x ``size``."""
         w, h = img.size
+        if self.squash:  # SiglipImageProcessor: resize to (size, size), aspect not kept, no crop
+            s = self.size
+            return img if (w, h) == (s, s) else img.resize((s, s), resample=_RESAMPLE[self.resample],
+                                                           reducing_gap=self._reducing_gap)
         # same integer arithmetic as transformers.get_resize_output_image_size(default_to_square=False)
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)

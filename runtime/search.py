@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .index import ImageIndex, MetadataFilter, SearchResult
+from .scores import PairScore
 from .templates import DEFAULT_TEMPLATES, ClipLikeEncoder, embed_texts, parse_templates
 
 
@@ -48,6 +50,8 @@ class ImageSearch:
         self.index = index
         self.encoder = encoder
         self.templates = parse_templates(templates)
+        #: text -> image scores: CLIP's cosine, SigLIP's sigmoid probability (image -> image: cosine)
+        self.pair_score = PairScore.from_manifest(getattr(encoder, "manifest", None))
 
     def search(
         self,
@@ -57,6 +61,7 @@ class ImageSearch:
         templates: str | Sequence[str] | None = None,
         filter: MetadataFilter | None = None,
         exact: bool | None = None,
+        min_score: float | None = None,
     ) -> list[SearchResult]:
         """Images that best match ``text``.
 
@@ -66,15 +71,17 @@ class ImageSearch:
             templates: override the default templates for this query.
             filter: metadata filter (see :meth:`ImageIndex.search`).
             exact: force exact (True) or HNSW (False) search.
+            min_score: drop results scoring below it, in the family's score (docs/retrieval.md).
 
         Returns:
-            Results best first (score = cosine similarity).
+            Results best first; score = the model family's pair score (:class:`PairScore`): the cosine
+            for CLIP, ``sigmoid(logit_scale * cos + logit_bias)`` for SigLIP.
 
         Raises:
             InvalidTextError: empty text.
             InvalidInputError: k < 1 or an empty index.
         """
-        return self.search_many([text], k, templates=templates, filter=filter, exact=exact)[0]
+        return self.search_many([text], k, templates=templates, filter=filter, exact=exact, min_score=min_score)[0]
 
     def search_many(
         self,
@@ -84,11 +91,17 @@ class ImageSearch:
         templates: str | Sequence[str] | None = None,
         filter: MetadataFilter | None = None,
         exact: bool | None = None,
+        min_score: float | None = None,
     ) -> list[list[SearchResult]]:
         """:meth:`search` for several queries with one encoder call."""
         tpl = self.templates if templates is None else parse_templates(templates)
         vecs = self._project(embed_texts(self.encoder, list(texts), tpl))
-        return self.index.search_batch(vecs, k, filter=filter, exact=exact)
+        hits = self.index.search_batch(vecs, k, filter=filter, exact=exact)
+        if self.pair_score.kind != "cosine":  # ranked by cosine; the sigmoid keeps the order
+            hits = [[replace(h, score=float(self.pair_score(h.score))) for h in row] for row in hits]
+        if min_score is not None:
+            hits = [[h for h in row if h.score >= min_score] for row in hits]
+        return hits
 
     def search_image(
         self,

@@ -32,6 +32,7 @@ from .errors import ArtifactError, InvalidInputError, InvalidTextError, ShapeErr
 from .fusion import check_alpha
 from .local_path import TaskPath, task_path
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, as_image_list
+from .scores import PairScore
 from .specs import (
     CLIP_IMAGE,
     CLIP_TEXT,
@@ -42,6 +43,7 @@ from .specs import (
     READING_TEXT,
     VQA,
 )
+from .templates import apply_templates, parse_templates
 from .text import TextLike, TextTokenizer, check_texts
 
 # the graphs normalise already; normalising again keeps the guarantee for int8 / fp16 outputs
@@ -134,6 +136,8 @@ class ClipEncoder(_Task):
         # the trained checkpoint's id when the artifacts carry one (indexes built at training time
         # record it, before any graph exists); else the fp32 graph's hash
         self.model_id: str = str(self.manifest.extra.get("clip_model_id") or info["sha256"])
+        #: what an image-text score means for this model: CLIP's cosine or SigLIP's sigmoid probability
+        self.pair_score = PairScore.from_manifest(self.manifest)
 
     @property
     def preprocessor(self) -> Any:
@@ -183,6 +187,54 @@ class ClipEncoder(_Task):
             InvalidTextError: empty text, invalid UTF-8, not a string (naming the index).
         """
         return self.run(_pick(self._text_steps(CLIP_TEXT, texts, batch_size, progress), return_truncated))
+
+
+    def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        """The family's score of every (image, text) pair: float32 [N, M].
+
+        CLIP: the cosine. SigLIP: ``sigmoid(logit_scale * cos + logit_bias)``, the model's probability
+        that the text matches the image (:class:`~clipq.runtime.scores.PairScore`).
+        """
+        img = l2_normalize(np.asarray(image_embeds, np.float32).reshape(-1, self.dim))
+        txt = l2_normalize(np.asarray(text_embeds, np.float32).reshape(-1, self.dim))
+        return self.pair_score(img @ txt.T)
+
+    def classify(self, images: ImageLike | Sequence[ImageLike], labels: Sequence[str], *,
+                 templates: str | Sequence[str] | None = "{}", top_k: int = 5,
+                 batch_size: int = 32) -> Any:
+        """Zero-shot labels: per image, the ``top_k`` labels with the family's score, best first.
+
+        Args:
+            images: Images as :meth:`encode_images` takes them.
+            labels: Candidate labels (each phrased by every template, the embeddings averaged).
+            templates: Prompt templates with one ``{}`` (default: the bare label).
+            top_k: Labels returned per image.
+            batch_size: Images per backend call.
+
+        Returns:
+            Per image a list of (label, score): SigLIP's sigmoid probability (each label on its own:
+            several or none may pass 0.5) or CLIP's cosine (an ordering, not a probability).
+        Raises:
+            InvalidInputError: no labels. InvalidTextError: an empty label (naming its index).
+        """
+        return self.run(self._classify_steps(images, labels, templates, top_k, batch_size))
+
+    def _classify_steps(self, images: Any, labels: Sequence[str], templates: Any, top_k: int,
+                        batch_size: int) -> Steps[list[list[tuple[str, float]]]]:
+        labels = check_texts(labels)
+        if not labels:
+            raise InvalidInputError("classify needs at least one label")
+        tpl = parse_templates(templates)
+        phrased: list[str] = []
+        for n, label in enumerate(labels):
+            try:
+                phrased.extend(apply_templates(label, tpl))
+            except InvalidTextError as e:
+                raise InvalidTextError(e.reason, index=n) from None
+        img = yield from self._image_steps(CLIP_IMAGE, images, batch_size)
+        txt, _ = yield from self._text_steps(CLIP_TEXT, phrased, 64)
+        txt = l2_normalize(txt.reshape(len(labels), len(tpl), -1).mean(axis=1))
+        return ranked(self.scores(img, txt), labels, top_k)
 
 
 def _pick(steps: Steps[tuple[np.ndarray, list[bool]]], with_flags: bool) -> Steps[Any]:

@@ -115,6 +115,11 @@ class TextTokenizer:
         max_length: Truncation length (the model's context), special tokens included.
         pad_token: Padding token; found from the saved configs or the vocabulary when omitted.
         pad_id: Padding token id (used when ``pad_token`` is not given).
+        padding: ``"longest"`` (pad to the longest text of the batch, CLIP) or ``"max_length"`` (every
+            text to ``max_length``: SigLIP, whose text tower was trained on fixed-length inputs and
+            pools the last position).
+        padding_side: ``"right"``, or ``"left"`` where the checkpoint's tokenizer pads on the left
+            (Gemma's tokenizer, as SigLIP 2 ships it).
 
     Raises:
         ArtifactError: the file is missing or unreadable.
@@ -122,7 +127,7 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer_json: str | os.PathLike[str], max_length: int, *, pad_token: str | None = None,
-                 pad_id: int | None = None):
+                 pad_id: int | None = None, padding: str = "longest", padding_side: str = "right"):
         try:
             from tokenizers import Tokenizer
         except ImportError as e:  # pragma: no cover - a base dependency
@@ -145,12 +150,18 @@ class TextTokenizer:
                 raise ArtifactError(f"{path}: pad token {pad_token!r} is not in the vocabulary")
         else:
             pad_token, pad_id = _pad_token(tok, path.parent, raw)
+        if padding not in ("longest", "max_length"):
+            raise ArtifactError(f"{path}: padding must be 'longest' or 'max_length', got {padding!r}")
+        if padding_side not in ("right", "left"):
+            raise ArtifactError(f"{path}: padding_side must be 'right' or 'left', got {padding_side!r}")
         self.path = path
         self.max_length = int(max_length)
+        self.padding = padding
         self.pad_token, self.pad_id = pad_token, int(pad_id)
         tok.no_padding()
-        # pad to the longest text, right side, as transformers' padding="longest"
-        tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=self.pad_token)
+        # as transformers' padding="longest" / padding="max_length" on the tokenizer's side
+        tok.enable_padding(direction=padding_side, pad_id=self.pad_id, pad_token=self.pad_token,
+                           length=self.max_length if padding == "max_length" else None)
         tok.enable_truncation(max_length=self.max_length, strategy="longest_first", stride=0)
         self._tok = tok
 
@@ -178,7 +189,8 @@ class TextTokenizer:
         if not rel.endswith(".json"):
             rel = f"{rel}/tokenizer.json"
         path = manifest.resolve(rel)
-        return cls(path, int(info.get("max_length", 77)), pad_token=info.get("pad_token"), pad_id=info.get("pad_id"))
+        return cls(path, int(info.get("max_length", 77)), pad_token=info.get("pad_token"), pad_id=info.get("pad_id"),
+                   padding=str(info.get("padding", "longest")), padding_side=str(info.get("padding_side", "right")))
 
     @property
     def vocab_size(self) -> int:
@@ -199,9 +211,20 @@ class TextTokenizer:
             InvalidTextError: empty text, invalid UTF-8, or not text (naming the index).
         """
         batch = check_texts(texts, start=start)
+        self._check_normalized(batch, start)
         encs = self._tok.encode_batch(batch)
         ids = np.asarray([e.ids for e in encs], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
         return Encoded(ids, mask, [bool(e.overflowing) for e in encs])
 
     tok = __call__
+
+    def _check_normalized(self, texts: Sequence[str], start: int) -> None:
+        """Refuse a text the tokenizer's normaliser empties (SigLIP drops punctuation: "?!" has no content)."""
+        norm = self._tok.normalizer
+        if norm is None:
+            return
+        for i, t in enumerate(texts, start):
+            if not norm.normalize_str(t).strip(" \u2581"):
+                raise InvalidTextError("text is empty once normalised (only punctuation or control characters "
+                                       "for this model's tokenizer)", index=i, source=t)

@@ -495,7 +495,7 @@ def server_info(m: Manifest, plan: Mapping[str, PlannedModel], opt: RenderOption
             "preprocessing": dict(m.preprocessing), "tokenizers": {k: dict(v) for k, v in m.tokenizers.items()},
             "dims": dict(m.dims), "answer_vocab": list(m.answer_vocab),
             "models": {n: s.to_dict() for n, s in nets.items()}, "files": files,
-            "extra": {**{k: m.extra[k] for k in ("clip_model_id", "reading") if k in m.extra},
+            "extra": {**{k: m.extra[k] for k in ("clip_model_id", "reading", "family", "scores") if k in m.extra},
                       SETTINGS_KEY: Img2PromptSettings.from_manifest(m).to_dict()},
         },
         "models": {name: {"kind": p.kind, "max_batch_size": p.max_batch_size} for name, p in plan.items()},

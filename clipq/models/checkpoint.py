@@ -19,7 +19,7 @@ from clipq.runtime.errors import ArtifactError
 from clipq.runtime.manifest import Manifest
 from clipq.runtime.preprocess import CLIP_MEAN, CLIP_STD
 
-from .factory import CLIP_MODEL_TYPES, PROMPT_DIM, build_clip
+from .factory import PROMPT_DIM, build_clip, check_model_type, clip_embed_dim
 
 #: files a checkpoint directory may hold for each part
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -79,13 +79,15 @@ def read_preprocessing(src: str | os.PathLike[str], image_size: int) -> dict[str
 
 
 def init_from_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Manifest, Any]:
-    """Start an artifact directory from a local CLIP checkpoint (no training).
+    """Start an artifact directory from a local CLIP or SigLIP checkpoint (no training).
 
     Writes the tokenizer, preprocessing and dims into a new manifest at ``out`` and returns it with
     the loaded CLIP (``CLIPModel``, or clipq's ResNet-tower CLIP; eager attention); the caller saves the checkpoint and exports.
 
     Raises:
-        ArtifactError: ``src`` is not a CLIP checkpoint, or a part of it is missing or unreadable.
+        UnsupportedModelError: ``config.json``'s model type is not one clipq imports (CLIP, SigLIP and
+            fixed-resolution SigLIP 2); the message names the supported families.
+        ArtifactError: a part of the checkpoint is missing or unreadable.
     """
     from .io import write_tokenizer
 
@@ -98,16 +100,48 @@ def init_from_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str
         cfg = json.loads((src / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{src}: cannot read config.json: {e}") from e
-    if cfg.get("model_type") not in CLIP_MODEL_TYPES:
-        raise ArtifactError(f"{src}: config.json says model_type {cfg.get('model_type')!r}, not "
-                            + " or ".join(repr(t) for t in CLIP_MODEL_TYPES))
+    family = check_model_type(cfg.get("model_type"), src)
+    if family == "siglip":
+        return _init_siglip(src, out)
     clip = build_clip(pretrained=src).eval()
     m = Manifest.load_or_new(out)
     size = int(clip.config.vision_config.image_size)
     tok = checkpoint_tokenizer_json(src, Path(out) / ".import")
     write_tokenizer(m, "clip", tok, int(clip.config.text_config.max_position_embeddings))
     m.preprocessing = read_preprocessing(src, size)
-    m.dims = {"clip_embed": int(clip.config.projection_dim), "prompt_embed": PROMPT_DIM}
+    m.dims = {"clip_embed": clip_embed_dim(clip), "prompt_embed": PROMPT_DIM}
+    m.extra["family"] = "clip"
+    m.extra["scores"] = {"kind": "cosine"}
+    m.extra["pretrained"] = str(src.resolve())
+    m.extra["imported"] = True
+    return m, clip
+
+
+def _init_siglip(src: Path, out: str | os.PathLike[str]) -> tuple[Manifest, Any]:
+    """:func:`init_from_checkpoint` for a SigLIP / fixed-resolution SigLIP 2 checkpoint (SiglipModel).
+
+    The manifest records the family, the pair score (``sigmoid(logit_scale * cos + logit_bias)``),
+    the tokenizer converted to tokenizer.json with SigLIP's padding rule (every text padded to the
+    context, 64 tokens, as SigLIP was trained; the text graph takes no mask) and the processor's
+    resize (the whole image to the square, bilinear) and mean / std.
+    """
+    from .io import write_tokenizer
+    from .siglip import checkpoint_tokenizer, read_siglip_preprocessing, score_settings
+
+    clip = build_clip(pretrained=src).eval()
+    m = Manifest.load_or_new(out)
+    size = int(clip.config.vision_config.image_size)
+    tok, info = checkpoint_tokenizer(src, Path(out) / ".import")
+    write_tokenizer(m, "clip", tok, int(clip.config.text_config.max_position_embeddings),
+                    pad_token=info["pad_token"], padding="max_length")
+    m.tokenizers["clip"]["kind"] = info["kind"]
+    if info["padding_side"] != "right":
+        m.tokenizers["clip"]["padding_side"] = info["padding_side"]
+    m.tokenizers["clip"]["attention_mask"] = False  # the text graph does not read it (SigLIP's training)
+    m.preprocessing = read_siglip_preprocessing(src, size)
+    m.dims = {"clip_embed": clip_embed_dim(clip), "prompt_embed": PROMPT_DIM}
+    m.extra["family"] = "siglip2" if info["kind"] == "gemma" else "siglip"
+    m.extra["scores"] = score_settings(clip)
     m.extra["pretrained"] = str(src.resolve())
     m.extra["imported"] = True
     return m, clip

@@ -83,6 +83,33 @@ PRESETS: dict[str, Preset] = {
         clip_max_length=77,
         question_max_length=32,
     ),
+    # SigLIP shapes (random weights) for speed benchmarks: google/siglip-base-patch16-224 and the
+    # fixed-resolution google/siglip2-base-patch16-224 (the same SiglipModel, Gemma's 256k vocabulary).
+    # Their tokenizer here is the packaged WordPiece (ids < 30522 fit both vocabularies), padded to 64
+    "siglip-base-patch16-224": Preset(
+        name="siglip-base-patch16-224",
+        clip_text=dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=64),
+        clip_vision=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12),
+        vision_arch="siglip",
+        projection_dim=768,
+        lm="distilbert-base",
+        clip_max_length=64,
+        question_max_length=32,
+    ),
+    "siglip2-base-patch16-224": Preset(
+        name="siglip2-base-patch16-224",
+        clip_text=dict(vocab_size=256000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=64),
+        clip_vision=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12),
+        vision_arch="siglip",
+        projection_dim=768,
+        lm="distilbert-base",
+        clip_max_length=64,
+        question_max_length=32,
+    ),
     # forward-shape tests: every architecture at toy size, nothing pretrained
     "test": Preset(
         name="test",
@@ -138,6 +165,51 @@ def _offline() -> None:
 
 #: ``config.json`` model types that load as a CLIP: transformers' CLIPModel and CLIP with a ResNet tower
 CLIP_MODEL_TYPES = ("clip", "vision-text-dual-encoder")
+#: ``config.json`` model types of the SigLIP family: SigLIP and SigLIP 2 at fixed resolution (SiglipModel)
+SIGLIP_MODEL_TYPES = ("siglip",)
+#: every model type clipq imports, by family (the error on another one names them)
+FAMILIES = {"clip": CLIP_MODEL_TYPES, "siglip": SIGLIP_MODEL_TYPES}
+#: model types clipq knows and refuses, with the reason
+REFUSED_MODEL_TYPES = {
+    "siglip2": "SigLIP 2 NaFlex (Siglip2Model: a variable number of patches per image with a patch mask and "
+               "spatial shapes) is not supported; import a fixed-resolution SigLIP 2 checkpoint "
+               "(model_type 'siglip', e.g. siglip2-base-patch16-224)",
+}
+
+
+class UnsupportedModelError(ArtifactError):
+    """A checkpoint of a model family clipq does not import (the message names the supported ones)."""
+
+
+def supported_families() -> str:
+    """"clip (clip, vision-text-dual-encoder), siglip (siglip)": for error messages and help."""
+    return ", ".join(f"{f} ({', '.join(t)})" for f, t in FAMILIES.items())
+
+
+def check_model_type(model_type: Any, where: Any) -> str:
+    """The family of a ``config.json`` model type.
+
+    Raises:
+        UnsupportedModelError: a model type clipq refuses or does not know, naming the supported families.
+    """
+    for family, types in FAMILIES.items():
+        if model_type in types:
+            return family
+    why = REFUSED_MODEL_TYPES.get(str(model_type), "clipq does not know this model family")
+    raise UnsupportedModelError(f"{where}: config.json says model_type {model_type!r}: {why}. "
+                                f"Supported families (model_type): {supported_families()}")
+
+
+def clip_family(model) -> str:
+    """"siglip" for a SiglipModel (sigmoid pair scores, no projections), else "clip"."""
+    return "siglip" if getattr(model.config, "model_type", "") == "siglip" else "clip"
+
+
+def clip_embed_dim(model) -> int:
+    """The width of a CLIP-family model's joint embedding (SigLIP: the towers' pooled width)."""
+    if clip_family(model) == "siglip":
+        return int(model.config.vision_config.hidden_size)
+    return int(model.config.projection_dim)
 
 
 def build_clip(preset: str = "tiny", pretrained: str | os.PathLike[str] | None = None, seed: int = 0):
@@ -167,6 +239,15 @@ def build_clip(preset: str = "tiny", pretrained: str | os.PathLike[str] | None =
     if pr.vision_arch == "resnet":
         torch.manual_seed(seed)
         return _resnet_clip(pr)
+    if pr.vision_arch == "siglip":
+        from transformers import SiglipConfig, SiglipModel
+
+        torch.manual_seed(seed)
+        model = SiglipModel(SiglipConfig(text_config=pr.clip_text, vision_config=pr.clip_vision))
+        model.config._attn_implementation = "eager"
+        for sub in (model.config.text_config, model.config.vision_config):
+            sub._attn_implementation = "eager"
+        return model
     cfg = CLIPConfig(text_config=pr.clip_text, vision_config=pr.clip_vision, projection_dim=pr.projection_dim)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -185,9 +266,12 @@ def _load_clip(p: Path):
         model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as e:
         raise ArtifactError(f"could not read {cfg_file}: {e}") from e
-    if model_type not in CLIP_MODEL_TYPES:
-        raise ArtifactError(f"{p} holds a {model_type!r} model, not a CLIP ({' or '.join(CLIP_MODEL_TYPES)})")
+    family = check_model_type(model_type, p)
     try:
+        if family == "siglip":
+            from transformers import SiglipModel
+
+            return SiglipModel.from_pretrained(p, attn_implementation="eager")
         if model_type == "clip":
             return CLIPModel.from_pretrained(p, attn_implementation="eager")
         model = VisionTextDualEncoderModel.from_pretrained(p)
@@ -237,13 +321,26 @@ def apply_stem_pool(model):
 
 
 def image_features(clip, pixel_values):
-    """Unnormalised image embeddings [B, D] of any clipq CLIP (ResNet pools to [B, C, 1, 1]: flattened)."""
-    return clip.visual_projection(clip.vision_model(pixel_values=pixel_values).pooler_output.flatten(1))
+    """Unnormalised image embeddings [B, D] of any clipq CLIP (ResNet pools to [B, C, 1, 1]: flattened).
+
+    SigLIP has no projection: the vision tower's attention-pooled (MAP head) output is the embedding.
+    """
+    pooled = clip.vision_model(pixel_values=pixel_values).pooler_output.flatten(1)
+    proj = getattr(clip, "visual_projection", None)
+    return pooled if proj is None else proj(pooled)
 
 
 def text_features(clip, input_ids, attention_mask):
-    """Unnormalised text embeddings [B, D] (CLIP's text transformer pools at the first eos token)."""
-    return clip.text_projection(clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+    """Unnormalised text embeddings [B, D] (CLIP's text transformer pools at the first eos token).
+
+    SigLIP (no ``text_projection``; its text tower's ``head`` projects): the last position is pooled and
+    no attention mask is given, as SigLIP was trained (fixed-length ``padding="max_length"`` inputs, the
+    padding attended to); ``attention_mask`` is accepted for the common signature and not used.
+    """
+    proj = getattr(clip, "text_projection", None)
+    if proj is None:
+        return clip.text_model(input_ids=input_ids).pooler_output
+    return proj(clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
 
 
 def build_lm(kind: str, pretrained: str | os.PathLike[str] | None = None, seed: int = 0):

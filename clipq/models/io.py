@@ -26,6 +26,7 @@ from .factory import (
     build_clip,
     build_image_processor,
     build_lm,
+    clip_embed_dim,
     get_preset,
     minilm_dir,
     wordpiece_tokenizer_file,
@@ -36,21 +37,34 @@ from .vqa import VQAConfig, VQAModel, VQAProbs
 
 
 # -- tokenizers -----------------------------------------------------------------------------------
-def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_length: int) -> None:
+def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_length: int, *,
+                    pad_token: str | None = None, padding: str = "longest") -> None:
     """Copy a tokenizer.json into ``tokenizer/<name>/`` with batch padding set.
 
     Truncation is not written into the file: every reader sets it from the manifest's ``max_length``
     (:func:`load_tokenizer` here, ``TextTokenizer`` in the runtime), so tokenizers that share a
     vocabulary are byte-identical files and a rendered Triton repository keeps one copy of them.
+
+    Args:
+        pad_token: the padding token (default: ``[PAD]``, else CLIP's ``<|endoftext|>``).
+        padding: ``"longest"`` (pad to the longest text of a batch, CLIP) or ``"max_length"`` (every
+            text to ``max_length``: SigLIP, trained on fixed-length inputs); recorded in the manifest.
     """
     from tokenizers import Tokenizer
 
+    if padding not in ("longest", "max_length"):
+        raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
     tok = Tokenizer.from_file(str(source))
-    pad_id = tok.token_to_id("[PAD]")
-    pad_token = "[PAD]"
-    if pad_id is None:  # CLIP BPE: pads with its end-of-text token
-        pad_token = "<|endoftext|>"
-        pad_id = tok.token_to_id(pad_token) or 0
+    if pad_token is not None:
+        pad_id = tok.token_to_id(pad_token)
+        if pad_id is None:
+            raise ArtifactError(f"{source}: padding token {pad_token!r} is not in the vocabulary")
+    else:
+        pad_id = tok.token_to_id("[PAD]")
+        pad_token = "[PAD]"
+        if pad_id is None:  # CLIP BPE: pads with its end-of-text token
+            pad_token = "<|endoftext|>"
+            pad_id = tok.token_to_id(pad_token) or 0
     tok.no_truncation()
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     out = m.root / "tokenizer" / name
@@ -58,6 +72,8 @@ def write_tokenizer(m: Manifest, name: str, source: str | os.PathLike[str], max_
     tok.save(str(out / "tokenizer.json"))
     m.add_tree(f"tokenizer/{name}")
     m.tokenizers[name] = {"path": f"tokenizer/{name}", "max_length": max_length, "pad_id": pad_id}
+    if padding != "longest":
+        m.tokenizers[name]["padding"] = padding
 
 
 def load_tokenizer(m: Manifest, name: str):
@@ -92,13 +108,26 @@ def init_clip_artifacts(
     pr = get_preset(preset)
     if pretrained is not None:
         m, clip = init_from_checkpoint(pretrained, out)
+    elif pr.vision_arch == "siglip":  # SigLIP shapes, random weights: SigLIP's preprocessing and padding
+        from .siglip import score_settings
+
+        m = Manifest.load_or_new(out)
+        clip = build_clip(preset)
+        write_tokenizer(m, "clip", wordpiece_tokenizer_file(), pr.clip_max_length, padding="max_length")
+        m.tokenizers["clip"]["attention_mask"] = False
+        m.preprocessing = {"size": int(clip.config.vision_config.image_size), "mean": [0.5] * 3, "std": [0.5] * 3,
+                           "resize": "squash", "resample": "bilinear", "crop": "none"}
+        m.dims = {"clip_embed": clip_embed_dim(clip), "prompt_embed": PROMPT_DIM}
+        m.extra["pretrained"] = None
+        m.extra["family"] = "siglip2" if preset.startswith("siglip2") else "siglip"
+        m.extra["scores"] = score_settings(clip)
     else:
         m = Manifest.load_or_new(out)
         clip = build_clip(preset)
         write_tokenizer(m, "clip", wordpiece_tokenizer_file(), pr.clip_max_length)
         m.preprocessing = {"size": int(clip.config.vision_config.image_size), "mean": list(CLIP_MEAN),
                            "std": list(CLIP_STD), "resize": "shortest_side", "resample": "bicubic", "crop": "center"}
-        m.dims = {"clip_embed": int(clip.config.projection_dim), "prompt_embed": PROMPT_DIM}
+        m.dims = {"clip_embed": clip_embed_dim(clip), "prompt_embed": PROMPT_DIM}
         m.extra["pretrained"] = None
     write_tokenizer(m, "lm", wordpiece_tokenizer_file(), pr.question_max_length)
     write_tokenizer(m, "prompt", wordpiece_tokenizer_file(), pr.prompt_max_length)
@@ -114,10 +143,16 @@ def save_clip(m: Manifest, clip, name: str = "clip") -> None:
         shutil.rmtree(d)
     clip.save_pretrained(d, safe_serialization=True)
     pp = m.preprocessing
-    build_image_processor(pp["size"], pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)).save_pretrained(d)
-    shutil.copy(m.root / m.tokenizers["clip"]["path"] / "tokenizer.json", d / "tokenizer.json")
-    # so that plain transformers (AutoTokenizer / AutoProcessor) loads what clipq saved
-    write_hf_tokenizer_files(d / "tokenizer.json", d, int(m.tokenizers["clip"]["max_length"]))
+    info = m.tokenizers["clip"]
+    shutil.copy(m.root / info["path"] / "tokenizer.json", d / "tokenizer.json")
+    if pp.get("resize") == "squash":  # SigLIP: its processor and a fast tokenizer over the converted file
+        from .siglip import save_hf_processor
+
+        save_hf_processor(d, pp, info)
+    else:
+        build_image_processor(pp["size"], pp.get("mean", CLIP_MEAN), pp.get("std", CLIP_STD)).save_pretrained(d)
+        # so that plain transformers (AutoTokenizer / AutoProcessor) loads what clipq saved
+        write_hf_tokenizer_files(d / "tokenizer.json", d, int(info["max_length"]))
     m.add_tree(f"checkpoints/{name}")
     m.checkpoints[name] = f"checkpoints/{name}"
     if name == "clip":  # identity of the embedding space: indexes built on it record this id
@@ -189,7 +224,7 @@ def load_prompt_encoder() -> SentenceEncoder:
     return SentenceEncoder.pretrained()
 
 
-def _towers(clip, image: str, text: str) -> dict[str, nn.Module]:
+def _towers(clip, image: str, text: str) -> dict[str, nn.Module]:  # CLIP and SigLIP alike
     """A CLIP's two towers with the exported signatures, under their network names."""
     clip = clip.eval()
     return {image: ClipImageTower(clip).eval(), text: ClipTextTower(clip).eval()}
