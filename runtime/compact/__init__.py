@@ -9,14 +9,15 @@
   ``projection.npz`` in the index directory; :func:`project_index` writes a projected index,
   :func:`query_projection` (used by :class:`~clipq.runtime.search.ImageSearch`) applies the index's
   projection to queries, :class:`ProjectedEncoder` to anything an encoder embeds;
-- :func:`encode_rows`: the ``/v1/embeddings`` encodings (float, base64, int8, uint8, binary, ubinary).
+- :func:`quantize` / :func:`encode_rows`: embeddings in the ``/v1/embeddings`` encodings (float, base64,
+  int8, uint8, binary, ubinary), as arrays or as JSON rows.
 
 Numpy only; :func:`hamming_topk` uses faiss's binary flat index when installed.
 """
 
 from __future__ import annotations
 
-from .formats import ENCODING_FORMATS, encode_rows
+from .formats import ENCODING_FORMATS, encode_rows, quantize
 from .projection import (
     INT8_NAME,
     PROJECTION_NAME,
@@ -59,6 +60,7 @@ __all__ = [
     "is_projected_id",
     "pack_binary",
     "project_index",
+    "quantize",
     "query_projection",
     "unpack_binary",
 ]

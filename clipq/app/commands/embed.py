@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker")
     p.add_argument("--variant", default=None, help="graph variant in process: fp32, int8 (default: the manifest's)")
+    p.add_argument("--codes", default=None, metavar="CODE[,CODE]",
+                   help="also write compact copies to OUT/compact/: int8, uint8 (ranges calibrated on this "
+                        "collection), binary, ubinary (8 dimensions a byte)")
+    p.add_argument("--projection", default=None, metavar="PATH",
+                   help="project the compact copies first: a projection.npz, or an index made by "
+                        "`clipq index project` (its projection)")
     p.add_argument("--no-progress", action="store_true")
     add_backend_args(p)
     p.set_defaults(func=run)
@@ -31,15 +37,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clipq.app.batch_embed import embed_collection
     from clipq.app.cliutil import print_json
+    from clipq.app.compact_export import load_projection, parse_codes, write_compact
 
+    codes = parse_codes(args.codes)
+    if args.projection:
+        load_projection(args.projection)  # a bad path fails now, not after the whole collection is embedded
     s = embed_collection(args.images, args.out, artifacts=args.artifacts, server=args.server, ray=args.ray,
                          workers=args.workers, shard_size=args.shard_size, batch_size=args.batch_size,
                          threads=args.threads, variant=args.variant, progress=not args.no_progress)
+    compact = write_compact(args.out, codes, args.projection) if codes or args.projection else None
     if args.json:
-        print_json(s.to_dict())
+        print_json({**s.to_dict(), **({"compact": compact} if compact else {})})
         return 0
     print(f"embedded {s.embedded} of {s.images} images into {s.out} ({s.shards} shards, "
           f"{s.shards_done_before} already done) in {s.seconds:.1f} s, {s.images_per_s:.1f} img/s [{s.mode}]")
     if s.skipped:
         print(f"skipped {s.skipped} unreadable images: see {s.out}/skipped.jsonl")
+    if compact:
+        what = ", ".join(compact["files"])
+        print(f"compact copies ({what}) of {compact['count']} {compact['dim']}-d embeddings in {s.out}/compact/")
     return 0
