@@ -228,9 +228,10 @@ def query_projection(index: Any, encoder: Any, projection: Projection | None = N
     """
     proj = projection if projection is not None else index_projection(index)
     enc_dim = int(getattr(encoder, "dim", -1))
-    if proj is not None and enc_dim == proj.in_dim and enc_dim != index.dim:
-        if proj.dim != index.dim:
-            raise ArtifactError(f"the projection gives {proj.dim}-d vectors, the index holds {index.dim}-d")
+    index_dim = int(getattr(index, "dim", enc_dim))  # a store without a dim: its own check_encoder decides
+    if proj is not None and enc_dim == proj.in_dim and enc_dim != index_dim:
+        if proj.dim != index_dim:
+            raise ArtifactError(f"the projection gives {proj.dim}-d vectors, the index holds {index_dim}-d")
         wrapped = ProjectedEncoder(encoder, proj)
         mine = getattr(index, "model_id", None)
         if mine is not None and mine != wrapped.model_id:
@@ -238,8 +239,8 @@ def query_projection(index: Any, encoder: Any, projection: Projection | None = N
                                 "the projection file does not belong to this index; run `clipq index project` again")
         index.check_encoder(wrapped)
         return proj
-    if proj is None and enc_dim != index.dim and is_projected_id(getattr(index, "model_id", None)):
-        raise ArtifactError(f"the index holds projected {index.dim}-d vectors ({index.model_id}) but its "
+    if proj is None and enc_dim != index_dim and is_projected_id(getattr(index, "model_id", None)):
+        raise ArtifactError(f"the index holds projected {index_dim}-d vectors ({index.model_id}) but its "
                             f"{PROJECTION_NAME} is missing; rebuild it with `clipq index project`")
     index.check_encoder(encoder)
     return None
@@ -280,7 +281,7 @@ def project_index(src: str | os.PathLike[str], out: str | os.PathLike[str], dime
                   center: bool = False, sample: int = CALIBRATION_SAMPLE, force: bool = False) -> tuple[Any, Projection]:
     """Fit a projection on the index at ``src`` and write the projected index, with ``projection.npz``, to ``out``.
 
-    The index's parameters (space, M, ef ...), ids and metadata are kept; the index records the
+    The index's parameters (space, M, ef, its engine ...), ids and metadata are kept; the index records the
     projected model id. ``src`` is left as it was.
 
     Returns:
@@ -310,6 +311,7 @@ def project_index(src: str | os.PathLike[str], out: str | os.PathLike[str], dime
     new = ImageIndex.from_embeddings(
         proj.apply(vecs), ids, [index.metadata(i) for i in ids], space=index.space, M=index.M,
         ef_construction=index.ef_construction, ef=index.ef, model_id=proj.projected_id(index.model_id),
+        **{k: getattr(index, k) for k in ("engine", "nprobe", "rescore") if hasattr(index, k)},  # the same engine
     )
     # the index first, then its projection: a crash in between leaves an index whose projected model id
     # names the missing file (query_projection says so), never a projection that another index would use

@@ -336,3 +336,15 @@ def test_the_compact_bench_measures_every_code_against_float(tmp_path) -> None:
     res = run(None, None, n_synthetic=3000, out=str(tmp_path))
     assert (tmp_path / "compact.png").stat().st_size > 0 and (tmp_path / "compact.json").is_file()
     assert "| binary + rescore 200 |" in format_table(res)
+
+
+def test_project_index_keeps_the_engine(tmp_path, collection) -> None:
+    base = collection[0][:3000]
+    ImageIndex.from_embeddings(base, engine="sq8", model_id="vec-clip").save(tmp_path / "sq8")
+    _, proj = project_index(tmp_path / "sq8", tmp_path / "short", 32)
+    short = ImageIndex.load(tmp_path / "short")
+    assert short.engine == "sq8" and short.dim == 32 and short.model_id == proj.projected_id("vec-clip")
+    q = proj.apply(collection[1][:20])
+    truth = exact_top(q, proj.apply(base), 10)
+    found = np.array([[int(h.id.split("-")[1]) for h in hits] for hits in short.search_batch(q, 10)])
+    assert recall_at(found, truth) >= 0.9
