@@ -234,7 +234,9 @@ async def search(request: Request) -> Any:
             parse_templates(req.templates)
         except InvalidInputError as e:
             raise ApiError(400, f"'templates': {e}", param="templates", code="invalid_templates") from None
-        query.update(text=text, templates=req.templates)
+        # text -> image scores are the model family's: CLIP's cosine, SigLIP's sigmoid probability
+        query.update(text=text, templates=req.templates,
+                     score=getattr(getattr(svc.searcher, "pair_score", None), "name", "cosine"))
         hits = await svc.call(svc.search_text, text, k, templates=req.templates, filt=filt, exact=req.exact,
                               param="text")
     elif source == "id":
