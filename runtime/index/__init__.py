@@ -21,7 +21,8 @@ the inner product (``"ip"``) or the negative squared L2 distance (``"l2"``).
 Modules: :mod:`.store` (``ImageIndex``: ids, graph, metadata, writes), :mod:`.query` (search,
 exact fallback, recall check), :mod:`.ingest` (images through an encoder), :mod:`.persistence`
 (save/load), :mod:`.filters` (metadata filters), :mod:`.validate` (input checks), :mod:`.lock`,
-:mod:`.graph` (the hnswlib layer).
+:mod:`.graph` (the hnswlib layer); :mod:`.milvus` (``MilvusIndex``: the same API over a Milvus
+collection) and :mod:`.stores` (``open_store``: a directory or a ``milvus://`` URL).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .filters import MetadataFilter
 from .graph import SPACES
 from .ingest import IMAGE_EXTENSIONS, AddReport, ImageEncoder, encode_batch, list_images
 from .lock import RWLock
+from .milvus import MilvusIndex, NoCollectionError  # pymilvus itself loads on first use
 from .persistence import (
     GRAPH_PREFIX,
     GRAPH_SUFFIX,
@@ -41,6 +43,7 @@ from .persistence import (
 )
 from .query import RecallReport, SearchResult, exact_topk
 from .store import ImageIndex
+from .stores import is_store_url, open_store
 
 __all__ = [
     "GRAPH_PREFIX",
@@ -54,6 +57,8 @@ __all__ = [
     "AddReport",
     "ImageEncoder",
     "ImageIndex",
+    "MilvusIndex",
+    "NoCollectionError",
     "MetadataFilter",
     "RWLock",
     "RecallReport",
@@ -62,4 +67,6 @@ __all__ = [
     "graph_header",
     "encode_batch",
     "list_images",
+    "is_store_url",
+    "open_store",
 ]

@@ -23,6 +23,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-ca", default=None, metavar="PEM",
                    help="CA file a grpcs:// server is verified against (default: $CLIPQ_CA_FILE, else the system's)")
     p.add_argument("--index", default=None, metavar="DIR", help="image index to search (from `clipq index build`)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="a Milvus collection to search instead of --index: milvus://HOST:PORT/COLLECTION "
+                        "(token in $CLIPQ_MILVUS_TOKEN) or milvus-lite://PATH.db/COLLECTION")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 picks a free one)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the backend (504 after)")
@@ -84,6 +87,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"clipq app: error: {e}", file=sys.stderr)
         return 2
+    if args.store and args.index:
+        print("clipq app: error: give --index DIR or --store URL, not both", file=sys.stderr)
+        return 2
+    if args.store:
+        from clipq.runtime.index.milvus_url import MilvusURL
+
+        MilvusURL.parse(args.store)  # a bad URL: StoreError naming it
+        args.index = args.store
     services = open_services(settings, artifacts=args.artifacts, server=args.server, index=args.index,
                              server_api_key=args.server_api_key, server_ca=args.server_ca)
     app = create_app(services)

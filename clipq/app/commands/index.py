@@ -9,9 +9,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from clipq.app import cliutil
+from clipq.app import cliutil, store_cli
 from clipq.app.cliutil import add_backend_args, caption_metadata, print_json
 from clipq.app.commands import index_engine
+from clipq.app.store_cli import add_store_args, build_target, store_target
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -24,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("images", nargs="*", help="image folders (searched recursively) and/or image files")
     b.add_argument("--from-embeddings", metavar="DIR", default=None,
                    help="build from a `clipq embed` output instead of encoding images again")
-    b.add_argument("-o", "--out", required=True, help="index directory to write")
+    b.add_argument("-o", "--out", default=None, help="index directory to write (or --store URL)")
     b.add_argument("--captions", help="CSV with header image,text: adds a caption to each image's metadata")
     b.add_argument("--space", default="cosine", choices=("cosine", "ip", "l2"))
     b.add_argument("--M", type=int, default=16, help="graph degree (default %(default)s)")
@@ -35,32 +36,36 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--force", action="store_true", help="replace an existing index")
     b.add_argument("--no-progress", action="store_true")
     add_backend_args(b)
+    add_store_args(b, build=True)
     index_engine.add_engine_args(b)  # --engine, --memory-budget, --nprobe, --rescore, --recall-queries
     b.set_defaults(func=run_build)
 
     a = sub.add_parser("add", help="encode images and add them to an index")
-    a.add_argument("index", help="index directory")
-    a.add_argument("images", nargs="+", help="image folders and/or files")
+    a.add_argument("index", nargs="?", help="index directory (or --store URL)")
+    a.add_argument("images", nargs="*", help="image folders and/or files")
     a.add_argument("--id", dest="ids", action="append", help="id of each image file, in order (repeat)")
     a.add_argument("--captions", help="CSV with header image,text")
     a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--skip-invalid", action="store_true")
     a.add_argument("--no-progress", action="store_true")
     add_backend_args(a)
+    add_store_args(a)
     a.set_defaults(func=run_add)
 
     d = sub.add_parser("delete", help="delete items by id")
-    d.add_argument("index", help="index directory")
-    d.add_argument("ids", nargs="+", help="ids to delete")
+    d.add_argument("index", nargs="?", help="index directory (or --store URL)")
+    d.add_argument("ids", nargs="*", help="ids to delete")
     d.add_argument("--json", action="store_true")
+    add_store_args(d)
     d.set_defaults(func=run_delete)
 
     i = sub.add_parser("info", help="describe an index (and optionally measure its recall)")
-    i.add_argument("index", help="index directory")
+    i.add_argument("index", nargs="?", help="index directory (or --store URL)")
     i.add_argument("--recall", action="store_true", help="measure recall@k against exact search")
     i.add_argument("-k", type=int, default=10, help="k for --recall (default %(default)s)")
     i.add_argument("--queries", type=int, default=200, help="sampled queries for --recall")
     i.add_argument("--json", action="store_true")
+    add_store_args(i)
     i.set_defaults(func=run_info)
 
     from clipq.app.commands.index_compact import add_parsers as add_compact_parsers
@@ -108,6 +113,8 @@ def run_build(args: argparse.Namespace) -> int:
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import SIDECAR_NAME, ImageIndex
 
+    if (url := build_target(args)) is not None:  # a Milvus collection (clipq.app.store_cli)
+        return store_cli.run_build(args, url)
     out = Path(args.out)
     if (out / SIDECAR_NAME).exists() and not args.force:
         raise InvalidInputError(f"{out} already holds an index: pass --force to replace it")
@@ -163,6 +170,8 @@ def run_add(args: argparse.Namespace) -> int:
     from clipq.runtime.compact import encoder_for_index
     from clipq.runtime.index import ImageIndex
 
+    if (url := store_target(args, "images")) is not None:
+        return store_cli.run_add(args, url)
     backend, encoder = cliutil.open_encoder(args)
     encoder = encoder_for_index(args.index, encoder)  # an index of projected vectors: new images projected too
     try:
@@ -178,6 +187,8 @@ def run_add(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     from clipq.runtime.index import ImageIndex
 
+    if (url := store_target(args, "ids")) is not None:
+        return store_cli.run_delete(args, url)
     with ImageIndex.edit(args.index) as index:
         n = index.delete(args.ids)
     if args.json:
@@ -192,6 +203,8 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from clipq.runtime.index import ImageIndex
 
+    if (url := store_target(args, None)) is not None:
+        return store_cli.run_info(args, url)
     index = ImageIndex.load(args.index)
     info = {"index": args.index, **index.info()}
     if args.recall:

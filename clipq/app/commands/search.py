@@ -9,9 +9,10 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> None:
     from clipq.app.cliutil import add_backend_args
+    from clipq.app.store_cli import add_store_args
 
     p = subparsers.add_parser("search", help="search an image index with text or images")
-    p.add_argument("index", help="index directory (from `clipq index build`)")
+    p.add_argument("index", nargs="?", help="index directory (from `clipq index build`), or --store URL")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="text queries")
     p.add_argument("--image", dest="images", action="append", default=[], metavar="PATH", help="image query (repeat)")
     p.add_argument("-k", type=int, default=5, help="results per query (default %(default)s)")
@@ -32,6 +33,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ef", type=int, help="HNSW search candidate list for this run")
     p.add_argument("--contact-sheet", metavar="PNG", help="also draw queries and results into this PNG")
     add_backend_args(p)
+    add_store_args(p)
     p.set_defaults(func=run)
 
 
@@ -66,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from clipq.app import cliutil
     from clipq.app.cliutil import print_json
     from clipq.app.contact_sheet import contact_sheet
+    from clipq.app.store_cli import open_index, store_target
     from clipq.runtime.errors import InvalidInputError
     from clipq.runtime.index import ImageIndex
     from clipq.runtime.search import ImageSearch, results_to_json
 
+    store = store_target(args, "texts")  # a Milvus collection (--store URL: the first positional is a query)
     if not args.texts and not args.images:
         raise InvalidInputError("give a text query, or --image PATH")
     filt = parse_filters(args.filters)
@@ -78,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         from clipq.runtime.compact import encoder_for_index
 
-        index = ImageIndex.load(args.index, encoder=encoder_for_index(args.index, encoder))  # a projection.npz: its dim
+        if store:
+            index = open_index(args, encoder)
+        else:
+            index = ImageIndex.load(args.index, encoder=encoder_for_index(args.index, encoder))  # a projection.npz: its dim
         if args.ef:
             index.ef = args.ef
         searcher = ImageSearch(index, encoder, templates=args.templates)

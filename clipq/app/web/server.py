@@ -46,7 +46,8 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
         settings: The app's settings.
         artifacts: Artifact directory (in process; with ``server``, passed on to ``connect``).
         server: A Triton server URL (``grpc://host:8001``, ``http://host:8000``).
-        index: An index directory (``clipq index build``), or None for embeddings / ask / describe only.
+        index: An index directory (``clipq index build``), a Milvus store URL (``milvus://HOST:PORT/COLLECTION``,
+            ``milvus-lite://PATH.db/COLLECTION``), or None for embeddings / ask / describe only.
         backend: An open backend to use instead of connecting (tests).
         spin: In process, whether onnxruntime's idle threads busy-wait (off by default: spinning
             threads take the cores from the event loop that parses and answers requests).
@@ -59,6 +60,7 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
     """
     import clipq.runtime as rt
     from clipq.runtime.index import ImageIndex
+    from clipq.runtime.index.stores import is_store_url, open_store
 
     if backend is None:
         backend = (rt.connect(artifacts, server=server, api_key=server_api_key, ca_file=server_ca) if server
@@ -68,7 +70,10 @@ def open_services(settings: AppSettings, *, artifacts: str | None = None, server
         from clipq.runtime.compact import encoder_for_index
 
         # an index of projected vectors (issue 30) is checked against the projected encoder
-        loaded = ImageIndex.load(index, encoder=encoder_for_index(index, encoder)) if index is not None else None
+        if index is not None and is_store_url(index):  # a Milvus collection (docs/deploy.md, "Milvus")
+            loaded = open_store(index, encoder=encoder)
+        else:
+            loaded = ImageIndex.load(index, encoder=encoder_for_index(index, encoder)) if index is not None else None
         svc = Services(backend, settings, index=loaded, encoder=encoder,
                        source=server or str(artifacts or backend.manifest.root))
         if settings.warmup:

@@ -289,8 +289,11 @@ def _fields(index: Any) -> dict[str, list[Any]]:
     """Metadata keys of the index with their distinct values (few) or [] (many), for the filter menus."""
     values: dict[str, set[Any]] = {}
     many: set[str] = set()
-    for item_id in index.ids()[:_FIELD_SCAN]:
-        for key, v in index.metadata(item_id).items():
+    ids = index.ids()[:_FIELD_SCAN]
+    fetch = getattr(index, "metadata_many", None)  # a Milvus store: thousands of ids a call, not one
+    metas = fetch(ids) if fetch is not None else {i: index.metadata(i) for i in ids}
+    for item_id in ids:
+        for key, v in metas[item_id].items():
             if key == "path" or key in many:
                 continue
             if not isinstance(v, (str, int, float, bool)):
