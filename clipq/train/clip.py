@@ -291,6 +291,9 @@ class _Plan:
         self.fit = fit
         self.decided = cfg.max_seconds is None and fit is None
         self.per_step: float | None = None
+        self.warm_elapsed: float | None = None
+
+    WARM = 2  # steps before the calibration's clock starts
 
     @property
     def hard_from(self) -> int:
@@ -299,10 +302,16 @@ class _Plan:
 
     def measured(self, done: int, elapsed: float) -> None:
         c = self.cfg
+        if done == self.WARM:  # the first steps set up oneDNN's kernels: timed apart, not in the rate
+            self.warm_elapsed = elapsed
         if self.decided or done < min(c.calibrate_steps, c.steps):
             return
         self.decided = True
-        per_step = self.per_step = elapsed / max(1, done)
+        if self.warm_elapsed is not None and done > self.WARM:
+            per_step = (elapsed - self.warm_elapsed) / (done - self.WARM)
+        else:
+            per_step = elapsed / max(1, done)
+        self.per_step = per_step
         fits = c.steps if self.fit is None else int(self.fit(per_step))
         if c.max_seconds is not None:
             fits = min(fits, int(float(c.max_seconds) / max(per_step, 1e-9)))

@@ -153,13 +153,22 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     tr, va, te = (load_split(data, s, size) for s in ("train", "val", "test"))
     p_tr, p_va, p_te = _require_prompts(tr), _require_prompts(va), _require_prompts(te)
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}  # seconds per phase: where the fixed costs are (docs/training.md#the-training-plan)
+
+    def phase(name: str, since: float) -> float:
+        now = time.perf_counter()
+        phases[name] = round(now - since, 1)
+        return now
+
     encoder = SentenceEncoder.pretrained()
     y_tr, y_va, y_te = (prompt_embeddings(m, p, encoder) for p in (p_tr, p_va, p_te))
+    t1 = phase("prompt_targets", t0)
     clip = channels_last(load_clip(m).eval())
     # CLIP's projected image features (Model A's head input) and their normalised form (CLIP's embedding)
     feats = tuple(batched(lambda x: image_features(clip, x), s.pixels)
                   for s in (tr, va, te))
     e_tr, e_va, e_te = (F.normalize(f, dim=-1) for f in feats)
+    t1 = phase("image_features", t1)
 
     # the cosine filter (CLIP image vs prompt), swept over thresholds at the quantiles of the cosines
     sims = (e_tr.numpy() * encode_texts(clip, load_tokenizer(m, "clip"), p_tr)).sum(-1)
@@ -173,6 +182,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     else:
         chosen = cfg.filter_threshold
     keep = np.arange(len(p_tr)) if chosen is None else np.flatnonzero(sims >= float(chosen))
+    t1 = phase("filter_sweep", t1)
     if len(keep) < 0.2 * len(p_tr):  # a threshold that leaves too little data is a setting error
         keep = np.argsort(-sims)[: max(1, int(0.2 * len(p_tr)))]
     filt = {"threshold": chosen, "kept": int(len(keep)), "total": len(p_tr),
@@ -211,6 +221,7 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     save_img2prompt(m, model)
     a_va = batched(model, va.pixels).numpy()
     a_te = batched(model, te.pixels).numpy()
+    t1 = phase("model_a", t1)
 
     # Model B on the runtime's HNSW index, built from the kept training pairs
     from clipq.runtime.fusion import Img2PromptSettings, KnnPromptFusion, ensemble
@@ -230,13 +241,14 @@ def train_img2prompt(data: str, artifacts: str, *, cfg: Img2PromptConfig | None 
     fusion.save(knn_dir)
     m.add_tree("knn")
     b_te = fusion.predict(e_te.numpy())
+    phase("model_b_and_sweep", t1)
     y = y_te.numpy()
     result = {
         "A": mean_cosine(a_te, y), "B": mean_cosine(b_te, y),
         "ensemble": mean_cosine(ensemble(a_te, b_te, best.alpha), y),
         "alpha": best.alpha, "k": best.k, "filter": filt, "sweep_val": table.to_dict(),
         "sweep_val_markdown": table.to_markdown(), "seconds": round(time.perf_counter() - t0, 1),
-        "precision": precision,
+        "precision": precision, "phases_s": phases, "epochs": cfg.epochs,
     }
     settings.store(m)
     m.metrics["img2prompt"] = result

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .clip import ClipTrainConfig, train_clip
+from .common import resolve_precision
 from .img2prompt import Img2PromptConfig, train_img2prompt
+from .plan import PlanRequest, TrainPlan, make_plan
 from .reading import ReadingConfig, train_reading
 from .vqa import VQATrainConfig, train_vqa
 
@@ -24,16 +27,16 @@ class TrainSettings:
     hard_negatives: bool = True
     precision: str = "auto"  # every trainer: bf16 autocast where the CPU has bf16 units, else fp32
     clip: dict[str, Any] = field(default_factory=dict)  # further ClipTrainConfig fields
-    #: a wall-clock budget for the whole run (None: the plan as set, however long). CLIP times its
-    #: first steps, the plan's full time is predicted from them (:func:`fit_share`), and CLIP and every
-    #: later trainer run the share of their steps that fits, so a slower CPU gets fewer steps, not a
-    #: longer run (the demo's 10 minutes)
+    #: a time budget for the whole run, in seconds (None: the plan as set, however long). It is spent by a
+    #: **plan** (:mod:`clipq.train.plan`), decided once after CLIP's first ``calibrate_steps`` steps: every
+    #: trainer gets at least its floor (``floors``) and at most its steps as set here, and runs exactly its
+    #: planned steps whatever the clock says afterwards (the demo's 10 minutes, on any CPU)
     train_seconds: float | None = None
-    #: the prediction's two measured ratios (docs/training.md#time): the whole plan's time over CLIP's
-    plan_over_clip: float = 2.6
-    #: and the share of the whole plan's time that does not shrink with the steps (scoring, embedding
-    #: the prompts, drawing the synthetic words)
-    fixed_share: float = 0.25
+    #: the least work per plan knob (``clipq.train.plan.KNOBS``) a budget may leave; a knob not named
+    #: here is never shrunk
+    floors: dict[str, int] = field(default_factory=dict)
+    #: called once with the plan (a :class:`~clipq.train.plan.TrainPlan`) when it is decided
+    on_plan: Callable[[Any], None] | None = None
     vqa_variants: list[str] | None = None
     questions_per_epoch: int | None = None
     vqa_lr: float | None = None
@@ -52,6 +55,18 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
     """Run the requested trainers in dependency order; returns their summaries and timings."""
     results: dict = {}
     t0 = time.perf_counter()
+    precision = resolve_precision(s.precision)
+    req = PlanRequest(full=full_work(s), floors=dict(s.floors), budget_s=s.train_seconds)
+    chosen: list[TrainPlan] = []
+
+    def decide(per_step: float | None) -> TrainPlan:
+        plan = make_plan(req, per_step, precision)
+        chosen.append(plan)
+        if s.on_plan is not None:
+            s.on_plan(plan)
+        return plan
+
+    took: dict[str, float] = {}
     if "clip" in tasks:
         cfg = ClipTrainConfig(hard_negatives=s.hard_negatives, seed=s.seed, precision=s.precision)
         cfg = replace(cfg, **s.clip)
@@ -61,20 +76,17 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
             cfg = replace(cfg, batch_size=s.batch_size)
         fit = None
         if s.train_seconds is not None:
-            steps, budget = cfg.steps, float(s.train_seconds)
 
             def fit(per_step: float) -> int:
-                return round(steps * fit_share(budget, per_step * steps * s.plan_over_clip, s.fixed_share))
+                return decide(per_step).work["clip_steps"]
 
+        t1 = time.perf_counter()
         results["clip"] = train_clip(data, out, preset=s.preset, pretrained=s.pretrained, cfg=cfg,
                                      threads=s.threads, progress=s.progress, fit_steps=fit)
-    share = work_share(results.get("clip")) if s.train_seconds is not None else 1.0
-    if share < 1.0:
-        s = scaled_settings(s, share)
-        results["scaled"] = {"share": round(share, 3), "train_seconds": s.train_seconds,
-                             "why": "the whole plan, predicted from CLIP's measured steps, would not fit train_seconds",
-                             "settings": {k: getattr(s, k) for k in ("questions_per_epoch", "img2prompt_epochs")}
-                             | {"reading": s.reading}}
+        took["clip"] = time.perf_counter() - t1
+    plan = chosen[0] if chosen else decide(None)
+    s = planned_settings(s, plan)
+    results["plan"] = plan.to_dict()
     if "baseline" in tasks:
         from .baseline import BaselineConfig, train_baseline
 
@@ -94,65 +106,55 @@ def train_tasks(data: str, out: str, tasks: list[str], s: TrainSettings) -> dict
             cfg_v = replace(cfg_v, lr=s.vqa_lr)
         if s.vqa_batch_size is not None:
             cfg_v = replace(cfg_v, batch_size=s.vqa_batch_size)
+        t1 = time.perf_counter()
         results["vqa"] = train_vqa(data, out, variants=s.vqa_variants, cfg=cfg_v, lm_pretrained=s.lm_pretrained,
                                    threads=s.threads, progress=s.progress)
+        took["vqa"] = time.perf_counter() - t1
     if "img2prompt" in tasks:
         cfg_i = Img2PromptConfig(seed=s.seed, precision=s.precision)
         if s.filter_threshold != "unset":
             cfg_i = replace(cfg_i, filter_threshold=s.filter_threshold)
         if s.img2prompt_epochs is not None:
             cfg_i = replace(cfg_i, epochs=s.img2prompt_epochs)
+        t1 = time.perf_counter()
         results["img2prompt"] = train_img2prompt(data, out, cfg=cfg_i, threads=s.threads, progress=s.progress)
+        took["img2prompt"] = time.perf_counter() - t1
     if "reading" in tasks:
         cfg_r = replace(ReadingConfig(seed=s.seed, precision=s.precision), **s.reading)
         if s.reading_steps is not None:  # every row's steps, the cross-entropy row's stages too unless set apart
             cfg_r = replace(cfg_r, steps=s.reading_steps, ce_steps=s.reading.get("ce_steps", s.reading_steps),
                             ce_text_steps=s.reading.get("ce_text_steps", s.reading_steps))
+        t1 = time.perf_counter()
         results["reading"] = train_reading(data, out, cfg=cfg_r, threads=s.threads, progress=s.progress)
+        took["reading"] = time.perf_counter() - t1
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    # what each trainer took beside what the plan predicted (the cost model's error on this machine)
+    results["plan"]["seconds_by_trainer"] = {k: round(v, 1) for k, v in took.items()}
     return results
 
 
-def fit_share(budget: float, predicted: float, fixed_share: float) -> float:
-    """The share of every trainer's steps that fits ``budget`` seconds, where the whole plan is
-    predicted to take ``predicted`` seconds of which ``fixed_share`` does not shrink with the steps:
-    budget = predicted * (fixed + (1 - fixed) * share). Between 0.05 and 1."""
-    if predicted <= budget:
-        return 1.0
-    share = (budget / predicted - fixed_share) / max(1e-9, 1.0 - fixed_share)
-    return float(min(1.0, max(0.05, share)))
+def full_work(s: TrainSettings) -> dict[str, int]:
+    """The plan's knobs (``clipq.train.plan.KNOBS``) as ``s`` sets them: what a budget that fits runs."""
+    rd = ReadingConfig()
+    ce = s.reading.get("ce_steps", s.reading_steps if s.reading_steps is not None else rd.ce_steps)
+    text = s.reading.get("ce_text_steps", s.reading_steps if s.reading_steps is not None else rd.ce_text_steps)
+    return {
+        "clip_steps": s.clip_steps or replace(ClipTrainConfig(), **s.clip).steps,
+        "vqa_questions": s.questions_per_epoch or VQATrainConfig().questions_per_epoch or 0,
+        "img2prompt_epochs": s.img2prompt_epochs or Img2PromptConfig().epochs,
+        "reading_ce_steps": ce,
+        "reading_ce_text_steps": text,
+    }
 
 
-def work_share(clip_run: dict | None) -> float:
-    """The share of its planned steps that CLIP's time budget let it run (1.0: all, or no budget)."""
-    if not clip_run or not clip_run.get("budgeted"):
-        return 1.0
-    return min(1.0, clip_run["steps"] / max(1, clip_run.get("steps_planned") or clip_run["steps"]))
-
-
-def scaled_settings(s: TrainSettings, share: float) -> TrainSettings:
-    """``s`` with the later trainers' amounts of work times ``share``: VQA's questions per epoch, the
-    reading rows' steps (each stage of the cross-entropy row too) and image -> prompt's epochs
-    (rounded, at least 1). Learning rates and schedules are left as they are: each trainer's
-    schedule is relative to its own length."""
-    from .img2prompt import Img2PromptConfig
-    from .reading import ReadingConfig
-    from .vqa import VQATrainConfig
-
-    def times(n: int) -> int:
-        return max(1, round(n * share))
-
-    rd, r = ReadingConfig(), dict(s.reading)
-    for key in ("ce_steps", "ce_text_steps"):
-        r[key] = times(r.get(key, s.reading_steps if s.reading_steps is not None else getattr(rd, key)))
-    q = s.questions_per_epoch or VQATrainConfig().questions_per_epoch
-    return replace(
-        s,
-        questions_per_epoch=times(q) if q else None,
-        img2prompt_epochs=times(s.img2prompt_epochs or Img2PromptConfig().epochs),
-        reading_steps=times(s.reading_steps if s.reading_steps is not None else rd.steps),
-        reading=r,
-    )
+def planned_settings(s: TrainSettings, plan: TrainPlan) -> TrainSettings:
+    """``s`` with the later trainers' work as ``plan`` sets it: VQA's questions per epoch, image -> prompt's
+    epochs and the reading cross-entropy row's two stages (the other reading rows keep their steps).
+    Learning rates are left as they are; each trainer's schedule is relative to its own length."""
+    w = plan.work
+    r = {**s.reading, "ce_steps": w["reading_ce_steps"], "ce_text_steps": plan.reading_ce_text_steps}
+    return replace(s, questions_per_epoch=w["vqa_questions"] or None, img2prompt_epochs=w["img2prompt_epochs"],
+                   reading=r)
 
 
 def _recorded_clip_run(out: str) -> dict | None:

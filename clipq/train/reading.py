@@ -324,20 +324,36 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
     tuned: dict[str, torch.nn.Module] = {}
     train_words = [r.answers[0] for r in tr.words]
     train_q = [r.question for r in tr.words]
+    # the synthetic words are drawn once, as many as the larger row needs: image i of the set depends
+    # only on (seed, i), so the smaller row's set is the first images of the larger one's
+    n_need = {"synthetic": int(round(cfg.synthetic_factor * len(tr.words))),
+              "synthetic_ce": int(round(cfg.ce_synthetic_factor * len(tr.words))) if cfg.ce_steps > 0 else 0}
+    drawn: list = []
+    draw_s: list[float] = []  # the synthetic words' drawing time (a fixed cost of the run)
+
+    def synthetic(row: str) -> tuple[torch.Tensor, list[str], list[str]]:
+        if not drawn:
+            t = time.perf_counter()
+            drawn.append(_synthetic_set(cfg.seed + 1, max(n_need[r] for r in cfg.rows if r in n_need), candidates, size))
+            draw_s.append(round(time.perf_counter() - t, 1))
+        px, w, q = drawn[0]
+        n = n_need[row]
+        return px[:n], w[:n], q[:n]
+
     for row in cfg.rows:
         t1 = time.perf_counter()
         if row == "synthetic":
-            n_syn = int(round(cfg.synthetic_factor * len(tr.words)))
+            n_syn = n_need[row]
             if n_syn <= 0:
                 continue
-            px_s, w_s, q_s = _synthetic_set(cfg.seed, n_syn, candidates, size)
+            px_s, w_s, q_s = synthetic(row)
             model, losses = fine_tune(clip, tok, px_s, w_s, q_s, candidates, "naive", cfg, precision, progress)
             extra = {"images": n_syn}
         elif row == "synthetic_ce":  # the world's training words + the synthetic set, every candidate each step
             if cfg.ce_steps <= 0:
                 continue
-            n_syn = int(round(cfg.ce_synthetic_factor * len(tr.words)))
-            px_s, w_s, q_s = _synthetic_set(cfg.seed + 1, n_syn, candidates, size)
+            n_syn = n_need[row]
+            px_s, w_s, q_s = synthetic(row)
             model, curves = fine_tune_candidates(clip, tok, torch.cat([px_tr, px_s]), train_words + w_s,
                                                  train_q + q_s, candidates, cfg, precision, progress)
             losses = curves["image"]
@@ -361,7 +377,8 @@ def train_reading(data: str, artifacts: str, *, cfg: ReadingConfig | None = None
         "zero_shot": rows["zero_shot"]["test"], "fine_tuned": rows[best]["test"] if best else None,
         "fine_tuned_row": best, "chosen_on": key, "chance": chance, "candidates": len(candidates),
         "test_items": len(te.words), "train_items": len(tr.words), "steps": cfg.steps, "rows": rows,
-        "seconds": round(time.perf_counter() - t0, 1), "precision": precision, "config": asdict(cfg),
+        "seconds": round(time.perf_counter() - t0, 1), "synthetic_draw_s": draw_s[0] if draw_s else None,
+        "precision": precision, "config": asdict(cfg),
         "loss_first": rows[best]["loss_first"] if best else None, "loss_last": rows[best]["loss_last"] if best else None,
     }
     if best is not None:

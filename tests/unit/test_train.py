@@ -547,28 +547,3 @@ def test_clip_time_budget_shortens_the_run_and_keeps_the_schedule_relative(small
     roomy = train_clip(str(small_world), str(tmp_path / "b"), preset="test", progress=False,
                        cfg=ClipTrainConfig(**{**base, "steps": 8}, max_seconds=3600.0))
     assert roomy["steps"] == 8 and roomy["hard_from_step"] == 4  # a budget never lengthens a run
-
-
-def test_a_training_budget_shrinks_every_trainer_by_the_share_that_fits(small_world, tmp_path):
-    from clipq.train.pipeline import TrainSettings, fit_share, scaled_settings, train_tasks, work_share
-
-    assert fit_share(450.0, 400.0, 0.25) == 1.0  # the plan fits: nothing shrinks
-    # 900 s predicted, 225 of them fixed: 450 s leaves 225 of the 675 that scale
-    assert fit_share(450.0, 900.0, 0.25) == pytest.approx(1 / 3)
-    assert fit_share(1.0, 900.0, 0.25) == 0.05  # never below 5 %
-    assert work_share({"steps": 350, "steps_planned": 700, "budgeted": True}) == 0.5
-    assert work_share({"steps": 700, "steps_planned": 700, "budgeted": True}) == 1.0
-    assert work_share({"steps": 300, "steps_planned": 700, "budgeted": False}) == 1.0  # no budget, no scaling
-    assert work_share(None) == 1.0
-    s = TrainSettings(questions_per_epoch=3500, img2prompt_epochs=2, reading_steps=50,
-                      reading=dict(ce_steps=500, ce_text_steps=200, ce_synthetic_factor=10.0))
-    h = scaled_settings(s, 0.5)
-    assert (h.questions_per_epoch, h.img2prompt_epochs, h.reading_steps) == (1750, 1, 25)
-    assert h.reading == dict(ce_steps=250, ce_text_steps=100, ce_synthetic_factor=10.0)
-    assert scaled_settings(s, 0.01).img2prompt_epochs == 1  # never below one
-    # in the pipeline: a budget nothing fits gives CLIP 5 % of its steps, and the later trainers the same share
-    res = train_tasks(str(small_world), str(tmp_path / "a"), ["clip", "img2prompt"],
-                      TrainSettings(preset="test", progress=False, clip_steps=400, batch_size=16, train_seconds=0.01,
-                                    img2prompt_epochs=3, clip=dict(calibrate_steps=3, warmup=2)))
-    assert res["clip"]["steps"] == 20 and res["clip"]["calibrated_s_per_step"] > 0
-    assert res["scaled"]["share"] == 0.05 and res["scaled"]["settings"]["img2prompt_epochs"] == 1

@@ -13,8 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--full", action="store_true",
-                   help="train the whole plan however long it takes (default: training keeps to its time budget, "
-                        "every trainer running fewer steps on a slower CPU, so the demo stays under 10 minutes)")
+                   help="train the whole plan however long it takes (default: a plan measured on this CPU keeps "
+                        "training to its budget, every trainer at least at its floor; it is printed and recorded)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="training precision: auto (bf16 autocast where the CPU has bf16 units), fp32 (forces the "
+                        "slower fp32 path on any CPU, to check it), bf16")
     p.set_defaults(func=run)
 
 
@@ -22,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from clipq.app.demo_stages import run_demo
 
     run_demo(args.out, seed=args.seed, size=args.size, progress=not args.quiet,
-             stages=args.stages.split(",") if args.stages else None, full=args.full)
+             stages=args.stages.split(",") if args.stages else None, full=args.full,
+             precision=args.precision)
     print(app_command(args.out))
     return 0
 
