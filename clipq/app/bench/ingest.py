@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ingest: rows besides in process, from %(default)s")
     g.add_argument("--ingest-concurrency", default="1,2,4,8", metavar="LIST",
                    help="ingest: Triton concurrency levels (default %(default)s)")
+    g.add_argument("--ingest-triton-instances", default="1", metavar="LIST",
+                   help="ingest: instances of Triton's embed_image, one server each (default %(default)s)")
     g.add_argument("--ingest-clip-retrieval", default=None, metavar="PYTHON",
                    help="ingest: the python of an environment with clip-retrieval installed (its own torch)")
 
@@ -114,7 +116,9 @@ def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files:
     r: dict[str, Any] = {"triton": None, "ray": None, "peer_fastembed": None, "peer_clip_retrieval": None,
                          "peer_transformers": transformers_peer(ckpt, files, repeats) if ckpt else None}
     if "triton" in paths:
-        r["triton"] = triton_rows(art, files, conc[:2] if quick else conc, repeats)
+        counts = [int(c) for c in str(getattr(args, "ingest_triton_instances", None) or "1").split(",") if c.strip()]
+        runs = [triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=c) for c in counts]
+        r["triton"], r["triton_other_instances"] = runs[0], runs[1:]
     if "ray" in paths:
         r["ray"] = ray_row(art, folder, len(files), cores, 1 if quick else repeats)
     if "fastembed" in paths:
@@ -140,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from clipq.runtime.preprocess import ImagePreprocessor
 
     quick = bool(getattr(args, "quick", False))
+    load_start = os.getloadavg()[0]  # a shared machine's load: with the cores not all ours, read ratios
     repeats = 1 if quick else 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         others = _other_rows(args, art, m, folder, files, cores, repeats, quick)
         result = {
             "target": "ingest", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+            "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
             "config": {"artifacts": str(art), "photos": str(folder), "files": len(files), "cores": cores,
                        "batch_model": BATCH, "quick": quick, "repeats": repeats},
             "stages_ms": stages, "model": model, "end_to_end_images_per_s": e2e,
@@ -200,7 +206,10 @@ def run(args: argparse.Namespace) -> int:
 def markdown(r: dict[str, Any]) -> str:
     """The result as a markdown table with the machine named."""
     c, s = r["config"], r["stages_ms"]
+    load = r.get("load_average_1min") or {}
     lines = [f"# Ingest: {c['files']} photos, {r['machine']['cpu']}, {c['cores']} cores ({r['date']})", "",
+             *([f"1-minute load average {load['start']:.1f} at the start, {load['end']:.1f} at the end "
+                "(above the core count: other jobs held cores, compare within this run only).", ""] if load else []),
              "| stage (ms per image, one thread) | draft | full |", "|---|---|---|"]
     lines += [f"| {k} | {s['draft'][k]:.1f} | {s['full'][k]:.1f} |" for k in s["draft"]]
     lines += ["", "| pipeline | images/s |", "|---|---|",
@@ -215,25 +224,30 @@ def markdown(r: dict[str, Any]) -> str:
     if best:
         lines.append(f"In process against the best user-written pipeline ({best[0]}): "
                      f"{r['end_to_end_images_per_s']['draft'] / best[1]:.1f}x.")
-    tri = (r.get("triton") or {}).get("rows") or []
-    if tri:
-        lines += ["", f"Through Triton {r['triton']['server_version']} (fused embed_image, gRPC, one photo's bytes "
+    runs = _triton_runs(r)
+    if runs:
+        lines += ["", f"Through Triton {runs[0]['server_version']} (fused embed_image, gRPC, one photo's bytes "
                   "a request), Triton's mean ms per request:", "",
-                  "| concurrency | images/s | p50 ms | p90 ms | queue | compute input | compute infer | "
-                  "compute output | average batch |", "|---|---|---|---|---|---|---|---|---|"]
-        for row in tri:
-            st = row.get("stages") or {}
-            cell = [f"{st.get(k + '_ms', 0.0):.1f}" for k in ("queue", "compute_input", "compute_infer", "compute_output")]
-            lines.append(f"| {row['concurrency']} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | "
-                         f"{row['p90_ms']:.1f} | {' | '.join(cell)} | {st.get('avg_batch') or 0:.2f} |")
+                  "| instances | concurrency | images/s | p50 ms | p90 ms | queue | compute input | compute infer | "
+                  "compute output | average batch |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for run in runs:
+            for row in run["rows"]:
+                st = row.get("stages") or {}
+                cell = [f"{st.get(k + '_ms', 0.0):.1f}" for k in ("queue", "compute_input", "compute_infer", "compute_output")]
+                lines.append(f"| {run.get('instances', 1)} | {row['concurrency']} | {row['images_per_s']:.1f} | "
+                             f"{row['p50_ms']:.1f} | {row['p90_ms']:.1f} | {' | '.join(cell)} | "
+                             f"{st.get('avg_batch') or 0:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(row name, images/s or "not measured: why") of Triton, Ray and the peers present in ``r``."""
     out: list[tuple[str, str]] = []
-    for row in (r.get("triton") or {}).get("rows") or []:
-        out.append((f"through Triton, concurrency {row['concurrency']}", f"{row['images_per_s']:.1f}"))
+    for run in _triton_runs(r):
+        n = run.get("instances", 1)
+        for row in run["rows"]:
+            name = f"through Triton, concurrency {row['concurrency']}" + (f", {n} instances" if n != 1 else "")
+            out.append((name, f"{row['images_per_s']:.1f}"))
     if r.get("ray"):
         y = r["ray"]
         out.append((f"clipq embed --ray, {y['workers']} actors (after ray.init {y['startup_s']:.1f} s; "
@@ -255,6 +269,11 @@ def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
                     else "clip-retrieval inference",
                     f"{cr['images_per_s']:.1f}" if "images_per_s" in cr else f"not measured: {cr['not_measured']}"))
     return out
+
+
+def _triton_runs(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Triton servers measured (one per instance count), the default's first."""
+    return [x for x in [r.get("triton"), *(r.get("triton_other_instances") or [])] if x]
 
 
 def _best_peer(r: dict[str, Any]) -> tuple[str, float] | None:
@@ -284,8 +303,10 @@ def plot(r: dict[str, Any], path: Path) -> None:
         return
     bars = {"draft": r["end_to_end_images_per_s"]["draft"], "full decoding": r["end_to_end_images_per_s"]["full"],
             "model alone": r["model_only_images_per_s"], "machine limit": r["machine_limit_images_per_s"]}
-    for row in (r.get("triton") or {}).get("rows") or []:
-        bars[f"Triton, concurrency {row['concurrency']}"] = row["images_per_s"]
+    for run in _triton_runs(r):
+        for row in run["rows"]:
+            n = run.get("instances", 1)
+            bars[f"Triton, concurrency {row['concurrency']}" + (f" x{n}" if n != 1 else "")] = row["images_per_s"]
     if r.get("ray"):
         bars[f"Ray, {r['ray']['workers']} actors"] = r["ray"]["images_per_s"]
     if r.get("peer_transformers"):

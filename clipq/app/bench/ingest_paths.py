@@ -71,8 +71,11 @@ def _one_pass(clients: list[Any], data: list[bytes], concurrency: int) -> tuple[
 
 
 def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int], repeats: int,
-                work: Path | None = None) -> dict[str, Any]:
+                work: Path | None = None, instances: int = 1) -> dict[str, Any]:
     """Through Triton at each concurrency level (see the module docstring).
+
+    ``instances``: instances of the fused ``embed_image`` (``clipq serve --instances``): with two,
+    one decodes a request's photo while the other runs the engine.
 
     Returns:
         ``{"server_version", "startup_s", "repository", "rows": [{concurrency, images_per_s, p50_ms,
@@ -94,11 +97,11 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
     data = [f.read_bytes() for f in files]  # a thin client sends what is on disk
     try:
         # what `clipq serve ARTIFACTS` renders: fused pipelines, the manifest's CPU default per network
-        repo = render_repository(Manifest.load(artifacts), root / "repository", RenderOptions(pipelines="fused"),
+        repo = render_repository(Manifest.load(artifacts), root / "repository", RenderOptions(pipelines="fused", instances=instances),
                                  models=["clip_image", "embed_image", "clipq_info"])
         with TritonServer(repo.path) as server:
-            print(f"ingest: tritonserver {server.version} ready in {server.startup_s:.1f} s at {server.grpc_url}",
-                  flush=True)
+            print(f"ingest: tritonserver {server.version} ({instances} instance(s) of embed_image) ready in "
+                  f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
             clients = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
             try:
                 for c in clients:  # connections and the server's first requests are start-up
@@ -116,14 +119,14 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
                     dt, lat, errors, stages = best
                     row = {"concurrency": conc, "images_per_s": (len(data) - len(errors)) / dt,
                            **_percentiles(lat), "errors": errors, "stages": stages.get("embed_image", {})}
-                    print(f"ingest: triton concurrency {conc}: {row['images_per_s']:.1f} images/s, "
+                    print(f"ingest: triton x{instances} concurrency {conc}: {row['images_per_s']:.1f} images/s, "
                           f"p50 {row['p50_ms']:.1f} ms", flush=True)
                     rows.append(row)
             finally:
                 for c in clients:
                     c.close()
             return {"server_version": server.version, "startup_s": server.startup_s, "rows": rows,
-                    "pipelines": "fused"}
+                    "pipelines": "fused", "instances": instances}
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)

@@ -127,7 +127,11 @@ seconds = time.perf_counter() - t
 import glob, os
 st = [json.load(open(f)) for f in glob.glob(os.path.join(out, "stats", "*.json"))]
 work = max(x["end_time"] for x in st) - min(x["start_time"] for x in st) if st else None
-print(json.dumps({"seconds": seconds, "work_seconds": work, "count": sum(x["sample_count"] for x in st)}))
+import torch
+from importlib.metadata import version
+print("\nCLIPQ_RESULT " + json.dumps({"seconds": seconds, "work_seconds": work, "torch": torch.__version__,
+                                    "clip_retrieval": version("clip-retrieval"),
+                                    "count": sum(x["sample_count"] for x in st)}), flush=True)
 """
 
 
@@ -162,11 +166,13 @@ def clip_retrieval_peer(python: str | None, folder: Path, n_files: int, checkpoi
             return {"not_measured": f"clip_inference failed offline on this checkpoint: "
                                     f"{tail[-1] if tail else 'exit ' + str(p.returncode)}"[:400]}
         try:
-            got = json.loads(p.stdout.strip().splitlines()[-1])
+            # its progress lines share stdout: the result is the line after our marker
+            got = json.loads(p.stdout.rsplit("CLIPQ_RESULT ", 1)[1].splitlines()[0])
             seconds, work, count = float(got["seconds"]), got["work_seconds"], int(got["count"])
         except (ValueError, KeyError, IndexError, TypeError):
             return {"not_measured": f"clip_inference printed no timing: {p.stdout[-200:]!r}"}
     return {"images_per_s": count / work if work else 0.0, "whole_command_images_per_s": count / seconds,
             "seconds": seconds, "embedded": count, "files": n_files,
-            "setup": "python -m venv; pip install torch==2.13.0 clip-retrieval 'setuptools<81' (its clip package "
+            "versions": {"torch": got.get("torch"), "clip_retrieval": got.get("clip_retrieval")},
+            "setup": "python -m venv; pip install torch clip-retrieval 'setuptools<81' (its clip package "
                      "imports pkg_resources); clip_model=hf_clip:<checkpoint>, input_format=files, batch 8"}
