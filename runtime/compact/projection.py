@@ -3,9 +3,9 @@
 CLIP's embeddings cannot be cut (they are not Matryoshka-trained: the first 256 of 512 numbers are not a
 256-d embedding), but most of a collection's variance lies in fewer directions. :meth:`Projection.fit`
 finds them: the top eigenvectors of the collection's second-moment matrix ``X^T X`` (PCA without
-centring by default: the inner products the index ranks by are kept best without it, and a text query,
-whose embeddings sit apart from the images' (CLIP's modality gap), is not shifted by the images'
-mean). :meth:`Projection.apply` maps ``[N, d_in] -> [N, d_out]`` and re-normalises, so the output is a
+centring by default, so that a text query, whose embeddings sit apart from the images' (CLIP's modality
+gap), is not shifted by the images' mean; ``center=True`` subtracts it: on the demo the two differ by
+at most 0.6 points of text -> image R@5 at 64, 32, 16 or 8 dimensions, neither ahead throughout). :meth:`Projection.apply` maps ``[N, d_in] -> [N, d_out]`` and re-normalises, so the output is a
 unit vector as CLIP's are.
 
 The projection is stored in the index directory as ``projection.npz`` and the index records the
