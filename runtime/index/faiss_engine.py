@@ -379,11 +379,11 @@ class FaissGraph:
     def _rescored(self, q: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if q.shape[0] == 1 and pos[0, -1] >= 0:  # one query, every candidate found: the service's path
             p = pos[0]
-            sc = (
-                self.vectors.rows(p) @ q[0]
-                if self.space != "l2"
-                else -((self.vectors.rows(p) - q[0]) ** 2).sum(1)
-            )
+            rows = self.vectors.rows(p)
+            # einsum, not `@`: a 50 x 512 product gains nothing from BLAS threads, and on busy cores
+            # handing it to them cost milliseconds a call (measured here: 13 ms against tens of us)
+            diff = rows - q[0] if self.space == "l2" else None
+            sc = np.einsum("cd,d->c", rows, q[0]) if diff is None else -np.einsum("cd,cd->c", diff, diff)
             top = np.argsort(-sc, kind="stable")[:k]
             return self._pos_label[p[top]][None, :], sc[top].astype(np.float32)[None, :]
         labels = np.empty((q.shape[0], k), np.int64)
