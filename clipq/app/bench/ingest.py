@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ingest-concurrency", default="1,2,4,8", metavar="LIST",
                    help="ingest: Triton concurrency levels (default %(default)s)")
     g.add_argument("--ingest-triton-instances", default="1", metavar="LIST",
-                   help="ingest: instances of Triton's embed_image, one server each (default %(default)s)")
+                   help="ingest: instances of Triton's embed_image, one server each, passes alternating "
+                        "(default %(default)s)")
     g.add_argument("--ingest-clip-retrieval", default=None, metavar="PYTHON",
                    help="ingest: the python of an environment with clip-retrieval installed (its own torch)")
 
@@ -117,7 +118,7 @@ def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files:
                          "peer_transformers": transformers_peer(ckpt, files, repeats) if ckpt else None}
     if "triton" in paths:
         counts = [int(c) for c in str(getattr(args, "ingest_triton_instances", None) or "1").split(",") if c.strip()]
-        runs = [triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=c) for c in counts]
+        runs = triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=counts)
         r["triton"], r["triton_other_instances"] = runs[0], runs[1:]
     if "ray" in paths:
         r["ray"] = ray_row(art, folder, len(files), cores, 1 if quick else repeats)

@@ -71,20 +71,23 @@ def _one_pass(clients: list[Any], data: list[bytes], concurrency: int) -> tuple[
 
 
 def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int], repeats: int,
-                work: Path | None = None, instances: int = 1) -> dict[str, Any]:
-    """Through Triton at each concurrency level (see the module docstring).
+                work: Path | None = None, instances: tuple[int, ...] | list[int] = (1,)) -> list[dict[str, Any]]:
+    """Through Triton at each concurrency level (see the module docstring), one server per instance count.
 
-    ``instances``: instances of the fused ``embed_image`` (``clipq serve --instances``): with two,
-    one decodes a request's photo while the other runs the engine.
+    ``instances``: instances of the fused ``embed_image`` (``clipq serve --instances``), one server
+    each, all running at once: at each concurrency level their passes alternate (server 1, server 2,
+    server 1, ...), so load from other jobs on a shared machine falls on each alike.
 
     Returns:
-        ``{"server_version", "startup_s", "repository", "rows": [{concurrency, images_per_s, p50_ms,
-        p90_ms, errors, stages}]}``; ``stages`` is Triton's mean ms per request of each stage of
-        ``embed_image`` over the best pass, with its average batch.
+        Per instance count: ``{"server_version", "startup_s", "instances", "rows": [{concurrency,
+        images_per_s, p50_ms, p90_ms, errors, stages}]}``; ``stages`` is Triton's mean ms per request
+        of each stage of ``embed_image`` over the best pass, with its average batch.
 
     Raises:
-        clipq.serving.server.ServerError: the server cannot be found or started.
+        clipq.serving.server.ServerError: a server cannot be found or started.
     """
+    import contextlib
+
     from clipq.runtime import connect
     from clipq.runtime.manifest import Manifest
     from clipq.serving import RenderOptions, render_repository
@@ -95,38 +98,41 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
     own = work is None
     root = Path(tempfile.mkdtemp(prefix="clipq-ingest-triton-")) if work is None else Path(work)
     data = [f.read_bytes() for f in files]  # a thin client sends what is on disk
+    m = Manifest.load(artifacts)
     try:
-        # what `clipq serve ARTIFACTS` renders: fused pipelines, the manifest's CPU default per network
-        repo = render_repository(Manifest.load(artifacts), root / "repository", RenderOptions(pipelines="fused", instances=instances),
-                                 models=["clip_image", "embed_image", "clipq_info"])
-        with TritonServer(repo.path) as server:
-            print(f"ingest: tritonserver {server.version} ({instances} instance(s) of embed_image) ready in "
-                  f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
-            clients = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
-            try:
-                for c in clients:  # connections and the server's first requests are start-up
+        with contextlib.ExitStack() as stack:
+            servers, clients = [], []
+            for n in instances:
+                # what `clipq serve ARTIFACTS --instances N` renders: fused pipelines, the manifest's CPU default
+                repo = render_repository(m, root / f"repository_{n}", RenderOptions(pipelines="fused", instances=n),
+                                         models=["clip_image", "embed_image", "clipq_info"])
+                server = stack.enter_context(TritonServer(repo.path))
+                print(f"ingest: tritonserver {server.version} ({n} instance(s) of embed_image) ready in "
+                      f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
+                cs = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
+                stack.callback(lambda cs=cs: [c.close() for c in cs])
+                for c in cs:  # connections and the server's first requests are start-up
                     c.infer("embed_image", {"image": [data[0]]})
-                rows = []
-                for conc in concurrency:
-                    best: tuple[float, list[float], list[str], dict[str, Any]] | None = None
-                    for _ in range(repeats):
-                        before = stage_snapshot(clients[0], TRITON_MODELS)
-                        dt, lat, errors = _one_pass(clients, data, conc)
-                        stages = stage_delta(before, stage_snapshot(clients[0], TRITON_MODELS))
-                        if best is None or dt < best[0]:
-                            best = (dt, lat, errors, stages)
-                    assert best is not None
-                    dt, lat, errors, stages = best
+                servers.append(server)
+                clients.append(cs)
+            runs: list[dict[str, Any]] = [{"server_version": s.version, "startup_s": s.startup_s, "instances": n,
+                                           "pipelines": "fused", "rows": []} for s, n in zip(servers, instances)]
+            for conc in concurrency:
+                best: list[Any] = [None] * len(servers)
+                for _ in range(repeats):
+                    for k, cs in enumerate(clients):  # alternating: one pass of each server in turn
+                        before = stage_snapshot(cs[0], TRITON_MODELS)
+                        dt, lat, errors = _one_pass(cs, data, conc)
+                        stages = stage_delta(before, stage_snapshot(cs[0], TRITON_MODELS))
+                        if best[k] is None or dt < best[k][0]:
+                            best[k] = (dt, lat, errors, stages)
+                for k, (dt, lat, errors, stages) in enumerate(best):
                     row = {"concurrency": conc, "images_per_s": (len(data) - len(errors)) / dt,
                            **_percentiles(lat), "errors": errors, "stages": stages.get("embed_image", {})}
-                    print(f"ingest: triton x{instances} concurrency {conc}: {row['images_per_s']:.1f} images/s, "
+                    print(f"ingest: triton x{instances[k]} concurrency {conc}: {row['images_per_s']:.1f} images/s, "
                           f"p50 {row['p50_ms']:.1f} ms", flush=True)
-                    rows.append(row)
-            finally:
-                for c in clients:
-                    c.close()
-            return {"server_version": server.version, "startup_s": server.startup_s, "rows": rows,
-                    "pipelines": "fused", "instances": instances}
+                    runs[k]["rows"].append(row)
+            return runs
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
