@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .factory import PROMPT_DIM, image_features
+from .factory import PROMPT_DIM, clip_embed_dim, image_features
 
 
 class PromptRegressorA(nn.Module):
@@ -20,8 +20,8 @@ class PromptRegressorA(nn.Module):
     def __init__(self, clip, hidden: int = 1024, out_dim: int = PROMPT_DIM):
         super().__init__()
         self.vision_model = clip.vision_model
-        self.visual_projection = clip.visual_projection
-        self.head = self.make_head(clip.visual_projection.out_features, hidden, out_dim)
+        self.visual_projection = getattr(clip, "visual_projection", None)  # None: SigLIP (no projection)
+        self.head = self.make_head(clip_embed_dim(clip), hidden, out_dim)
 
     @staticmethod
     def make_head(in_dim: int, hidden: int = 1024, out_dim: int = PROMPT_DIM) -> nn.Sequential:
@@ -31,7 +31,8 @@ class PromptRegressorA(nn.Module):
         )
 
     def backbone_parameters(self):
-        return list(self.vision_model.parameters()) + list(self.visual_projection.parameters())
+        proj = [] if self.visual_projection is None else list(self.visual_projection.parameters())
+        return list(self.vision_model.parameters()) + proj
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feats = image_features(self, pixel_values)

@@ -157,6 +157,10 @@ def save_clip(m: Manifest, clip, name: str = "clip") -> None:
     m.checkpoints[name] = f"checkpoints/{name}"
     if name == "clip":  # identity of the embedding space: indexes built on it record this id
         m.extra["clip_model_id"] = m.files[f"checkpoints/{name}/model.safetensors"]["sha256"]
+        if getattr(clip.config, "model_type", "") == "siglip":  # the saved model's own scale and bias
+            from .siglip import score_settings
+
+            m.extra["scores"] = score_settings(clip)
 
 
 def load_clip(m: Manifest, name: str = "clip"):
