@@ -76,3 +76,14 @@ def test_ingest_bench_ray_row(tiny_artifacts, tmp_path):
     row = ray_row(tiny_artifacts, folder, len(files), 2, 1)
     assert row["workers"] == 2 and row["skipped"] == 0 and row["shard_size"] == 1
     assert row["images_per_s"] > 0 and row["in_shard_images_per_s"] > 0 and row["startup_s"] > 0
+
+
+def test_triton_instance_specs():
+    from clipq.app.bench.ingest_paths import parse_instances
+    from clipq.runtime.errors import InvalidInputError
+
+    assert parse_instances(1) == (1, 0) and parse_instances("2") == (2, 0) and parse_instances("2x1") == (2, 1)
+    assert parse_instances("2x") == (2, 0)  # no thread count: the engine's default
+    for bad in ("0", "x2", "2x-1", "two"):
+        with pytest.raises(InvalidInputError, match="NxT"):
+            parse_instances(bad)

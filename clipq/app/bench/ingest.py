@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ingest-concurrency", default="1,2,4,8", metavar="LIST",
                    help="ingest: Triton concurrency levels (default %(default)s)")
     g.add_argument("--ingest-triton-instances", default="1", metavar="LIST",
-                   help="ingest: instances of Triton's embed_image, one server each, passes alternating "
-                        "(default %(default)s)")
+                   help="ingest: instances of Triton's embed_image (N, or NxT: T engine threads each), one server "
+                        "each, passes alternating (default %(default)s)")
     g.add_argument("--ingest-clip-retrieval", default=None, metavar="PYTHON",
                    help="ingest: the python of an environment with clip-retrieval installed (its own torch)")
 
@@ -117,7 +117,7 @@ def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files:
     r: dict[str, Any] = {"triton": None, "ray": None, "peer_fastembed": None, "peer_clip_retrieval": None,
                          "peer_transformers": transformers_peer(ckpt, files, repeats) if ckpt else None}
     if "triton" in paths:
-        counts = [int(c) for c in str(getattr(args, "ingest_triton_instances", None) or "1").split(",") if c.strip()]
+        counts = [c.strip() for c in str(getattr(args, "ingest_triton_instances", None) or "1").split(",") if c.strip()]
         runs = triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=counts)
         r["triton"], r["triton_other_instances"] = runs[0], runs[1:]
     if "ray" in paths:
@@ -229,13 +229,13 @@ def markdown(r: dict[str, Any]) -> str:
     if runs:
         lines += ["", f"Through Triton {runs[0]['server_version']} (fused embed_image, gRPC, one photo's bytes "
                   "a request), Triton's mean ms per request:", "",
-                  "| instances | concurrency | images/s | p50 ms | p90 ms | queue | compute input | compute infer | "
+                  "| instances (x engine threads) | concurrency | images/s | p50 ms | p90 ms | queue | compute input | compute infer | "
                   "compute output | average batch |", "|---|---|---|---|---|---|---|---|---|---|"]
         for run in runs:
             for row in run["rows"]:
                 st = row.get("stages") or {}
                 cell = [f"{st.get(k + '_ms', 0.0):.1f}" for k in ("queue", "compute_input", "compute_infer", "compute_output")]
-                lines.append(f"| {run.get('instances', 1)} | {row['concurrency']} | {row['images_per_s']:.1f} | "
+                lines.append(f"| {_label(run)} | {row['concurrency']} | {row['images_per_s']:.1f} | "
                              f"{row['p50_ms']:.1f} | {row['p90_ms']:.1f} | {' | '.join(cell)} | "
                              f"{st.get('avg_batch') or 0:.2f} |")
     return "\n".join(lines) + "\n"
@@ -245,9 +245,9 @@ def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(row name, images/s or "not measured: why") of Triton, Ray and the peers present in ``r``."""
     out: list[tuple[str, str]] = []
     for run in _triton_runs(r):
-        n = run.get("instances", 1)
         for row in run["rows"]:
-            name = f"through Triton, concurrency {row['concurrency']}" + (f", {n} instances" if n != 1 else "")
+            name = f"through Triton, concurrency {row['concurrency']}" + (
+                f", {_label(run)} instances" if _label(run) != "1" else "")
             out.append((name, f"{row['images_per_s']:.1f}"))
     if r.get("ray"):
         y = r["ray"]
@@ -275,6 +275,12 @@ def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
 def _triton_runs(r: dict[str, Any]) -> list[dict[str, Any]]:
     """The Triton servers measured (one per instance count), the default's first."""
     return [x for x in [r.get("triton"), *(r.get("triton_other_instances") or [])] if x]
+
+
+def _label(run: dict[str, Any]) -> str:
+    """``"2"`` (instances, the engine's default threads) or ``"2x1"`` (instances x engine threads)."""
+    n, t = run.get("instances", 1), run.get("threads") or 0
+    return f"{n}x{t}" if t else str(n)
 
 
 def _best_peer(r: dict[str, Any]) -> tuple[str, float] | None:
@@ -306,8 +312,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
             "model alone": r["model_only_images_per_s"], "machine limit": r["machine_limit_images_per_s"]}
     for run in _triton_runs(r):
         for row in run["rows"]:
-            n = run.get("instances", 1)
-            bars[f"Triton, concurrency {row['concurrency']}" + (f" x{n}" if n != 1 else "")] = row["images_per_s"]
+            bars[f"Triton, concurrency {row['concurrency']}" + (f" x{_label(run)}" if _label(run) != "1" else "")] = \
+                row["images_per_s"]
     if r.get("ray"):
         bars[f"Ray, {r['ray']['workers']} actors"] = r["ray"]["images_per_s"]
     if r.get("peer_transformers"):

@@ -70,13 +70,34 @@ def _one_pass(clients: list[Any], data: list[bytes], concurrency: int) -> tuple[
     return time.perf_counter() - t0, lat, errors
 
 
+def parse_instances(spec: Any) -> tuple[int, int]:
+    """``2`` or ``"2"`` -> (2, 0); ``"2x1"`` -> (2, 1): instances and engine threads (0: the engine's default).
+
+    Raises:
+        InvalidInputError: not N or NxT with N >= 1, T >= 0.
+    """
+    from clipq.runtime.errors import InvalidInputError
+
+    text = str(spec).strip().lower()
+    try:
+        n, _, t = text.partition("x")
+        got = (int(n), int(t) if t else 0)
+    except ValueError:
+        got = (0, -1)
+    if got[0] < 1 or got[1] < 0:
+        raise InvalidInputError(f"Triton instances must be N or NxT (instances x engine threads), got {spec!r}")
+    return got
+
+
 def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int], repeats: int,
-                work: Path | None = None, instances: tuple[int, ...] | list[int] = (1,)) -> list[dict[str, Any]]:
+                work: Path | None = None, instances: tuple[Any, ...] | list[Any] = (1,)) -> list[dict[str, Any]]:
     """Through Triton at each concurrency level (see the module docstring), one server per instance count.
 
     ``instances``: instances of the fused ``embed_image`` (``clipq serve --instances``), one server
     each, all running at once: at each concurrency level their passes alternate (server 1, server 2,
-    server 1, ...), so load from other jobs on a shared machine falls on each alike.
+    server 1, ...), so load from other jobs on a shared machine falls on each alike. An entry
+    ``"NxT"`` serves N instances with T engine threads each (``clipq serve --threads``; N alone:
+    the engine's default threads).
 
     Returns:
         Per instance count: ``{"server_version", "startup_s", "instances", "rows": [{concurrency,
@@ -102,12 +123,15 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
     try:
         with contextlib.ExitStack() as stack:
             servers, clients = [], []
-            for n in instances:
-                # what `clipq serve ARTIFACTS --instances N` renders: fused pipelines, the manifest's CPU default
-                repo = render_repository(m, root / f"repository_{n}", RenderOptions(pipelines="fused", instances=n),
+            for spec in instances:
+                n, threads = parse_instances(spec)
+                # what `clipq serve ARTIFACTS --instances N --threads T` renders: fused pipelines, the CPU default
+                repo = render_repository(m, root / f"repository_{n}x{threads}",
+                                         RenderOptions(pipelines="fused", instances=n, intra_op_threads=threads),
                                          models=["clip_image", "embed_image", "clipq_info"])
                 server = stack.enter_context(TritonServer(repo.path))
-                print(f"ingest: tritonserver {server.version} ({n} instance(s) of embed_image) ready in "
+                print(f"ingest: tritonserver {server.version} ({n} instance(s) of embed_image, engine threads "
+                      f"{threads or 'default'}) ready in "
                       f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
                 cs = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
                 stack.callback(lambda cs=cs: [c.close() for c in cs])
@@ -115,7 +139,8 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
                     c.infer("embed_image", {"image": [data[0]]})
                 servers.append(server)
                 clients.append(cs)
-            runs: list[dict[str, Any]] = [{"server_version": s.version, "startup_s": s.startup_s, "instances": n,
+            runs: list[dict[str, Any]] = [{"server_version": s.version, "startup_s": s.startup_s,
+                                           "instances": parse_instances(n)[0], "threads": parse_instances(n)[1],
                                            "pipelines": "fused", "rows": []} for s, n in zip(servers, instances)]
             for conc in concurrency:
                 best: list[Any] = [None] * len(servers)
