@@ -218,6 +218,8 @@ def make(root: str, work: str, network: str, engine: str, threads: int) -> Any:
     if engine == "optimum_ort":
         if network != "clip_image":
             raise LookupError("optimum exports no stand-alone graph for this network")
+        if str(m.extra.get("family", "clip")).startswith("siglip"):
+            raise LookupError("optimum's ORTModelForFeatureExtraction has no SigLIP vision export here")
         from optimum.onnxruntime import ORTModelForFeatureExtraction
         from transformers import CLIPVisionModel
 
