@@ -163,3 +163,25 @@ def test_other_families_refused_naming_the_supported(tmp_path, model_type, words
     for w in [*words, "clip (clip, vision-text-dual-encoder)", "siglip (siglip)", repr(model_type)]:
         assert w in msg
     assert not (tmp_path / "art" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("preset", ["siglip-base-patch16-224", "siglip2-base-patch16-224"])
+def test_bench_presets_have_the_real_shapes(preset):
+    """The benchmark presets: SiglipModel at siglip(2)-base-patch16-224's shapes (built on the meta device:
+    the shapes without the weights' memory), with SigLIP's padding and preprocessing in the artifacts."""
+    from clipq.models.factory import build_clip, clip_embed_dim, clip_family, get_preset
+
+    pr = get_preset(preset)
+    with torch.device("meta"):
+        model = build_clip(preset)
+    assert type(model).__name__ == "SiglipModel" and clip_family(model) == "siglip"
+    v, t = model.config.vision_config, model.config.text_config
+    assert (v.image_size, v.patch_size, v.hidden_size, v.num_hidden_layers) == (224, 16, 768, 12)
+    assert (t.vocab_size, t.max_position_embeddings, t.num_hidden_layers) == (
+        256000 if preset.startswith("siglip2") else 32000,
+        64,
+        12,
+    )
+    assert clip_embed_dim(model) == 768 and pr.clip_max_length == 64
+    n = sum(p.numel() for p in model.parameters())
+    assert n == pytest.approx(375e6 if preset.startswith("siglip2") else 203e6, rel=0.02)
