@@ -4,7 +4,7 @@ Small checkpoints saved here as the hub ships them (tests/_siglip.py) are import
 then the real commands and servers run on them and every result is compared with the in-process
 runtime on the same artifacts: ``clipq index build`` + ``clipq search`` (scores are SigLIP's
 ``sigmoid(logit_scale * cos + logit_bias)`` of the runtime's embeddings), ``ImageSearch``'s
-``min_score``, ``clipq embed``'s shards, the app's ``/v1/embeddings`` and ``/v1/search``, and a thin
+``min_score``, ``clipq embed``'s shards, the deploy bundle, the app's ``/v1/embeddings`` and ``/v1/search``, and a thin
 client of a real tritonserver (cosine >= 1 - 1e-5 against in process, sigmoid scores within 1e-4).
 """
 
@@ -115,6 +115,19 @@ def test_index_search_embed_and_app(siglips, kind, tmp_path, capsys):
         ]
         ref = emb[[ids.index(Path(r).stem if "/" in r else r) for r in rows]]
         assert (shard * ref).sum(1).min() >= 1 - 1e-5
+
+        # the deploy bundle (no torch weights) carries the family's score and gives the same embeddings
+        from clipq.runtime.manifest import Manifest
+
+        bundle = Manifest.load(art).bundle(tmp_path / "bundle")
+        assert bundle.extra["scores"] == backend.manifest.extra["scores"] and not bundle.checkpoints
+        bb = rt.connect(bundle.root, threads=2)
+        try:
+            benc = rt.ClipEncoder(bb)
+            assert benc.pair_score == enc.pair_score
+            assert (benc.encode_texts(QUERIES) * enc.encode_texts(QUERIES)).sum(1).min() >= 1 - 1e-5
+        finally:
+            bb.close()
 
         # the app: /v1/embeddings equals the runtime; /v1/search says what its scores are
         svc = open_services(AppSettings(), artifacts=str(art), index=str(idx))
