@@ -37,17 +37,7 @@ ENGINE_SWEEPS: dict[str, list[tuple[int, int]]] = {
     "hnswlib": [(ef, 0) for ef in (16, 32, 64, 128, 256)],
     "sq8": [(32, 0), (64, 0), (128, 0), (50, 50), (64, 50), (128, 50), (256, 50), (128, 100)],
     "sq4": [(64, 0), (128, 0), (50, 50), (64, 50), (128, 50), (256, 50), (100, 100), (128, 100), (256, 100)],
-    "ivfpq": [
-        (16, 50),
-        (32, 50),
-        (64, 50),
-        (16, 100),
-        (32, 100),
-        (64, 100),
-        (32, 200),
-        (64, 200),
-        (128, 200),
-    ],
+    "ivfpq": [(8, 50), (16, 50), (32, 50), (8, 100), (16, 100), (32, 100), (64, 100), (32, 200), (64, 200)],
 }
 TARGET_RECALL, TARGET_SPEEDUP, TARGET_OVERHEAD = 0.95, 100.0, 0.10
 TARGET_BYTES, TARGET_QPS = 400, 2000
@@ -127,8 +117,9 @@ def run_engines(args: argparse.Namespace) -> int:
     x, q = data[:n], data[n:].copy()
     ids = [f"v{i}" for i in range(n)]
     with threadpool_limits(limits=threads):
-        exact_s = best_time(lambda: exact_topk(q, x, K, space="ip"), 2)
+        t0 = time.perf_counter()  # one timed pass: at 1M it takes a minute on 2 cores
         truth, _ = exact_topk(q, x, K, space="ip")
+        exact_s = time.perf_counter() - t0
     exact_qps = nq / exact_s
     _log(f"exact batched numpy ({threads} threads): {exact_qps:.1f} QPS")
     truth_ids = [[ids[j] for j in row] for row in truth.tolist()]
