@@ -492,6 +492,29 @@ class MilvusIndex(MilvusQueryMixin, IngestMixin):
         """Record collection properties (a bulk load's progress)."""
         self._set_props(props)
 
+    def wait_indexed(self, timeout: float = 600.0, poll: float = 0.5) -> float:
+        """Flush, then wait until Milvus has indexed every row (searches are slower until then).
+
+        Returns:
+            Seconds waited.
+
+        Raises:
+            StoreError: the index is not built within ``timeout`` seconds.
+        """
+        t0 = time.perf_counter()
+        self._call("flush", self._client.flush, self.collection)
+        while True:
+            idx = (
+                self._call("describe_index", self._client.describe_index, self.collection, VECTOR_FIELD) or {}
+            )
+            if int(idx.get("pending_index_rows", 0)) == 0 and int(idx.get("indexed_rows", 0)) >= int(
+                idx.get("total_rows", 0)
+            ):
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout:
+                raise StoreError(f"{self.url}: the vector index is not built after {timeout:g} s ({idx})")
+            time.sleep(poll)
+
     def _next_seqs(self, n: int) -> list[int]:
         start = max(time.time_ns(), self._last_seq + 1)
         self._last_seq = start + n - 1

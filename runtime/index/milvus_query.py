@@ -136,12 +136,13 @@ class MilvusQueryMixin:
         expr = milvus_expr(filt)
         exprs = [expr] if expr is not None else self._allowed_exprs(filt)
         rows: list[list[tuple[str, float]]] = [[] for _ in range(q.shape[0])]
+        metas: dict[str, Any] = {}  # metadata that came back with the hits (one round trip, not two)
         if q.shape[0] and exprs:
             if exact:
                 rows = self._exact(q, kk, exprs)
             else:
                 for e in exprs:
-                    rows = _merge(rows, self._ann(q, kk, e), kk)
+                    rows = _merge(rows, self._ann(q, kk, e, metas if objects else None), kk)
         if q.shape[0] and not any(rows) and len(self) == 0:
             raise InvalidInputError("the index is empty: add items before searching")
         if not objects:
@@ -150,11 +151,15 @@ class MilvusQueryMixin:
             return ids, np.array([[s for _, s in r[:width]] for r in rows], np.float32).reshape(
                 len(rows), width
             )
-        wanted = list(dict.fromkeys(i for r in rows for i, _ in r))
-        metas = self._get(wanted, [META_FIELD]) if wanted else {}
-        return [[SearchResult(i, s, _view(metas[i][META_FIELD])) for i, s in r] for r in rows]
+        wanted = list(dict.fromkeys(i for r in rows for i, _ in r if i not in metas))
+        if wanted:
+            metas.update({i: row[META_FIELD] for i, row in self._get(wanted, [META_FIELD]).items()})
+        return [[SearchResult(i, s, _view(metas[i])) for i, s in r] for r in rows]
 
-    def _ann(self, q: np.ndarray, k: int, expr: str) -> list[list[tuple[str, float]]]:
+    def _ann(
+        self, q: np.ndarray, k: int, expr: str, metas: dict[str, Any] | None
+    ) -> list[list[tuple[str, float]]]:
+        """Milvus' search, ``QUERY_CHUNK`` queries a call; the hits' metadata into ``metas`` if given."""
         if self.index_type == "HNSW":
             params: dict[str, Any] = {"ef": max(self._ef, k)}
         elif self.index_type.startswith("IVF"):
@@ -171,11 +176,13 @@ class MilvusQueryMixin:
                 data=q[s : s + QUERY_CHUNK],
                 limit=k,
                 filter=expr,
-                output_fields=[],
+                output_fields=[] if metas is None else [META_FIELD],
                 search_params={"params": params},
                 anns_field=VECTOR_FIELD,
             )
             out += [[(h["id"], sign * float(h["distance"])) for h in hits] for hits in res]
+            if metas is not None:
+                metas.update((h["id"], h["entity"].get(META_FIELD)) for hits in res for h in hits)
         return out
 
     def _exact(self, q: np.ndarray, k: int, exprs: list[str]) -> list[list[tuple[str, float]]]:

@@ -330,7 +330,7 @@ def test_bulk_load_resumes_without_writing_twice(lite_file: Path) -> None:
     readers, counts = [reader(r) for r in shards], [len(r) for r in shards]
     with pytest.raises(OSError):
         bulk_load(index, readers, counts, "src1", progress=False)
-    assert len(index) == 200 and load_progress(index, "src1") == {"shard": 2, "row": 0}
+    assert len(index) == 200 and load_progress(index, "src1") == {"shard": 2, "row": 0, "fresh": True}
     rep = bulk_load(index, readers, counts, "src1", progress=False)
     assert (rep.inserted, rep.present, rep.resumed_at) == (100, 0, (2, 0))
     assert len(index) == 300 and load_progress(index, "src1")["done"]

@@ -1,0 +1,311 @@
+"""Milvus as clipq's store, measured: bulk load against raw pymilvus, top-10 against the embedded index.
+
+``python -m clipq.app.bench.milvus --n 100000 --out runs/bench/milvus`` (Milvus Lite in a temporary
+folder; ``--store-dir`` to keep it elsewhere):
+
+- **bulk load**: the same vectors (clustered, 512-d, unit) written as a ``clipq embed`` output and
+  loaded with clipq's resumable loader (reading the shards, checking them, recording progress), and
+  inserted by pymilvus itself from memory in the same batches into an identical collection;
+  alternated raw, clipq, clipq, raw so that a drift of the shared machine hits both alike;
+- **top-10**: Milvus' answers against the embedded hnswlib index (``ImageIndex``) and both against
+  exact numpy search, at two ``ef``;
+- **batching**: the queries in one ``search_batch`` call against one call per query.
+
+Writes ``milvus.json``, ``milvus.md`` (tables) and ``milvus.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+K = 10
+
+
+def write_embed_dir(root: Path, x: Any, shard_rows: int, model_id: str) -> None:
+    """``x`` as a finished ``clipq embed`` output (the layout ``clipq.app.batch_embed`` writes)."""
+    import numpy as np
+
+    from clipq.app.batch_embed import SHARD_DIR, SUMMARY
+    from clipq.runtime.manifest import sha256_file
+
+    d = root / SHARD_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    shards = 0
+    for n, s in enumerate(range(0, x.shape[0], shard_rows)):
+        stem = d / f"shard-{n:05d}"
+        rows = range(s, min(s + shard_rows, x.shape[0]))
+        np.save(f"{stem}.npy", x[s : s + shard_rows], allow_pickle=False)
+        Path(f"{stem}.jsonl").write_text(
+            "".join(json.dumps({"id": f"img-{i}", "path": f"/photos/{i}.jpg"}) + "\n" for i in rows)
+        )
+        marker = {
+            "shard": n,
+            "count": len(rows),
+            "model_id": model_id,
+            "dim": int(x.shape[1]),
+            "sha256": {sfx: sha256_file(Path(f"{stem}{sfx}")) for sfx in (".npy", ".jsonl")},
+            "skipped": [],
+        }
+        Path(f"{stem}.json").write_text(json.dumps(marker))
+        shards += 1
+    (root / SUMMARY).write_text(
+        json.dumps(
+            {"shards": shards, "embedded": int(x.shape[0]), "model_id": model_id, "dim": int(x.shape[1])}
+        )
+    )
+
+
+def raw_insert(client: Any, name: str, x: Any, batch: int) -> float:
+    """Seconds pymilvus takes to insert ``x`` from memory in batches (clipq's row layout)."""
+    t0 = time.perf_counter()
+    for s in range(0, x.shape[0], batch):
+        rows = [
+            {"id": f"img-{i}", "seq": i, "vector": x[i], "meta": {"path": f"/photos/{i}.jpg"}}
+            for i in range(s, min(s + batch, x.shape[0]))
+        ]
+        client.insert(name, rows)
+    return time.perf_counter() - t0
+
+
+def run(
+    n: int, dim: int, nq: int, batch: int, out: Path, store_dir: Path, M: int, efc: int
+) -> dict[str, Any]:
+    import numpy as np
+
+    from clipq.app.bench.index import clustered_vectors
+    from clipq.app.store_cli import embedding_shards
+    from clipq.runtime.index import ImageIndex, MilvusIndex, exact_topk
+    from clipq.runtime.index.milvus_load import bulk_load
+    from clipq.runtime.index.milvus_schema import Caller, create_collection
+
+    data = clustered_vectors(n + nq, dim, n_clusters=max(8, n // 100), spread=1.0, seed=0)
+    x, q = data[:n], data[n:]
+    ids = [f"img-{i}" for i in range(n)]
+    emb = store_dir / "emb"
+    write_embed_dir(emb, x, 10_000, "bench-model")
+    db = store_dir / "bench.db"
+    loads: list[dict[str, Any]] = []
+    index = None
+    for rep, who in enumerate(("pymilvus", "clipq", "clipq", "pymilvus")):
+        url = f"milvus-lite://{db}/load_{rep}"
+        store = MilvusIndex.open(
+            url, create=True, replace=True, dim=dim, M=M, ef_construction=efc, batch_rows=batch
+        )
+        if who == "pymilvus":
+            store._client.drop_collection(store.collection)
+            create_collection(
+                store._client,
+                Caller(store.where),
+                store.collection,
+                dim,
+                "cosine",
+                "HNSW",
+                {"M": M, "efConstruction": efc},
+                None,
+                None,
+            )
+            seconds = raw_insert(store._client, store.collection, x, batch)
+        else:
+            summary, counts, readers = embedding_shards(str(emb))
+            seconds = bulk_load(store, readers, counts, summary["key"], progress=False).seconds
+        count = len(store)
+        loads.append({"who": who, "rows": count, "seconds": seconds, "rows_per_s": n / seconds})
+        print(
+            f"load {rep}: {who:8s} {n / seconds:8,.0f} vectors/s ({seconds:.1f} s, {count} rows)", flush=True
+        )
+        if who == "clipq" and index is None:
+            index = store
+        else:
+            store._client.drop_collection(store.collection)
+    assert index is not None
+    index_wait = index.wait_indexed()
+    print(f"index built {index_wait:.1f} s after the load", flush=True)
+    raw = [r["rows_per_s"] for r in loads if r["who"] == "pymilvus"]
+    ours = [r["rows_per_s"] for r in loads if r["who"] == "clipq"]
+
+    truth, _ = exact_topk(q, x, K)
+    t0 = time.perf_counter()
+    local = ImageIndex.from_embeddings(x, ids, M=M, ef_construction=efc, exact_threshold=0)
+    local_build = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+    for ef in (64, 128):
+        local.ef = index.ef = ef
+        mine, _ = index.search_ids(q, K)  # warm
+        t0 = time.perf_counter()
+        mine, _ = index.search_ids(q, K)
+        batched = time.perf_counter() - t0
+        emb_ids, _ = local.search_ids(q, K, exact=False)
+        t0 = time.perf_counter()
+        for v in q:
+            index.search(v, K)
+        single = time.perf_counter() - t0
+        true_ids = [[ids[j] for j in row] for row in truth.tolist()]
+        rows.append(
+            {
+                "ef": ef,
+                "same_top10_as_hnswlib": float(
+                    np.mean([len(set(a) & set(b)) for a, b in zip(mine, emb_ids)])
+                ),
+                "milvus_recall": float(np.mean([len(set(a) & set(b)) / K for a, b in zip(mine, true_ids)])),
+                "hnswlib_recall": float(
+                    np.mean([len(set(a) & set(b)) / K for a, b in zip(emb_ids, true_ids)])
+                ),
+                "batched_qps": nq / batched,
+                "single_qps": nq / single,
+            }
+        )
+        print(
+            f"ef {ef}: same top-10 as hnswlib {rows[-1]['same_top10_as_hnswlib']:.2f}/10, recall Milvus "
+            f"{rows[-1]['milvus_recall']:.3f} hnswlib {rows[-1]['hnswlib_recall']:.3f}; "
+            f"{nq} queries in one call {nq / batched:,.0f} q/s, one a call {nq / single:,.0f} q/s",
+            flush=True,
+        )
+    disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) if db.exists() else 0
+    index.close()
+    cpu = _cpu()
+    result = {
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "shared machine: other jobs ran alongside",
+        },
+        "config": {
+            "n": n,
+            "dim": dim,
+            "queries": nq,
+            "k": K,
+            "batch_rows": batch,
+            "M": M,
+            "ef_construction": efc,
+        },
+        "versions": _versions(),
+        "load": loads,
+        "load_ratio": float(np.mean(ours) / np.mean(raw)),
+        "search": rows,
+        "hnswlib_build_s": local_build,
+        "milvus_index_wait_s": index_wait,
+        "milvus_lite_disk_bytes": disk,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "milvus.json").write_text(json.dumps(result, indent=2))
+    (out / "milvus.md").write_text(_markdown(result))
+    _plot(result, out / "milvus.png")
+    print(
+        f"bulk load: clipq {np.mean(ours):,.0f} vs pymilvus {np.mean(raw):,.0f} vectors/s = "
+        f"{result['load_ratio']:.0%}; wrote {out / 'milvus.json'}"
+    )
+    return result
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    c = r["config"]
+    lines = [
+        f"Milvus Lite, {c['n']:,} x {c['dim']} clustered unit vectors, batches of {c['batch_rows']:,}, "
+        f"HNSW M {c['M']} / efConstruction {c['ef_construction']}; {r['machine']['cpu']}, "
+        f"{r['machine']['cores']} cores, shared.",
+        "",
+        "| load | vectors/s | seconds |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {x['who']} | {x['rows_per_s']:,.0f} | {x['seconds']:.1f} |" for x in r["load"]]
+    lines += [
+        "",
+        f"clipq's loader at {r['load_ratio']:.0%} of pymilvus' own insert rate.",
+        "",
+        "| ef | same top-10 as hnswlib | recall@10 Milvus | recall@10 hnswlib | "
+        f"{c['queries']} queries in one call (q/s) | one query a call (q/s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {s['ef']} | {s['same_top10_as_hnswlib']:.2f} / 10 | {s['milvus_recall']:.3f} | "
+        f"{s['hnswlib_recall']:.3f} | {s['batched_qps']:,.0f} | {s['single_qps']:,.0f} |"
+        for s in r["search"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    labels = [f"{x['who']} #{n}" for n, x in enumerate(r["load"])]
+    a.bar(
+        labels,
+        [x["rows_per_s"] for x in r["load"]],
+        color=["#888" if x["who"] == "pymilvus" else "#2a7" for x in r["load"]],
+    )
+    a.set_ylabel("vectors/s")
+    a.set_title("bulk load (run order)")
+    a.tick_params(axis="x", labelsize=8)
+    efs = [str(s["ef"]) for s in r["search"]]
+    width = 0.38
+    pos = range(len(efs))
+    b.bar([p - width / 2 for p in pos], [s["batched_qps"] for s in r["search"]], width, label="one call")
+    b.bar(
+        [p + width / 2 for p in pos], [s["single_qps"] for s in r["search"]], width, label="a call per query"
+    )
+    b.set_xticks(list(pos), [f"ef {e}" for e in efs])
+    b.set_yscale("log")
+    b.set_ylabel("queries/s")
+    b.set_title(f"{r['config']['queries']} queries")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("pymilvus", "milvus-lite", "hnswlib", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=100_000, help="vectors (default %(default)s)")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--batch", type=int, default=5000, help="rows per insert call")
+    p.add_argument("--M", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=100)
+    p.add_argument("--out", default="runs/bench/milvus")
+    p.add_argument(
+        "--store-dir", default=None, help="where the Milvus Lite file goes (default: a temp folder)"
+    )
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="clipq-milvus-") as tmp:
+        store = Path(args.store_dir) if args.store_dir else Path(tmp)
+        store.mkdir(parents=True, exist_ok=True)
+        run(args.n, args.dim, args.queries, args.batch, Path(args.out), store, args.M, args.ef_construction)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
