@@ -1,7 +1,7 @@
-"""Bring your own CLIP: a local checkpoint -> exported, parity-checked, deployable artifacts, no training.
+"""Bring your own CLIP or SigLIP: a local checkpoint -> exported, parity-checked, deployable artifacts, no training.
 
 ``clipq import DIR --out ARTIFACTS`` runs :func:`import_checkpoint`: the checkpoint is read as
-transformers reads it (:mod:`clipq.models.checkpoint`), saved into the artifact directory, and both
+transformers reads it (:mod:`clipq.models.checkpoint`; SigLIP's differences: :mod:`clipq.models.siglip`), saved into the artifact directory, and both
 towers are exported to ONNX with the usual parity checks (int8 by default, kept only where it passes
 and is faster). Optional heads attach when given: trained VQA / Model A checkpoints from a clipq
 artifact directory (``--heads``), and a prompt database for Model B (``--prompts`` csv + images).
@@ -111,7 +111,8 @@ def import_checkpoint(src: str | os.PathLike[str], out: str | os.PathLike[str], 
     """Import a local CLIP checkpoint into a new artifact directory and export it.
 
     Args:
-        src: a ``save_pretrained`` CLIP directory.
+        src: a ``save_pretrained`` CLIP or SigLIP directory (``config.json``'s ``model_type``: clip,
+            vision-text-dual-encoder, siglip; another is refused with ``UnsupportedModelError``).
         out: the artifact directory to create.
         int8: also try int8 graphs (kept per network only where parity holds and they are faster).
         data: a data directory for real parity/calibration inputs and the task-metric gate.

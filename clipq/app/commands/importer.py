@@ -1,4 +1,4 @@
-"""`clipq import CHECKPOINT --out ARTIFACTS`: a local CLIP checkpoint -> deployable artifacts, no training."""
+"""`clipq import CHECKPOINT --out ARTIFACTS`: a local CLIP / SigLIP checkpoint -> deployable artifacts, no training."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "import", help="import a local CLIP checkpoint (save_pretrained dir) and export it, without training",
-        description="Read a CLIP checkpoint as transformers does (config.json; model.safetensors or "
-                    "pytorch_model.bin; tokenizer.json or vocab.json + merges.txt; preprocessor_config.json "
-                    "or CLIP's defaults), export both towers to ONNX with parity checks (int8 where it "
+        "import", help="import a local CLIP or SigLIP checkpoint (save_pretrained dir) and export it, without training",
+        description="Read a CLIP or SigLIP / SigLIP 2 (fixed resolution) checkpoint as transformers does "
+                    "(config.json's model_type; model.safetensors or pytorch_model.bin; tokenizer.json, "
+                    "vocab.json + merges.txt or SigLIP's spiece.model, converted to tokenizer.json; "
+                    "preprocessor_config.json or the family's defaults), export both towers to ONNX with parity checks (int8 where it "
                     "passes and is faster), ready for `clipq serve`, `clipq index build` and `clipq search`.",
     )
     p.add_argument("checkpoint", help="the checkpoint directory")
