@@ -59,6 +59,8 @@ class K8sOptions:
     memory: str = "16Gi"
     sync_image: str = "amazon/aws-cli:2.17.0"  # any image with a copy command for the storage scheme
     api_key_secret: str | None = None  # a Secret whose "api-key" entry Triton's restricted protocols want
+    milvus: str | None = None  # "standalone" / "cluster": also write milvus-values.yaml (clipq.app.k8s_milvus)
+    milvus_vectors: int = 10_000_000  # the collection size the Milvus query memory is sized for
 
 
 def _labels(o: K8sOptions) -> dict[str, str]:
@@ -250,4 +252,11 @@ def write_manifests(repository: str | os.PathLike[str], out: str | os.PathLike[s
         header = (f"# rendered by `clipq deploy k8s` from {Path(repository).name}/clipq_repository.json "
                   f"({info.get('flavour')} flavour, {len(_models(info))} models); do not edit by hand\n")
         files[key].write_text(header + yaml.dump_all(docs, Dumper=_NoAliases, sort_keys=False))
+    if o.milvus:
+        from clipq.app.k8s_milvus import milvus_values, values_header
+
+        files["milvus"] = out / "milvus-values.yaml"
+        values = milvus_values(o.milvus, vectors=o.milvus_vectors)
+        files["milvus"].write_text(values_header(o.milvus, o.name, o.namespace, o.milvus_vectors)
+                                   + yaml.dump(values, Dumper=_NoAliases, sort_keys=False))
     return files

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--api-key-secret", default=None, metavar="NAME",
                    help="a Secret whose 'api-key' entry Triton's protocols (all but health) require, as "
                         "`clipq serve --api-key` (docs/security.md)")
+    k.add_argument("--milvus", choices=("standalone", "cluster"), default=None,
+                   help="also write milvus-values.yaml for the official Milvus Helm chart (docs/deploy.md, Milvus)")
+    k.add_argument("--milvus-vectors", type=int, default=10_000_000,
+                   help="collection size Milvus' query memory is sized for (default %(default)s)")
     k.set_defaults(func=run)
 
 
@@ -33,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     o = K8sOptions(image=args.image, storage_uri=args.storage_uri, name=args.name, namespace=args.namespace,
                    replicas=args.replicas, max_replicas=args.max_replicas, queue_target_us=args.queue_target_us,
-                   gpus=args.gpus, api_key_secret=args.api_key_secret)
+                   gpus=args.gpus, api_key_secret=args.api_key_secret, milvus=args.milvus,
+                   milvus_vectors=args.milvus_vectors)
     for key, path in write_manifests(args.repository, args.out, o).items():
         print(f"{key}: {path}")
     return 0
