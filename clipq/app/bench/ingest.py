@@ -108,6 +108,8 @@ def _paths(args: argparse.Namespace) -> list[str]:
 def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files: list[Path], cores: int,
                 repeats: int, quick: bool) -> dict[str, Any]:
     """Triton, Ray and the user-written peers, each only where asked for (``--ingest-paths``)."""
+    from clipq.runtime.errors import MissingDependencyError, ServerError
+
     from .ingest_paths import ray_row, triton_rows
     from .ingest_peers import clip_retrieval_peer, fastembed_peer, transformers_peer
 
@@ -118,10 +120,16 @@ def _other_rows(args: argparse.Namespace, art: str, m: Any, folder: Path, files:
                          "peer_transformers": transformers_peer(ckpt, files, repeats) if ckpt else None}
     if "triton" in paths:
         counts = [c.strip() for c in str(getattr(args, "ingest_triton_instances", None) or "1").split(",") if c.strip()]
-        runs = triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=counts)
-        r["triton"], r["triton_other_instances"] = runs[0], runs[1:]
+        try:
+            runs = triton_rows(art, files, conc[:2] if quick else conc, repeats, instances=counts)
+            r["triton"], r["triton_other_instances"] = runs[0], runs[1:]
+        except ServerError as e:  # no tritonserver here: the row says why, the other rows still run
+            r["triton"] = {"not_measured": f"{type(e).__name__}: {e}"[:300]}
     if "ray" in paths:
-        r["ray"] = ray_row(art, folder, len(files), cores, 1 if quick else repeats)
+        try:
+            r["ray"] = ray_row(art, folder, len(files), cores, 1 if quick else repeats)
+        except MissingDependencyError as e:
+            r["ray"] = {"not_measured": f"{type(e).__name__}: {e}"[:300]}
     if "fastembed" in paths:
         with tempfile.TemporaryDirectory(prefix="clipq-ingest-fe-") as work:
             r["peer_fastembed"] = fastembed_peer(m, files, Path(work), repeats, cores, ckpt)
@@ -244,12 +252,15 @@ def markdown(r: dict[str, Any]) -> str:
 def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """(row name, images/s or "not measured: why") of Triton, Ray and the peers present in ``r``."""
     out: list[tuple[str, str]] = []
+    for key, name in (("triton", "through Triton"), ("ray", "clipq embed --ray")):
+        if (r.get(key) or {}).get("not_measured"):
+            out.append((name, f"not measured: {r[key]['not_measured']}"))
     for run in _triton_runs(r):
         for row in run["rows"]:
             name = f"through Triton, concurrency {row['concurrency']}" + (
                 f", {_label(run)} instances" if _label(run) != "1" else "")
             out.append((name, f"{row['images_per_s']:.1f}"))
-    if r.get("ray"):
+    if (r.get("ray") or {}).get("images_per_s") is not None:
         y = r["ray"]
         out.append((f"clipq embed --ray, {y['workers']} actors (after ray.init {y['startup_s']:.1f} s; "
                     f"in shards {y['in_shard_images_per_s']:.1f})", f"{y['images_per_s']:.1f}"))
@@ -274,7 +285,7 @@ def _other_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _triton_runs(r: dict[str, Any]) -> list[dict[str, Any]]:
     """The Triton servers measured (one per instance count), the default's first."""
-    return [x for x in [r.get("triton"), *(r.get("triton_other_instances") or [])] if x]
+    return [x for x in [r.get("triton"), *(r.get("triton_other_instances") or [])] if x and "rows" in x]
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -314,7 +325,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         for row in run["rows"]:
             bars[f"Triton, concurrency {row['concurrency']}" + (f" x{_label(run)}" if _label(run) != "1" else "")] = \
                 row["images_per_s"]
-    if r.get("ray"):
+    if (r.get("ray") or {}).get("images_per_s") is not None:
         bars[f"Ray, {r['ray']['workers']} actors"] = r["ray"]["images_per_s"]
     if r.get("peer_transformers"):
         bars["transformers loop"] = r["peer_transformers"]["images_per_s"]
