@@ -36,3 +36,35 @@ def test_triton_rows_embed_every_photo_at_each_concurrency(tiny_artifacts, tmp_p
     md = markdown(fake)
     assert "through Triton, concurrency 2" in md and "through Triton, concurrency 2, 2 instances" in md
     assert "compute infer" in md
+
+
+def test_instances_split_the_servers_cores(tiny_artifacts, tmp_path):
+    """Two instances of each model: each engine gets cores // 2 threads (said in the server's log), and both answer."""
+    require_triton()
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from clipq.runtime import connect
+    from clipq.runtime.feed import usable_cores
+    from clipq.runtime.manifest import Manifest
+    from clipq.serving import RenderOptions, render_repository
+    from clipq.serving.server import TritonServer
+
+    m = Manifest.load(tiny_artifacts)
+    repo = render_repository(m, tmp_path / "repo", RenderOptions(pipelines="fused", instances=2),
+                             models=["clip_image", "embed_image", "clipq_info"])
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buf, "JPEG")
+    with TritonServer(repo.path) as server:
+        line = f"clip_image: 2 instances on {usable_cores()} cores: {max(1, usable_cores() // 2)} engine thread(s) each"
+        # clip_image's two instances and embed_image's two (its network is clip_image)
+        assert "\n".join(server.log).count(line) == 4, [x for x in server.log if "instances on" in x]
+        c = connect(server=server.grpc_url)
+        try:
+            outs = [c.infer("embed_image", {"image": [buf.getvalue()]}) for _ in range(4)]
+        finally:
+            c.close()
+    dim = m.model("clip_image").outputs[0].shape[-1]
+    assert all(o["image_embeds"].shape == (1, dim) for o in outs)
