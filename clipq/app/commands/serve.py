@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching delay (default %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="instances per network (default %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per instance (0: one per core)")
+    p.add_argument("--threads", type=int, default=0, help="engine threads per instance (0: the cores, split between instances)")
     p.add_argument("--tritonserver", metavar="PATH", help="tritonserver binary (default: nvidia-pytriton's, or PATH)")
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument("--api-key", default=None, metavar="KEY",
