@@ -63,13 +63,25 @@ class Img2PromptConfig:
 
 @torch.inference_mode()
 def prompt_embeddings(m: Manifest, prompts: list[str], encoder: SentenceEncoder | None = None) -> torch.Tensor:
+    """The all-MiniLM-L6-v2 targets of ``prompts`` (normalised, in their order).
+
+    Batches are drawn in order of token length and cut to their longest prompt: a batch in the given
+    order pads every prompt to the longest of 256 (the demo's 11-21 word prompts; docs/training.md#the-training-plan).
+    """
     enc = encoder or SentenceEncoder.pretrained()
     tok = load_tokenizer(m, "prompt")
-    out = []
+    if not prompts:
+        return enc(*tokenize(tok, [""]))[:0]
+    ids, mask = tokenize(tok, prompts)  # padded to the longest prompt of all
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    parts = []
     for i in range(0, len(prompts), 256):
-        ids, mask = tokenize(tok, prompts[i : i + 256])
-        out.append(enc(ids, mask))
-    return torch.cat(out)
+        idx = order[i : i + 256]
+        n = int(lengths[idx].max())
+        parts.append(enc(ids[idx, :n], mask[idx, :n]))
+    out = torch.cat(parts)
+    return out[torch.argsort(order)]  # back to the prompts' order
 
 
 def _require_prompts(split) -> list[str]:

@@ -55,8 +55,11 @@ class CostModel:
     reading_fixed: float  # the synthetic words, the seed's rows at their few steps, scoring
 
 
-#: measured on a 2-core AMD EPYC (Zen 5, family 26), shared with other jobs, 2026-12-07: seconds of each
-#: trainer in the demo over CLIP's calibrated seconds per step (docs/training.md#the-training-plan)
+#: bf16: the demo's full plan on a quiet 2-core AMD EPYC (Zen 5, family 26; 2026-12-07): each trainer's
+#: seconds over CLIP's calibrated 0.109 s per step (CLIP 84 s, VQA 62, image -> prompt 35, reading 51),
+#: less the fixed costs removed since. fp32: the same with the fixed costs (drawing words, MiniLM targets,
+#: loading) halved in CLIP steps, as an fp32 CLIP step is about twice as long; a shared machine's runs
+#: (docs/training.md#the-training-plan) record the prediction's error beside each trainer's time
 COSTS: dict[str, CostModel] = {
     "bf16": CostModel(clip_per_step=1.1, clip_fixed=45.0, vqa_per_question=0.107, vqa_fixed=165.0,
                       img2prompt_per_epoch=40.0, img2prompt_fixed=240.0, reading_per_ce_step=0.4,
