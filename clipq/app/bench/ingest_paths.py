@@ -131,7 +131,7 @@ def triton_rows(artifacts: str | Path, files: list[Path], concurrency: list[int]
                                          models=["clip_image", "embed_image", "clipq_info"])
                 server = stack.enter_context(TritonServer(repo.path))
                 print(f"ingest: tritonserver {server.version} ({n} instance(s) of embed_image, engine threads "
-                      f"{threads or 'default'}) ready in "
+                      f"{threads or ('the cores split between them' if n > 1 else 'default')}) ready in "
                       f"{server.startup_s:.1f} s at {server.grpc_url}", flush=True)
                 cs = [connect(server=server.grpc_url) for _ in range(max(concurrency))]
                 stack.callback(lambda cs=cs: [c.close() for c in cs])
