@@ -191,10 +191,10 @@ class MilvusIndex(MilvusQueryMixin, IngestMixin):
                 )
             have_dim = int(fields[VECTOR_FIELD]["params"]["dim"])
             if want_dim is not None and int(want_dim) != have_dim:
-                what = "the encoder" if encoder is not None and dim is None else "the vectors"
+                what = "the encoder gives" if encoder is not None and dim is None else "expected"
                 raise DimensionMismatchError(
                     f"{where.url}: collection {where.collection!r} holds {have_dim}-d "
-                    f"vectors, {what} give {int(want_dim)}-d"
+                    f"vectors, {what} {int(want_dim)}-d"
                 )
             idx = call("describe_index", client.describe_index, where.collection, VECTOR_FIELD) or {}
             call("load_collection", client.load_collection, where.collection)

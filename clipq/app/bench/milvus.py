@@ -75,7 +75,16 @@ def raw_insert(client: Any, name: str, x: Any, batch: int) -> float:
 
 
 def run(
-    n: int, dim: int, nq: int, batch: int, out: Path, store_dir: Path, M: int, efc: int
+    n: int,
+    dim: int,
+    nq: int,
+    batch: int,
+    out: Path,
+    store_dir: Path,
+    M: int,
+    efc: int,
+    load_n: int = 20_000,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -83,58 +92,76 @@ def run(
     from clipq.app.store_cli import embedding_shards
     from clipq.runtime.index import ImageIndex, MilvusIndex, exact_topk
     from clipq.runtime.index.milvus_load import bulk_load
-    from clipq.runtime.index.milvus_schema import Caller, create_collection
 
     data = clustered_vectors(n + nq, dim, n_clusters=max(8, n // 100), spread=1.0, seed=0)
     x, q = data[:n], data[n:]
     ids = [f"img-{i}" for i in range(n)]
-    emb = store_dir / "emb"
-    write_embed_dir(emb, x, 10_000, "bench-model")
     db = store_dir / "bench.db"
-    loads: list[dict[str, Any]] = []
-    index = None
-    for rep, who in enumerate(("pymilvus", "clipq", "clipq", "pymilvus")):
-        url = f"milvus-lite://{db}/load_{rep}"
+    load_n = min(load_n, n)
+    small, full = store_dir / "emb_small", store_dir / "emb"
+    write_embed_dir(small, x[:load_n], 10_000, "bench-model")
+    write_embed_dir(full, x, 10_000, "bench-model")
+    counter = iter(range(1_000_000))
+
+    def load(who: str, emb: Path, rows: Any) -> tuple[dict[str, Any], Any]:
+        """One timed load into a fresh collection; then (untimed) Milvus' index build."""
         store = MilvusIndex.open(
-            url, create=True, replace=True, dim=dim, M=M, ef_construction=efc, batch_rows=batch
+            f"milvus-lite://{db}/load_{next(counter)}",
+            create=True,
+            dim=dim,
+            M=M,
+            ef_construction=efc,
+            batch_rows=batch,
         )
+        real_insert, in_insert = store._client.insert, [0.0]
+
+        def timed_insert(*args: Any, **kwargs: Any) -> Any:  # the real call, timed
+            t = time.perf_counter()
+            try:
+                return real_insert(*args, **kwargs)
+            finally:
+                in_insert[0] += time.perf_counter() - t
+
+        store._client.insert = timed_insert
         if who == "pymilvus":
-            store._client.drop_collection(store.collection)
-            create_collection(
-                store._client,
-                Caller(store.where),
-                store.collection,
-                dim,
-                "cosine",
-                "HNSW",
-                {"M": M, "efConstruction": efc},
-                None,
-                None,
-            )
-            seconds = raw_insert(store._client, store.collection, x, batch)
+            seconds = raw_insert(store._client, store.collection, rows, batch)
         else:
             summary, counts, readers = embedding_shards(str(emb))
             seconds = bulk_load(store, readers, counts, summary["key"], progress=False).seconds
+        store._client.insert = real_insert
         count = len(store)
-        # not timed: the index Milvus builds after a load must not run into the next one's time
-        waited = store.wait_indexed()
-        loads.append(
-            {"who": who, "rows": count, "seconds": seconds, "rows_per_s": n / seconds, "index_wait_s": waited}
-        )
+        waited = store.wait_indexed()  # the index Milvus builds must not run into the next load's time
+        rec = {
+            "who": who,
+            "rows": count,
+            "seconds": seconds,
+            "rows_per_s": count / seconds,
+            "outside_insert_s": seconds - in_insert[0],
+            "index_wait_s": waited,
+        }
         print(
-            f"load {rep}: {who:8s} {n / seconds:8,.0f} vectors/s ({seconds:.1f} s, {count} rows); "
-            f"index built {waited:.1f} s later",
+            f"load: {who:8s} {count:7d} rows {count / seconds:8,.0f} vectors/s ({seconds:.1f} s, "
+            f"{seconds - in_insert[0]:.2f} s outside pymilvus' insert); index built {waited:.1f} s later",
             flush=True,
         )
-        if who == "clipq" and index is None:
-            index = store
-        else:
-            try:
-                store._client.drop_collection(store.collection)
-            except Exception as e:  # noqa: BLE001 - Milvus Lite 3.2 sometimes trips on its own index files
-                print(f"  (dropping {store.collection} failed: {e}; left in {db})")
-    assert index is not None
-    index_wait = loads[1]["index_wait_s"]
+        return rec, store
+
+    def drop(store: Any) -> None:
+        try:
+            store._client.drop_collection(store.collection)
+        except Exception as e:  # noqa: BLE001 - Milvus Lite 3.2 sometimes trips on its own index files
+            print(f"  (dropping {store.collection} failed: {e}; left in {db})")
+
+    # rates: short loads alternated (raw, clipq / clipq, raw ...) so that the shared machine's drift
+    # hits both alike; the collections the loader creates itself, raw pymilvus the same schema
+    loads: list[dict[str, Any]] = []
+    for r in range(rounds):
+        for who in ("pymilvus", "clipq") if r % 2 == 0 else ("clipq", "pymilvus"):
+            rec, store = load(who, small, x[:load_n])
+            loads.append(rec)
+            drop(store)
+    full_load, index = load("clipq", full, x)
+    index_wait = full_load["index_wait_s"]
     raw = [r["rows_per_s"] for r in loads if r["who"] == "pymilvus"]
     ours = [r["rows_per_s"] for r in loads if r["who"] == "clipq"]
 
@@ -220,10 +247,13 @@ def _markdown(r: dict[str, Any]) -> str:
         f"HNSW M {c['M']} / efConstruction {c['ef_construction']}; {r['machine']['cpu']}, "
         f"{r['machine']['cores']} cores, shared.",
         "",
-        "| load | vectors/s | seconds |",
-        "|---|---:|---:|",
+        "| load (run order) | rows | vectors/s | seconds | of which outside pymilvus' insert |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {x['who']} | {x['rows_per_s']:,.0f} | {x['seconds']:.1f} |" for x in r["load"]]
+    lines += [
+        f"| {x['who']} | {x['rows']:,} | {x['rows_per_s']:,.0f} | {x['seconds']:.1f} | {x['outside_insert_s']:.2f} |"
+        for x in [*r["load"], r["full_load"]]
+    ]
     lines += [
         "",
         f"clipq's loader at {r['load_ratio']:.0%} of pymilvus' own insert rate.",
@@ -301,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--batch", type=int, default=5000, help="rows per insert call")
+    p.add_argument(
+        "--load-rows", type=int, default=20_000, help="rows per timed load round (default %(default)s)"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="alternated load rounds (default %(default)s)")
     p.add_argument("--M", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=100)
     p.add_argument("--out", default="runs/bench/milvus")
@@ -311,7 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="clipq-milvus-") as tmp:
         store = Path(args.store_dir) if args.store_dir else Path(tmp)
         store.mkdir(parents=True, exist_ok=True)
-        run(args.n, args.dim, args.queries, args.batch, Path(args.out), store, args.M, args.ef_construction)
+        run(
+            args.n,
+            args.dim,
+            args.queries,
+            args.batch,
+            Path(args.out),
+            store,
+            args.M,
+            args.ef_construction,
+            args.load_rows,
+            args.rounds,
+        )
     return 0
 
 
