@@ -41,11 +41,12 @@ DEMO_TASKS = ["clip", "vqa", "img2prompt", "reading"]
 DEMO_FLOORS: dict[str, int] = dict(clip_steps=450, vqa_questions=3500, img2prompt_epochs=1, reading_ce_steps=500)
 
 #: the demo's training budget (s): what the plan may spend so that the demo's stages stay within 10
-#: minutes on a slower CPU (the other stages took 47 s on a quiet Zen 5, about 2 minutes on a busy
-#: one). CLIP times its first 20 steps, the plan (steps per trainer, at least the floors) is decided
-#: from them once and printed, and every trainer then runs exactly its planned steps;
-#: ``clipq demo --full`` trains the whole plan whatever it takes. docs/training.md#the-training-plan
-DEMO_TRAIN_SECONDS = 450.0
+#: minutes (the other stages took 88 s on the Zen 4 of the README's table, 47 s on a quiet Zen 5: 480 +
+#: 88 s is 9.5 minutes; the Zen 4's calibrated CLIP step, about 0.22-0.25 s, gets 550-700 steps). CLIP times
+#: its first 20 steps, the plan (steps per trainer, at least the floors) is decided from them once and
+#: printed, and every trainer then runs exactly its planned steps; ``clipq demo --full`` trains the
+#: whole plan whatever it takes. docs/training.md#the-training-plan
+DEMO_TRAIN_SECONDS = 480.0
 
 
 @dataclass
