@@ -223,6 +223,7 @@ def run(
         },
         "versions": _versions(),
         "load": loads,
+        "full_load": full_load,
         "load_ratio": float(np.mean(ours) / np.mean(raw)),
         "search": rows,
         "hnswlib_build_s": local_build,
@@ -285,7 +286,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     )
     a.set_ylabel("vectors/s")
     a.set_title("bulk load (run order)")
-    a.tick_params(axis="x", labelsize=8)
+    a.tick_params(axis="x", labelsize=8, labelrotation=30)
     efs = [str(s["ef"]) for s in r["search"]]
     width = 0.38
     pos = range(len(efs))
