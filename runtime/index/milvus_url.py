@@ -103,9 +103,12 @@ def quiet_pymilvus() -> None:
         log.setLevel(logging.CRITICAL)
     # Milvus Lite serves gRPC inside this process, and its server logs a traceback for each call it
     # does not implement (pymilvus' query iterator asks for a timestamp first, then does without)
-    grpc_server = logging.getLogger("grpc._server")
-    if grpc_server.level == logging.NOTSET:
-        grpc_server.setLevel(logging.CRITICAL)
+    # the same for Milvus Lite's own loggers: a file another process holds is logged with a traceback,
+    # and clipq reports it as a StoreError
+    for name in ("grpc._server", "milvus_lite"):
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.CRITICAL)
 
 
 def connect(where: MilvusURL, *, token: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> Any:
@@ -140,10 +143,33 @@ def connect(where: MilvusURL, *, token: str | None = None, timeout: float = CONN
         return MilvusClient(uri=where.uri, token="" if where.lite else token, timeout=timeout)
     except MilvusException as e:
         if where.lite:
+            if _lite_locked(where.uri):
+                raise StoreError(
+                    f"{where.url}: another process has this Milvus Lite file open (Milvus Lite serves one "
+                    "process at a time: stop that one, or put the collection on a Milvus server)"
+                ) from None
             raise StoreError(f"{where.url}: cannot open the Milvus Lite file: {_message(e)}") from None
         raise StoreUnavailableError(
             f"{where.url}: cannot reach Milvus at {where.uri} within {timeout:g} s: {_message(e)}"
         ) from None
+
+
+def _lite_locked(path: str) -> bool:
+    """Whether another process holds the lock of a Milvus Lite data folder (``PATH.db/LOCK``)."""
+    lock = Path(path) / "LOCK"
+    if not lock.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # Windows: say nothing rather than guess
+        return False
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def _message(e: BaseException) -> str:

@@ -367,3 +367,30 @@ def test_open_store_dispatches_on_the_target(lite_file: Path, tmp_path: Path) ->
         DIM,
         "FLAT",
     )
+
+
+def test_a_lite_file_another_process_holds(tmp_path: Path) -> None:
+    """Milvus Lite serves one process at a time: the second gets a StoreError saying so."""
+    import subprocess
+    import sys
+
+    url = f"milvus-lite://{tmp_path}/held.db/c"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom clipq.runtime.index import MilvusIndex\n"
+            f"MilvusIndex.open({url!r}, create=True, dim=4)\nprint('ready', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match="another process has this Milvus Lite file open"):
+            MilvusIndex.open(url)
+    finally:
+        holder.kill()
+        holder.wait()
+    with MilvusIndex.open(url) as index:  # free again once that process is gone
+        assert len(index) == 0
