@@ -16,6 +16,8 @@ from typing import Any
 from ..errors import InvalidInputError
 from .milvus_url import MilvusURL, is_store_url
 
+__all__ = ["is_store_url", "open_store"]
+
 #: what MilvusIndex.open takes besides the target; what ImageIndex.load takes
 _MILVUS_OPTIONS = {
     "space",
