@@ -152,7 +152,7 @@ def reference(src: Path, images, texts) -> tuple[np.ndarray, np.ndarray, float, 
     with torch.inference_mode():
         img = torch.nn.functional.normalize(model.get_image_features(pixel_values=px), dim=-1).numpy()
         txt = torch.nn.functional.normalize(model.get_text_features(input_ids=ids), dim=-1).numpy()
-    return img, txt, float(model.logit_scale.exp()), float(model.logit_bias)
+    return img, txt, float(model.logit_scale.detach().exp()), float(model.logit_bias.detach())
 
 
 def photos(n: int, seed: int = 0) -> list[Image.Image]:
