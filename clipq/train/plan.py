@@ -57,17 +57,17 @@ class CostModel:
 
 #: bf16: the demo's full plan on a quiet 2-core AMD EPYC (Zen 5, family 26; 2026-12-07): each trainer's
 #: seconds over CLIP's calibrated 0.109 s per step (CLIP 84 s, VQA 62, image -> prompt 35, reading 51),
-#: less the fixed costs removed since. fp32: CLIP and VQA as bf16 with the fixed costs halved (an fp32 CLIP
-#: step is about twice as long); image -> prompt and reading from the fp32 run on the shared Zen 5 (133 and
-#: 162 s against 2.62 s per CLIP step), scaled up 1.5x and 2x for the load that fell during that run. Every
-#: run records the prediction beside each trainer's time (docs/training.md#the-training-plan)
+#: less the fixed costs removed since. fp32: the `--precision fp32` demo on the same Zen 5, shared (load
+#: 3-7), at the floors: CLIP 232 s, VQA 542 s (343 of them training: its unfrozen LM steps are 4x a CLIP
+#: step in fp32), image -> prompt 56 s, reading 97 s, against 0.496 s per CLIP step. Every run records
+#: the prediction beside each trainer's time (docs/training.md#the-training-plan)
 COSTS: dict[str, CostModel] = {
     "bf16": CostModel(clip_per_step=1.1, clip_fixed=45.0, vqa_per_question=0.107, vqa_fixed=165.0,
                       img2prompt_per_epoch=40.0, img2prompt_fixed=240.0, reading_per_ce_step=0.4,
                       reading_fixed=245.0),
-    "fp32": CostModel(clip_per_step=1.1, clip_fixed=25.0, vqa_per_question=0.1, vqa_fixed=110.0,
-                      img2prompt_per_epoch=20.0, img2prompt_fixed=55.0, reading_per_ce_step=0.13,
-                      reading_fixed=60.0),
+    "fp32": CostModel(clip_per_step=1.1, clip_fixed=25.0, vqa_per_question=0.2, vqa_fixed=400.0,
+                      img2prompt_per_epoch=20.0, img2prompt_fixed=95.0, reading_per_ce_step=0.13,
+                      reading_fixed=130.0),
 }
 
 
