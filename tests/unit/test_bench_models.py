@@ -130,3 +130,18 @@ def test_graph_macs_counts_matmul_gemm_conv(tmp_path):
     feeds = {"x": np.zeros((2, 3), np.float32), "img": np.zeros((2, 1, 4, 4), np.float32)}
     # MatMul 2x3 @ 3x4: 24; Gemm 2x4 @ (5x4)^T: 40; Conv 2x2x4x4 = 64 outputs x 1x3x3: 576
     assert graph_macs(path, feeds) == 24 + 40 + 576
+
+
+def test_networks_default_to_those_the_artifacts_hold(tiny_artifacts_copy, tmp_path):
+    """An import holds only the CLIP towers: the bench takes those, never exports heads into it."""
+    import json
+
+    from clipq.app.bench.models import NETWORKS, _networks
+
+    path = tiny_artifacts_copy / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["models"] = {k: v for k, v in raw["models"].items() if k in ("clip_image", "clip_text")}
+    path.write_text(json.dumps(raw))
+    assert _networks(None, tiny_artifacts_copy) == ["clip_image", "clip_text"]
+    assert _networks("vqa", tiny_artifacts_copy) == ["vqa"]
+    assert _networks(None, tmp_path / "none") == list(NETWORKS)

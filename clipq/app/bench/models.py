@@ -51,6 +51,24 @@ def add_arguments(parser: Any) -> None:
 
 
 # -- run ------------------------------------------------------------------------------------------
+def _networks(named: str | None, root: Path) -> list[str]:
+    """The networks to bench: ``--networks``, else those of ``NETWORKS`` that existing artifacts hold.
+
+    An import (``clipq import``) holds only the CLIP towers: benching it must not try to export the
+    heads into the user's directory.
+    """
+    if named:
+        return named.split(",")
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        from clipq.runtime.manifest import Manifest
+
+        held = [n for n in NETWORKS if n in Manifest.load(root).models]
+        if held:
+            return held
+    return list(NETWORKS)
+
+
 def _prepare(root: Path, preset: str, threads: int, networks: list[str], quick: bool = False) -> dict[str, Any]:
     """Random-weight artifacts of ``preset``, exported with int8, optimizer candidates and OpenVINO.
 
@@ -153,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
     preset = getattr(args, "preset", None) or ("tiny" if quick else "base")
     threads = int(getattr(args, "threads", None) or 2)
     batches = [int(b) for b in (getattr(args, "batches", None) or ("1,4" if quick else "1,8,32")).split(",")]
-    networks = (getattr(args, "networks", None) or ",".join(NETWORKS)).split(",")
     named = getattr(args, "engines", None)
     engines = named.split(",") if named else [e for e in ENGINES if not (quick and e in SLOW)]
     budget = float(getattr(args, "budget_s", None) or (1.0 if quick else 60.0))
@@ -161,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(getattr(args, "bench_artifacts", None) or out / f"artifacts-{preset}")
+    networks = _networks(getattr(args, "networks", None), root)
     work = out / f"work-{preset}"
     work.mkdir(parents=True, exist_ok=True)
 
