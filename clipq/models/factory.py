@@ -40,6 +40,22 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _siglip_base(name: str, vocab_size: int) -> Preset:
+    """SigLIP base shapes at 224 px, patch 16 (SigLIP and fixed-resolution SigLIP 2 differ in the vocabulary)."""
+    return Preset(
+        name=name,
+        clip_text=dict(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=64),
+        clip_vision=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12),
+        vision_arch="siglip",
+        projection_dim=768,
+        lm="distilbert-base",
+        clip_max_length=64,
+        question_max_length=32,
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -86,30 +102,8 @@ PRESETS: dict[str, Preset] = {
     # SigLIP shapes (random weights) for speed benchmarks: google/siglip-base-patch16-224 and the
     # fixed-resolution google/siglip2-base-patch16-224 (the same SiglipModel, Gemma's 256k vocabulary).
     # Their tokenizer here is the packaged WordPiece (ids < 30522 fit both vocabularies), padded to 64
-    "siglip-base-patch16-224": Preset(
-        name="siglip-base-patch16-224",
-        clip_text=dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, max_position_embeddings=64),
-        clip_vision=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
-                         num_hidden_layers=12, num_attention_heads=12),
-        vision_arch="siglip",
-        projection_dim=768,
-        lm="distilbert-base",
-        clip_max_length=64,
-        question_max_length=32,
-    ),
-    "siglip2-base-patch16-224": Preset(
-        name="siglip2-base-patch16-224",
-        clip_text=dict(vocab_size=256000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, max_position_embeddings=64),
-        clip_vision=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
-                         num_hidden_layers=12, num_attention_heads=12),
-        vision_arch="siglip",
-        projection_dim=768,
-        lm="distilbert-base",
-        clip_max_length=64,
-        question_max_length=32,
-    ),
+    "siglip-base-patch16-224": _siglip_base("siglip-base-patch16-224", vocab_size=32000),
+    "siglip2-base-patch16-224": _siglip_base("siglip2-base-patch16-224", vocab_size=256000),
     # forward-shape tests: every architecture at toy size, nothing pretrained
     "test": Preset(
         name="test",
