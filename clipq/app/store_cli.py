@@ -145,11 +145,16 @@ def _create(args: argparse.Namespace, url: str, **kw: Any) -> Any:
             raise InvalidInputError(
                 f"{url} already holds {n} items: pass --force to replace them (or `clipq index add`)"
             )
+    return _new_collection(url, args, replace=True, **kw)
+
+
+def _new_collection(url: str, args: argparse.Namespace, *, replace: bool, **kw: Any) -> Any:
+    """The collection created (or replaced) with the build options of ``args``."""
     return _open(
         url,
         args,
         create=True,
-        replace=True,
+        replace=replace,
         space=args.space,
         index_type=args.index_type,
         M=args.M,
@@ -192,19 +197,7 @@ def _build_from_embeddings(args: argparse.Namespace, url: str) -> int:
                 "pass --force to replace them"
             )
     if index is None:
-        index = _open(
-            url,
-            args,
-            create=True,
-            replace=args.force,
-            space=args.space,
-            index_type=args.index_type,
-            M=args.M,
-            ef_construction=args.ef_construction,
-            ef=args.ef,
-            nlist=args.nlist,
-            **kw,
-        )
+        index = _new_collection(url, args, replace=args.force, **kw)
     report = bulk_load(index, readers, counts, key, progress=not args.no_progress)
     if args.json:
         print_json(
