@@ -32,6 +32,12 @@ class Tolerance:
 
 FP32 = Tolerance(min_cos=0.9999, max_abs=1e-4)
 REDUCED = Tolerance(min_cos=0.99)  # fp16 and int8
+#: how far one item's output may move with the items batched beside it, relative to the output's
+#: largest magnitude, for a graph to be served by default. Float graphs (onnxruntime, OpenVINO) and
+#: statically quantised ones stay near float rounding (about 1e-6); onnxruntime's dynamic int8
+#: (per-batch activation scales) moves an image embedding by up to 1e-2: the same photo would get
+#: a different vector in the index than in a query, depending on its neighbours.
+BATCH_INVARIANCE_MAX_REL = 1e-4
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -75,7 +81,9 @@ def check_parity(
         raise_on_fail: Raise instead of returning a failed report.
 
     Returns:
-        ``{"batches": {b: figures}, "max_abs", "min_cos", "mean_cos", "tolerance", "passed"}``.
+        ``{"batches": {b: figures}, "max_abs", "min_cos", "mean_cos", "tolerance", "passed",
+        "batch_invariance", "batch_invariant"}``: the last two from :func:`batch_invariance` on the
+        largest batch (``batch_invariant`` is True where no batch above 1 was checked).
 
     Raises:
         ParityError: a batch misses the tolerance (when ``raise_on_fail``).
@@ -88,6 +96,7 @@ def check_parity(
             if raise_on_fail:
                 raise ParityError(f"{name} ({variant}) at batch {b}: {e}") from None
             per[str(b)] = {"max_abs": float("inf"), "min_cos": -1.0, "mean_cos": -1.0}
+    invariance = batch_invariance(run, samples)
     worst_abs = max(v["max_abs"] for v in per.values())
     worst_cos = min(v["min_cos"] for v in per.values())
     passed = worst_cos >= tol.min_cos and (tol.max_abs is None or worst_abs <= tol.max_abs)
@@ -98,6 +107,8 @@ def check_parity(
         "mean_cos": float(np.mean([v["mean_cos"] for v in per.values()])),
         "tolerance": tol.to_dict(),
         "passed": bool(passed),
+        "batch_invariance": invariance,
+        "batch_invariant": invariance is None or invariance["max_rel"] <= BATCH_INVARIANCE_MAX_REL,
     }
     if not passed and raise_on_fail:
         raise ParityError(
@@ -106,6 +117,28 @@ def check_parity(
             + (f" and max abs <= {tol.max_abs:g})" if tol.max_abs is not None else ")")
         )
     return report
+
+
+def batch_invariance(run: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+                     samples: Mapping[int, Mapping[str, np.ndarray]]) -> dict[str, Any] | None:
+    """How much the first item's output changes between its largest batch and running alone.
+
+    Returns:
+        ``{"batch", "max_abs", "max_rel", "min_cos"}`` (``max_rel``: max abs difference over the
+        output's largest magnitude), or None when no sample batch holds more than one item or the
+        graph fails on them (the parity check reports that).
+    """
+    b = max(samples, default=1)
+    if b <= 1:
+        return None
+    try:
+        together = np.asarray(run(samples[b]), dtype=np.float64)[:1]
+        alone = np.asarray(run({k: np.asarray(v)[:1] for k, v in samples[b].items()}), dtype=np.float64)
+        figs = compare(together, alone)
+    except Exception:  # noqa: BLE001 - a graph that fails here fails its parity batches too
+        return None
+    scale = float(np.abs(together).max(initial=0.0)) or 1.0
+    return {"batch": int(b), "max_abs": figs["max_abs"], "max_rel": figs["max_abs"] / scale, "min_cos": figs["min_cos"]}
 
 
 def batch_sizes(max_batch: int, requested: Sequence[int] | None = None) -> list[int]:

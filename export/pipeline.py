@@ -438,7 +438,10 @@ class _Exporter:
                 results[r.name] = {"skipped": f"quantisation failed: {e}"}
                 continue
             p = parity(path, f"int8/{r.name}", REDUCED, raise_on_fail=False)
-            results[r.name] = {"recipe": r.to_dict(), "parity": p, "meets_target": p["min_cos"] >= target}
+            # a recipe whose outputs move with the batch (dynamic per-batch scales) is kept as a
+            # variant but never served by default: see parity.BATCH_INVARIANCE_MAX_REL
+            results[r.name] = {"recipe": r.to_dict(), "parity": p,
+                               "meets_target": p["min_cos"] >= target and p["batch_invariant"]}
             if p["passed"]:
                 cands[r.name] = path
         if not cands:
@@ -483,6 +486,7 @@ def _candidate_summary(results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
         row = {k: v for k, v in r.items() if k != "parity"}
         if "parity" in r:
             row["min_cos"] = r["parity"]["min_cos"]
+            row["batch_invariance"] = r["parity"].get("batch_invariance")
         out[name] = row
     return out
 

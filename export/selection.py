@@ -45,14 +45,15 @@ def candidates(spec: ModelSpec) -> list[tuple[str, str]]:
     """The (engine, variant) pairs that may serve ``spec`` on a CPU.
 
     fp32 always; every other variant that passed its gates (an int8 graph kept below its quality
-    target is opt-in only, never a default) and whose engine is installed here.
+    target, or whose outputs depend on the batch, is opt-in only, never a default) and whose engine
+    is installed here.
     """
     out = [("onnxruntime", "fp32")]
     for v in spec.variants:
         if v in NOT_ON_CPU:
             continue
         par = spec.parity.get(v) or {}
-        if par and not par.get("meets_target", True):
+        if par and not (par.get("meets_target", True) and par.get("batch_invariant", True)):
             continue
         e = engine_for_variant(v)
         if e.installed:

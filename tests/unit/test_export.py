@@ -119,13 +119,27 @@ def test_runtime_on_exported_graphs_matches_pytorch_end_to_end(exported):
     backend.close()
 
 
-def test_int8_default_runs_in_the_runtime(exported):
+def test_default_variants_give_an_item_the_same_output_whatever_its_batch(exported):
+    """onnxruntime's dynamic int8 scales activations per batch: kept as an opt-in variant, never the
+    default, so that an image indexed in one batch and queried in another gets one embedding."""
     root, _, _ = exported
     m = Manifest.load(root)
-    fp32 = ClipEncoder(OrtBackend(m, variant="fp32", threads=1))
+    for name in NETWORKS:
+        spec = m.model(name)
+        assert spec.parity[spec.default_variant]["batch_invariant"], name
+        assert spec.parity["fp32"]["batch_invariance"]["max_rel"] <= 1e-5, name
+        if "int8" in spec.variants:  # dynamic recipes only in this fixture
+            inv = spec.parity["int8"]["batch_invariance"]
+            assert inv["batch"] == spec.max_batch_size and inv["max_rel"] > 1e-4, (name, inv)
+            assert not spec.parity["int8"]["batch_invariant"] and spec.default_variant != "int8", name
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(6)]
     auto = ClipEncoder(OrtBackend(m, threads=1))  # the manifest's default variants
-    imgs = [np.full((40, 40, 3), v, np.uint8) for v in (10, 128, 250)]
-    assert compare(fp32.encode_images(imgs), auto.encode_images(imgs))["min_cos"] >= 0.99
+    int8 = ClipEncoder(OrtBackend(m, variant="int8", threads=1))
+    np.testing.assert_allclose(auto.encode_images(imgs[:1]), auto.encode_images(imgs)[:1], atol=1e-5, rtol=0)
+    moved = np.abs(int8.encode_images(imgs[:1]) - int8.encode_images(imgs)[:1]).max()
+    assert moved > 1e-4  # what the gate keeps out of the default
+    assert compare(auto.encode_images(imgs), int8.encode_images(imgs))["min_cos"] >= 0.99
 
 
 class _Drifting(torch.nn.Module):
@@ -157,6 +171,12 @@ def test_check_parity_reports_and_raises():
     samples = {1: {"x": ref[1]}, 8: {"x": ref[8]}}
     ok = check_parity("net", "fp32", lambda f: f["x"] + 1e-6, samples, ref, FP32)
     assert ok["passed"] and ok["max_abs"] < 2e-6 and set(ok["batches"]) == {"1", "8"}
+    assert ok["batch_invariant"] and ok["batch_invariance"] == {"batch": 8, "max_abs": 0.0, "max_rel": 0.0,
+                                                                 "min_cos": pytest.approx(1.0)}
+    # rounding to a grid set by the whole batch's range (as dynamic int8 does): passes parity, moves rows
+    per_batch = lambda f: np.round(f["x"] * 127 / np.abs(f["x"]).max()) * np.abs(f["x"]).max() / 127  # noqa: E731
+    moving = check_parity("net", "int8", per_batch, samples, ref, REDUCED)
+    assert moving["passed"] and not moving["batch_invariant"] and moving["batch_invariance"]["max_rel"] > 1e-4
     noisy = lambda f: f["x"] + 0.3 * rng.standard_normal(f["x"].shape)  # noqa: E731
     with pytest.raises(ParityError, match="min cosine"):
         check_parity("net", "int8", noisy, samples, ref, REDUCED)
@@ -229,6 +249,9 @@ def test_export_with_data_uses_real_inputs_and_static_int8(trained_artifacts, sm
     for n in nets:
         cands = m.model(n).meta["export"]["decisions"]["int8"]["candidates"]
         assert "min_cos" in cands["static_qdq"]  # calibrated and measured, whether chosen or not
+        # static scales: an item's output does not depend on its batch; dynamic ones do (see the gate)
+        assert cands["static_qdq"]["batch_invariance"]["max_rel"] <= 1e-4, (n, cands["static_qdq"])
+        assert cands["dynamic"]["batch_invariance"]["max_rel"] > 1e-4 and not cands["dynamic"]["meets_target"]
     metrics = DataTaskMetrics(small_world, limit=200)
     fp32 = metrics(m, {n: "fp32" for n in nets})
     int8 = metrics(m, {n: "int8" for n in nets if "int8" in m.model(n).variants})

@@ -62,7 +62,7 @@ def _one(mode: str, images: Path, artifacts: Path, work: Path, workers: int, ser
                          threads=max(1, cores // workers) if mode == "ray" else (None if server else cores),
                          progress=False)
     wall = time.perf_counter() - t0
-    return {"mode": mode, "images": s.images, "embedded": s.embedded, "wall_s": round(wall, 2),
+    return {"mode": mode, "images": s.images, "embedded": s.embedded, "wall_s": round(wall, 3),
             "startup_s": round(s.startup_s, 2), "images_per_s": round(s.images_per_s, 1),
             "encode_images_per_s": round(s.encode_images_per_s, 1), "workers": s.workers}
 
