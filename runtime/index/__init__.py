@@ -41,7 +41,7 @@ from .persistence import (
     directory_lock,
     graph_header,
 )
-from .query import RecallReport, SearchResult, exact_topk
+from .query import RecallReport, RunningTopK, SearchResult, exact_topk
 from .store import ImageIndex
 from .stores import is_store_url, open_store
 
@@ -63,6 +63,7 @@ __all__ = [
     "RWLock",
     "RecallReport",
     "SearchResult",
+    "RunningTopK",
     "exact_topk",
     "graph_header",
     "encode_batch",

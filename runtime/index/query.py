@@ -340,3 +340,42 @@ def exact_topk(
     if labels is not None:
         out_idx = labels[out_idx]
     return out_idx, out_sc
+
+
+class RunningTopK:
+    """Exact top-k of a few queries over a collection that arrives in blocks (larger than memory).
+
+    ``update`` scores each block with one matrix product and keeps the best ``k`` per query so far:
+    one pass over 10M x 512 floats (a generator, or a memory-mapped file read in order) gives
+    :func:`exact_topk`'s answer with ``k`` numbers per query in memory.
+
+    Args:
+        queries: float32 [Q, D] (normalised already for cosine).
+        k: neighbours per query.
+        space: ``"cosine"``/``"ip"`` or ``"l2"``, as in :func:`exact_topk`.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, *, space: str = "cosine") -> None:
+        self.q = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k, self.space = int(k), space
+        self.idx = np.full((self.q.shape[0], 0), -1, np.int64)
+        self.sc = np.zeros((self.q.shape[0], 0), np.float32)
+        self.seen = 0
+
+    def update(self, block: np.ndarray) -> None:
+        """Score the next ``block`` [B, D] of rows (numbered from the rows already seen)."""
+        scores = self.q @ np.asarray(block, dtype=np.float32).T
+        if self.space == "l2":
+            scores = 2.0 * scores - (block * block).sum(axis=1)[None, :] - (self.q * self.q).sum(axis=1, keepdims=True)
+        idx = np.concatenate([self.idx, np.broadcast_to(np.arange(self.seen, self.seen + block.shape[0]), scores.shape)], 1)
+        sc = np.concatenate([self.sc, scores], 1)
+        if sc.shape[1] > self.k:
+            part = np.argpartition(-sc, self.k - 1, axis=1)[:, : self.k]
+            idx, sc = np.take_along_axis(idx, part, 1), np.take_along_axis(sc, part, 1)
+        self.idx, self.sc = idx, sc
+        self.seen += block.shape[0]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers [Q, k], scores [Q, k]) best first."""
+        order = np.argsort(-self.sc, axis=1, kind="stable")
+        return np.take_along_axis(self.idx, order, 1), np.take_along_axis(self.sc, order, 1)

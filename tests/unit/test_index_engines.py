@@ -221,3 +221,65 @@ def test_build_recall_is_recorded_and_reloaded(data, tmp_path):
     index.save(tmp_path / "idx")
     assert ImageIndex.load(tmp_path / "idx").info()["build_recall"] == report
     assert Path(tmp_path / "idx").is_dir()
+
+
+def test_float_store_spills_to_mapped_segments_and_keeps_every_row(tmp_path, monkeypatch):
+    from clipq.runtime.index.vectorstore import FloatStore
+
+    monkeypatch.setenv("CLIPQ_SPILL_DIR", str(tmp_path / "spill"))
+    (tmp_path / "spill").mkdir()
+    x = clustered(1000, dim=8)
+    store = FloatStore(8, spill_rows=128)
+    for s in range(0, 1000, 50):  # batches that do not line up with the spill size
+        store.append(x[s : s + 50])
+    assert len(store) == 1000 and store.spilled_segments == 6 and store.mapped
+    pos = np.random.default_rng(1).integers(0, 1000, 400)
+    assert np.array_equal(store.rows(pos), x[pos])
+    assert np.array_equal(np.concatenate(list(store.chunks(77))), x)
+    store.write(tmp_path / "v.npy")
+    again = FloatStore.open(tmp_path / "v.npy", 8)
+    again.append(x[:10])
+    assert np.array_equal(again.rows([1000, 3, 1009]), x[[0, 3, 9]])
+    del store
+    import gc
+
+    gc.collect()
+    assert list((tmp_path / "spill").iterdir()) == []  # the segments go with the store
+
+
+@pytest.mark.parametrize("engine", ["sq8", "ivfpq"])
+def test_a_collection_built_in_batches_past_the_spill_size_searches_and_saves_as_one(
+    engine, data, tmp_path, monkeypatch
+):
+    """Larger than memory: the floats of a batched build go to mapped segments on disk; the index
+    searches, saves and reloads as one built in memory would."""
+    import clipq.runtime.index.vectorstore as vs
+
+    x, q = data
+    monkeypatch.setattr(vs, "SPILL_ROWS", 700)
+    index = ImageIndex(DIM, engine=engine, exact_threshold=0, capacity=N)
+    for s in range(0, N, 250):
+        index.add(x[s : s + 250], [f"img-{i}" for i in range(s, min(s + 250, N))])
+    assert index._hnsw.vectors.spilled_segments == N // 700
+    assert recall(index, x, q) >= MIN_RECALL[engine]
+    # (the cosine space stores renormalised rows: float rounding apart, the rows given)
+    np.testing.assert_allclose(index.get_vectors(["img-0", "img-2999", "img-1400"]), x[[0, 2999, 1400]], atol=1e-6)
+    index.save(tmp_path / "idx")
+    back = ImageIndex.load(tmp_path / "idx")
+    np.testing.assert_array_equal(back.get_vectors([f"img-{i}" for i in range(N)]),
+                                  index.get_vectors([f"img-{i}" for i in range(N)]))
+    assert back.search_ids(q, 10, exact=False)[0] == index.search_ids(q, 10, exact=False)[0]
+
+
+@pytest.mark.parametrize("space", ["ip", "l2"])
+def test_running_top_k_over_blocks_is_exact_top_k(data, space):
+    from clipq.runtime.index import RunningTopK
+
+    x, q = data
+    run = RunningTopK(q, 10, space=space)
+    for s in range(0, len(x), 333):  # odd block sizes, a last short one
+        run.update(x[s : s + 333])
+    got_idx, got_sc = run.result()
+    want_idx, want_sc = exact_topk(q, x, 10, space=space)
+    np.testing.assert_allclose(got_sc, want_sc, atol=1e-5)
+    assert (got_idx == want_idx).mean() > 0.99  # ties of equal score may swap

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--index-engines", dest="index_engines", default=None,
                    help="index: run the engine benchmark on these engines (default with --large: all)")
     g.add_argument("--index-tmp", dest="index_tmp", default=None, help="index: folder for the engines' saved indexes")
+    g.add_argument("--index-stream", dest="index_stream", action="store_true",
+                   help="index engines: draw and add the collection in blocks (automatic above 4 GiB of floats)")
     g.add_argument("--n", type=int, default=None, help="index: number of vectors (overrides --large/--quick)")
     g.add_argument("--dim", type=int, default=None, help="index: dimension (default 512; 64 with --quick)")
     g.add_argument("--threads", type=int, default=None, help="threads for builds and multi-thread QPS (default: all cores)")

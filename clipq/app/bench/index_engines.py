@@ -42,6 +42,10 @@ ENGINE_SWEEPS: dict[str, list[tuple[int, int]]] = {
 }
 TARGET_RECALL, TARGET_SPEEDUP, TARGET_OVERHEAD = 0.95, 100.0, 0.10
 TARGET_BYTES, TARGET_QPS = 400, 2000
+#: collections whose floats pass this size are drawn and added in blocks (``--index-stream`` forces it)
+STREAM_BYTES = 4 << 30
+#: rows drawn (and added) per block when streamed
+STREAM_BLOCK = 1 << 17
 
 
 def _log(msg: str) -> None:
@@ -61,6 +65,10 @@ def _rss_anon() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def _total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class _Raw:
@@ -95,11 +103,9 @@ class _Raw:
 
 def run_engines(args: argparse.Namespace) -> int:
     """Run the engine benchmark; write index_engines.json/.md/.png under ``args.out``."""
-    import numpy as np
-    from threadpoolctl import threadpool_limits
 
-    from clipq.runtime.index import ImageIndex, exact_topk
-    from clipq.runtime.index.engines import ENGINES
+    from clipq.runtime.index import ImageIndex
+    from clipq.runtime.index.engines import ENGINES, memory_estimate
     from clipq.runtime.metrics import neighbour_recall
 
     def opt(name: str, default: Any = None) -> Any:
@@ -114,36 +120,30 @@ def run_engines(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_clusters = max(8, n // 100)
-    _log(f"index engines bench: {n} x {dim}, {n_clusters} clusters, {nq} queries, k={K}, M={M}, efc={efc}")
-    data = clustered_vectors(n + nq, dim, n_clusters=n_clusters, spread=1.0, seed=0)
-    x, q = data[:n], data[n:].copy()
-    ids = [f"v{i}" for i in range(n)]
-    with threadpool_limits(limits=threads):
-        t0 = time.perf_counter()  # one timed pass: at 1M it takes a minute on 2 cores
-        truth, _ = exact_topk(q, x, K, space="ip")
-        exact_s = time.perf_counter() - t0
-    exact_qps = nq / exact_s
-    _log(f"exact batched numpy ({threads} threads): {exact_qps:.1f} QPS")
-    truth_ids = [[ids[j] for j in row] for row in truth.tolist()]
+    stream = bool(opt("index_stream")) or n * dim * 4 > STREAM_BYTES
+    _log(f"index engines bench: {n} x {dim}, {n_clusters} clusters, {nq} queries, k={K}, M={M}, efc={efc}"
+         + (" (streamed: the floats never held in memory at once)" if stream else ""))
     tmp_root = Path(tempfile.mkdtemp(prefix="clipq-engines-", dir=opt("index_tmp")))
-    # the collection goes to disk and comes back memory-mapped: page cache, not this process's
-    # memory, so that a build holds one float copy (the engine's) rather than three (a 1M run was
-    # OOM-killed on a shared 24 GB machine with them)
-    np.save(tmp_root / "x.npy", x)
-    del data, x
-    x = np.load(tmp_root / "x.npy", mmap_mode="r")
+    if stream:
+        q, truth_ids, exact_qps, build = _streamed(n, dim, n_clusters, nq, threads, M, efc)
+    else:
+        q, truth_ids, exact_qps, build = _in_memory(n, dim, n_clusters, nq, threads, M, efc, tmp_root)
+    _log(f"exact batched numpy ({threads} threads): {exact_qps:.1f} QPS")
 
     builds: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     wrapper: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     try:
         for engine in engines:
             gc.collect()
+            need = memory_estimate(engine, n, dim, M)
+            if stream and need > 0.8 * _total_memory():
+                skipped[engine] = f"needs about {need / 2**30:.1f} GiB resident, more than this machine's memory"
+                _log(f"{engine}: not built: {skipped[engine]}")
+                continue
             t0 = time.perf_counter()
-            # space "ip" on unit vectors: the cosine, without the normalised copy "cosine" makes
-            index = ImageIndex.from_embeddings(
-                x, ids, engine=engine, space="ip", M=M, ef_construction=efc, num_threads=threads, exact_threshold=0
-            )
+            index = build(engine)
             build_s = time.perf_counter() - t0
             _log(f"{engine}: built in {build_s:.1f} s")
             path = tmp_root / engine
@@ -222,11 +222,13 @@ def run_engines(args: argparse.Namespace) -> int:
             "ef_construction": efc,
             "threads": threads,
             "space": "inner product on unit vectors",
+            "streamed": stream,
         },
         "exact_qps": exact_qps,
         "builds": builds,
         "rows": rows,
         "wrapper": wrapper,
+        "skipped": skipped,
     }
     result["summary"] = _summary(result)
     (out_dir / "index_engines.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -234,6 +236,105 @@ def run_engines(args: argparse.Namespace) -> int:
     _plot(result, out_dir / "index_engines.png")
     _log(f"wrote {out_dir / 'index_engines.json'}, index_engines.md, index_engines.png")
     return 0
+
+
+def _in_memory(n: int, dim: int, n_clusters: int, nq: int, threads: int, M: int, efc: int, tmp_root: Path) -> Any:
+    """The collection drawn at once, exact search timed in one pass, engines built from the array."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from clipq.runtime.index import ImageIndex, exact_topk
+
+    data = clustered_vectors(n + nq, dim, n_clusters=n_clusters, spread=1.0, seed=0)
+    x, q = data[:n], data[n:].copy()
+    ids = [f"v{i}" for i in range(n)]
+    with threadpool_limits(limits=threads):
+        t0 = time.perf_counter()  # one timed pass: at 1M it takes a minute on 2 cores
+        truth, _ = exact_topk(q, x, K, space="ip")
+        exact_s = time.perf_counter() - t0
+    truth_ids = [[ids[j] for j in row] for row in truth.tolist()]
+    # the collection goes to disk and comes back memory-mapped: page cache, not this process's
+    # memory, so that a build holds one float copy (the engine's) rather than three (a 1M run was
+    # OOM-killed on a shared 24 GB machine with them)
+    np.save(tmp_root / "x.npy", x)
+    del data, x
+    x = np.load(tmp_root / "x.npy", mmap_mode="r")
+
+    def build(engine: str) -> Any:
+        # space "ip" on unit vectors: the cosine, without the normalised copy "cosine" makes
+        return ImageIndex.from_embeddings(
+            x, ids, engine=engine, space="ip", M=M, ef_construction=efc, num_threads=threads, exact_threshold=0
+        )
+
+    return q, truth_ids, nq / exact_s, build
+
+
+def clustered_blocks(n: int, dim: int, *, n_clusters: int, seed: int, step: int | None = None) -> tuple[Any, Any]:
+    """Queries and a re-playable generator of ``n`` clustered unit vectors in blocks (see clustered_vectors).
+
+    Returns:
+        (the 500-query draw function ``queries(nq)``, ``blocks()`` yielding (start, float32 [B, dim])):
+        both draw around the same centres; ``blocks()`` gives the same rows each time it is called.
+    """
+    import numpy as np
+
+    from clipq.runtime.vectors import l2_normalize
+
+    step = step or STREAM_BLOCK
+    centres = np.random.default_rng(seed).standard_normal((n_clusters, dim)).astype(np.float32)
+
+    def draw(rng: Any, m: int) -> Any:
+        return l2_normalize(centres[rng.integers(0, n_clusters, m)] + rng.standard_normal((m, dim), np.float32))
+
+    def queries(nq: int) -> Any:
+        return draw(np.random.default_rng(seed + 1), nq)
+
+    def blocks() -> Any:
+        rng = np.random.default_rng(seed + 2)
+        for s in range(0, n, step):
+            yield s, draw(rng, min(step, n - s))
+
+    return queries, blocks
+
+
+def _streamed(n: int, dim: int, n_clusters: int, nq: int, threads: int, M: int, efc: int) -> Any:
+    """A collection larger than memory: drawn block by block twice (exact search, then each build).
+
+    Exact search is one pass of matrix products and a running top-k over the blocks
+    (:class:`~clipq.runtime.index.RunningTopK`), timed without the drawing; each engine is built by
+    adding the blocks in turn, as ``clipq index build --from-embeddings`` adds shards: the engine's
+    floats spill to mapped segments on disk (:mod:`clipq.runtime.index.vectorstore`).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from clipq.runtime.index import ImageIndex, RunningTopK
+
+    queries, blocks = clustered_blocks(n, dim, n_clusters=n_clusters, seed=0)
+    q = queries(nq)
+    run = RunningTopK(q, K, space="ip")
+    exact_s, t_log = 0.0, time.perf_counter()
+    with threadpool_limits(limits=threads):
+        for s, block in blocks():
+            t0 = time.perf_counter()
+            run.update(block)
+            exact_s += time.perf_counter() - t0
+            if time.perf_counter() - t_log > 30:
+                _log(f"exact search: {s + len(block):,} of {n:,} rows scored")
+                t_log = time.perf_counter()
+    truth_ids = [[f"v{j}" for j in row] for row in run.result()[0].tolist()]
+
+    def build(engine: str) -> Any:
+        index = ImageIndex(dim, engine=engine, space="ip", M=M, ef_construction=efc, num_threads=threads,
+                           exact_threshold=0, capacity=n)
+        t_log = time.perf_counter()
+        for s, block in blocks():
+            index.add(block, [f"v{i}" for i in range(s, s + len(block))])
+            if time.perf_counter() - t_log > 30:
+                _log(f"{engine}: {s + len(block):,} of {n:,} vectors added")
+                t_log = time.perf_counter()
+        return index
+
+    return q, truth_ids, nq / exact_s, build
 
 
 def _best(rows: list[dict[str, Any]], engine: str, recall: float) -> dict[str, Any] | None:
@@ -317,6 +418,8 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"| {fmt(s['qps_at_0.99'], s['speedup_at_0.99'])} | {at(s['at_0.99'])} "
             f"| {w.get('clipq_qps', 0):,.0f} vs {w.get('raw_qps', 0):,.0f} ({w.get('overhead', 0):+.1%}) |"
         )
+    for engine, why in res.get("skipped", {}).items():
+        lines.append(f"| {engine} | not built: {why} |" + " |" * 9)
     lines += [
         "",
         "## Every setting",
