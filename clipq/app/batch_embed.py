@@ -298,6 +298,33 @@ def embed_collection(images: Sequence[str | os.PathLike[str]], out: str | os.Pat
     return summary
 
 
+#: local Ray starts tried: its raylet must register within a fixed 30 s, which a loaded 2-core
+#: machine can miss once (seen while a benchmark ran beside the tests)
+RAY_START_TRIES = 2
+
+
+def _start_ray(ray: Any, ray_arg: str | bool) -> None:
+    """``ray.init`` (a cluster at ``ray_arg``, else a local Ray on every core), retried once locally.
+
+    Raises:
+        BackendUnavailable: Ray did not start (its own message and the address named).
+    """
+    from clipq.runtime.errors import BackendUnavailable
+
+    kw: dict[str, Any] = {"address": ray_arg} if isinstance(ray_arg, str) else {"num_cpus": os.cpu_count() or 2}
+    tries = 1 if isinstance(ray_arg, str) else RAY_START_TRIES
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises bare Exceptions on start-up failures
+            ray.shutdown()
+            where = f"the Ray cluster at {ray_arg}" if isinstance(ray_arg, str) else "a local Ray"
+            if attempt == tries:
+                raise BackendUnavailable(f"{where} did not start ({e}); tried {tries} time(s)") from e
+            log.warning("%s did not start (%s); trying again", where, e)
+
+
 def _run_ray(todo: list[Shard], out: Path, artifacts: str | None, server: str | None, ray_arg: str | bool,
              workers: int, batch_size: int, threads: int | None, variant: str | None,
              progress: bool) -> tuple[list[ShardResult], float]:
@@ -311,8 +338,7 @@ def _run_ray(todo: list[Shard], out: Path, artifacts: str | None, server: str | 
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
-        kw: dict[str, Any] = {"address": ray_arg} if isinstance(ray_arg, str) else {"num_cpus": os.cpu_count() or 2}
-        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _start_ray(ray, ray_arg)
     try:
         per_worker = threads or max(1, (os.cpu_count() or 2) // max(1, workers))
         ctx = ray.data.DataContext.get_current()

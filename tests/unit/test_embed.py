@@ -144,3 +144,33 @@ def test_index_from_embeddings_equals_index_from_images(collection, tiny_artifac
     # both paths give the same ids and metadata paths
     assert a.metadata("a/img0001")["path"] == b.metadata("a/img0001")["path"]
     assert main(["index", "build", "--from-embeddings", str(tmp_path / "nope"), "-o", str(tmp_path / "i3")]) == 2
+
+
+class _FlakyRay:
+    """Stands in for the ``ray`` module's start-up: fails ``fails`` times as Ray does under load."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.inits, self.shutdowns = fails, [], 0
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        if len(self.inits) <= self.fails:
+            raise Exception("The current node timed out during startup.")  # noqa: TRY002 - Ray's own
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_misses_its_start_up_once_is_started_again():
+    from clipq.app.batch_embed import _start_ray
+    from clipq.runtime.errors import BackendUnavailable
+
+    flaky = _FlakyRay(1)
+    _start_ray(flaky, True)
+    assert len(flaky.inits) == 2 and flaky.shutdowns == 1 and flaky.inits[0]["num_cpus"] >= 1
+    with pytest.raises(BackendUnavailable, match="a local Ray did not start .*timed out.*tried 2"):
+        _start_ray(_FlakyRay(5), True)
+    cluster = _FlakyRay(5)
+    with pytest.raises(BackendUnavailable, match="Ray cluster at ray://head:10001 did not start"):
+        _start_ray(cluster, "ray://head:10001")
+    assert len(cluster.inits) == 1 and cluster.inits[0]["address"] == "ray://head:10001"  # no retry of a cluster
