@@ -111,6 +111,7 @@ class ImageSearch:
         exclude: Iterable[str] = (),
         filter: MetadataFilter | None = None,
         exact: bool | None = None,
+        min_score: float | None = None,
     ) -> list[SearchResult]:
         """Images most similar to ``image`` (a path, bytes, PIL image or uint8 array).
 
@@ -120,6 +121,7 @@ class ImageSearch:
             exclude: ids to leave out (e.g. the query's own id when it is indexed).
             filter: metadata filter.
             exact: force exact or HNSW search.
+            min_score: drop results whose score (the image-image cosine) is below it.
 
         Returns:
             Results best first.
@@ -130,7 +132,7 @@ class ImageSearch:
         skip = set(exclude)
         vec = self._project(np.asarray(self.encoder.encode_images([_image_arg(image)], batch_size=1), np.float32))
         hits = self.index.search(vec[0], k + len(skip), filter=filter, exact=exact)
-        return [h for h in hits if h.id not in skip][:k]
+        return [h for h in hits if h.id not in skip and (min_score is None or h.score >= min_score)][:k]
 
     def _project(self, vecs: np.ndarray) -> np.ndarray:
         return vecs if self.projection is None else self.projection.apply(vecs)

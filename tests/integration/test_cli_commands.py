@@ -147,6 +147,15 @@ def test_index_build_search_info_delete(clip_variant_artifacts, small_world, tmp
         _assert_same_hits(q["results"], [(h.id, h.score) for h in want])
         _assert_same_hits(q["results"], _topk(emb @ t, ids, 5))
 
+    # --min-score: the same ranking, cut at the score given (the third hit's score keeps three)
+    cut = res["queries"][0]["results"][2]["score"]
+    kept = _cli_json(capsys, "search", idx, *QUERIES, "-k", "5", "--min-score", str(cut), *art, "--json")
+    assert [h["id"] for h in kept["queries"][0]["results"]] == [h["id"] for h in res["queries"][0]["results"][:3]]
+    for q in kept["queries"]:
+        assert all(h["score"] >= cut for h in q["results"])
+    img = _cli_json(capsys, "search", idx, "--image", paths[3], "-k", "4", "--min-score", "1.01", *art, "--json")
+    assert img["queries"][0]["results"] == []  # no cosine reaches 1.01
+
     # image query: the image itself is left out, its neighbours come back by cosine; with a contact sheet
     sheet = tmp_path / "sheet.png"
     res = _cli_json(capsys, "search", idx, "--image", paths[3], "-k", "4", "--contact-sheet", sheet, *art, "--json")

@@ -29,6 +29,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="metadata filter (repeat; one key given twice matches either value; VALUE parsed as JSON when it can be)",
     )
+    p.add_argument("--min-score", type=float, default=None, metavar="S",
+                   help="drop results scoring below S: the model family's text-image score (the cosine for CLIP, "
+                        "the sigmoid probability for SigLIP), the cosine for --image queries")
     p.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     p.add_argument("--ef", type=int, help="HNSW search candidate list for this run")
     p.add_argument("--contact-sheet", metavar="PNG", help="also draw queries and results into this PNG")
@@ -90,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
             index.ef = args.ef
         searcher = ImageSearch(index, encoder, templates=args.templates)
         queries: list[Any] = list(args.texts)
-        results = searcher.search_many(args.texts, args.k, filter=filt, exact=exact) if args.texts else []
+        cut = args.min_score
+        results = searcher.search_many(args.texts, args.k, filter=filt, exact=exact, min_score=cut) if args.texts else []
         for image in args.images:
             path = Path(image)
             # an indexed image would find itself first: leave it out
             self_ids = [path.stem] if path.stem in index else []
-            results.append(searcher.search_image(path, args.k, exclude=self_ids, filter=filt, exact=exact))
+            results.append(searcher.search_image(path, args.k, exclude=self_ids, filter=filt, exact=exact, min_score=cut))
             queries.append(path)
     finally:
         backend.close()
