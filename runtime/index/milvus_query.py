@@ -8,23 +8,21 @@ evaluated by clipq over the stored metadata, and the search runs on the allowed 
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, ShapeError
+from ..errors import InvalidInputError
 from .filters import MetadataFilter, allowed_labels
 from .milvus_filters import META_FIELD, ids_expr, milvus_expr
 from .milvus_schema import ID_FIELD, IDS_CHUNK, MAX_TOPK, QUERY_CHUNK, SCAN_BATCH, VECTOR_FIELD
-from .query import RecallReport, SearchResult, exact_topk
-from .validate import NO_METADATA, prepare_vectors
+from .query import SearchApi, SearchResult, exact_topk
+from .validate import NO_METADATA
 
 
-class MilvusQueryMixin:
+class MilvusQueryMixin(SearchApi):
     """Search over the collection; the store's state and calls come from :class:`MilvusIndex`."""
 
     dim: int
@@ -41,95 +39,25 @@ class MilvusQueryMixin:
     _scan: Callable[[str, list[str]], Iterator[dict[str, Any]]]
     __len__: Callable[[], int]
 
-    def search(
-        self,
-        vector: np.ndarray,
-        k: int = 10,
-        *,
-        filter: MetadataFilter | None = None,
-        exact: bool | None = None,
-        num_threads: int = 1,
-    ) -> list[SearchResult]:
-        """Nearest items to one vector; see :meth:`ImageIndex.search` (``num_threads`` is Milvus' business)."""
-        vec = prepare_vectors(vector, self.dim, self.space, what="query")
-        if vec.shape[0] != 1:
-            raise ShapeError(f"search takes one vector, got {vec.shape[0]}; use search_batch")
-        return self._search(vec, k, filter, exact, objects=True)[0]
-
-    def search_batch(
-        self,
-        vectors: np.ndarray,
-        k: int = 10,
-        *,
-        filter: MetadataFilter | None = None,
-        exact: bool | None = None,
-        num_threads: int = 1,
-    ) -> list[list[SearchResult]]:
-        """Nearest items to each of several vectors ([N, dim]), in as few Milvus calls as possible."""
-        vecs = prepare_vectors(vectors, self.dim, self.space, what="queries", allow_empty=True)
-        return self._search(vecs, k, filter, exact, objects=True)
-
-    def search_ids(
-        self,
-        vectors: np.ndarray,
-        k: int = 10,
-        *,
-        filter: MetadataFilter | None = None,
-        exact: bool | None = None,
-        num_threads: int = 1,
-    ) -> tuple[list[list[str]], np.ndarray]:
-        """Like :meth:`search_batch` but ids and a float32 [N, k'] score matrix (k' the shortest row)."""
-        vecs = prepare_vectors(vectors, self.dim, self.space, what="queries", allow_empty=True)
-        return self._search(vecs, k, filter, exact, objects=False)
-
-    def recall_check(
-        self,
-        k: int = 10,
-        n_queries: int = 200,
-        *,
-        queries: np.ndarray | None = None,
-        noise: float = 0.1,
-        seed: int = 0,
-    ) -> RecallReport:
-        """Recall@k of Milvus' search against an exact scan, as :meth:`ImageIndex.recall_check`.
-
-        Sampled queries are stored vectors (the first ``n_queries`` Milvus returns) moved by noise.
-        """
-        if queries is None:
-            rows = self._call(
-                "query",
-                self._client.query,
-                self.collection,
-                filter="",
-                output_fields=[VECTOR_FIELD],
-                limit=max(1, n_queries),
-            )
-            if not rows:
-                raise InvalidInputError("cannot check recall of an empty index")
-            base = np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
-            rng = np.random.default_rng(seed)
-            scale = noise * np.linalg.norm(base, axis=1, keepdims=True) / math.sqrt(self.dim)
-            queries = base + rng.standard_normal(base.shape).astype(np.float32) * scale
-        q = prepare_vectors(queries, self.dim, self.space, what="queries")
-        t0 = time.perf_counter()
-        approx, _ = self.search_ids(q, k, exact=False)
-        t1 = time.perf_counter()
-        truth, _ = self.search_ids(q, k, exact=True)
-        t2 = time.perf_counter()
-        per_query = np.array([len(set(a) & set(t)) / max(len(t), 1) for a, t in zip(approx, truth)])
-        return RecallReport(
-            k=k,
-            n_queries=len(per_query),
-            ef=self.ef,
-            recall=float(per_query.mean()),
-            min_recall=float(per_query.min()),
-            hnsw_qps=len(per_query) / max(t1 - t0, 1e-9),
-            exact_qps=len(per_query) / max(t2 - t1, 1e-9),
+    def _recall_base(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Sampled recall queries start from the first ``n`` stored vectors Milvus returns."""
+        rows = self._call(
+            "query",
+            self._client.query,
+            self.collection,
+            filter="",
+            output_fields=[VECTOR_FIELD],
+            limit=max(1, n),
         )
+        if not rows:
+            raise InvalidInputError("cannot check recall of an empty index")
+        return np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
 
     def _search(
-        self, q: np.ndarray, k: int, filt: MetadataFilter | None, exact: bool | None, *, objects: bool
+        self, q: np.ndarray, k: int, filt: MetadataFilter | None, exact: bool | None, num_threads: int = 1,
+        *, objects: bool
     ) -> Any:
+        """The search behind :class:`SearchApi`'s calls (``num_threads``: Milvus' own business)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be an integer >= 1, not {k!r}")
         kk = min(int(k), MAX_TOPK)

@@ -55,19 +55,19 @@ class RecallReport:
         return dict(self.__dict__)
 
 
-class QueryMixin:
-    """The search half of :class:`~clipq.runtime.index.ImageIndex`: reads under the read lock."""
+class SearchApi:
+    """The public search calls of every store (:class:`ImageIndex`, ``MilvusIndex``) over two hooks.
+
+    A store implements ``_search(vectors, k, filter, exact, num_threads, objects=...)`` (ids and a
+    score matrix, or :class:`SearchResult` rows) and ``_recall_base(n, rng)`` (up to ``n`` stored
+    vectors, float32, for sampled recall queries; InvalidInputError when it is empty).
+    """
 
     dim: int
     space: str
     ef: int
-    exact_threshold: int
-    _lock: RWLock
-    _hnsw: Any
-    _label_to_id: dict[int, str]
-    _meta: dict[int, Mapping[str, Any]]
-    _dense: tuple[np.ndarray, np.ndarray] | None
-    build_recall: dict[str, Any] | None
+    _search: Any
+    _recall_base: Any
 
     def search(
         self,
@@ -87,7 +87,7 @@ class QueryMixin:
                 matches any of its members), or a callable ``metadata -> bool``.
             exact: True for exact numpy search, False for HNSW; None picks exact for collections up
                 to ``exact_threshold`` items and for filters that leave few items.
-            num_threads: hnswlib threads for this query.
+            num_threads: engine threads for this query (a Milvus store's server decides its own).
 
         Returns:
             Results best first.
@@ -139,7 +139,7 @@ class QueryMixin:
         noise: float = 0.1,
         seed: int = 0,
     ) -> RecallReport:
-        """Recall@k of HNSW search against exact search, at the current ``ef``.
+        """Recall@k of the approximate search against exact search, at the current settings.
 
         Args:
             k: neighbours compared.
@@ -157,13 +157,8 @@ class QueryMixin:
             InvalidInputError: the index is empty.
         """
         if queries is None:
-            with self._lock.read():
-                labels = np.fromiter(self._label_to_id, dtype=np.int64, count=len(self._label_to_id))
-                if labels.size == 0:
-                    raise InvalidInputError("cannot check recall of an empty index")
-                rng = np.random.default_rng(seed)
-                pick = rng.choice(labels, size=min(n_queries, labels.size), replace=False)
-                base = np.asarray(self._hnsw.get_items(pick.tolist()), dtype=np.float32)
+            rng = np.random.default_rng(seed)
+            base = self._recall_base(n_queries, rng)
             scale = noise * np.linalg.norm(base, axis=1, keepdims=True) / math.sqrt(self.dim)
             queries = base + rng.standard_normal(base.shape).astype(np.float32) * scale
         q = prepare_vectors(queries, self.dim, self.space, what="queries")
@@ -182,6 +177,30 @@ class QueryMixin:
             hnsw_qps=len(per_query) / max(t1 - t0, 1e-9),
             exact_qps=len(per_query) / max(t2 - t1, 1e-9),
         )
+
+
+
+class QueryMixin(SearchApi):
+    """The search half of :class:`~clipq.runtime.index.ImageIndex`: reads under the read lock."""
+
+    dim: int
+    space: str
+    ef: int
+    exact_threshold: int
+    _lock: RWLock
+    _hnsw: Any
+    _label_to_id: dict[int, str]
+    _meta: dict[int, Mapping[str, Any]]
+    _dense: tuple[np.ndarray, np.ndarray] | None
+    build_recall: dict[str, Any] | None
+
+    def _recall_base(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        with self._lock.read():
+            labels = np.fromiter(self._label_to_id, dtype=np.int64, count=len(self._label_to_id))
+            if labels.size == 0:
+                raise InvalidInputError("cannot check recall of an empty index")
+            pick = rng.choice(labels, size=min(n, labels.size), replace=False)
+            return np.asarray(self._hnsw.get_items(pick.tolist()), dtype=np.float32)
 
     def check_build(self, k: int = 10, n_queries: int = 200, *, seed: int = 0) -> dict[str, Any]:
         """The build-time recall self-check: :meth:`recall_check` at the current settings, recorded.
