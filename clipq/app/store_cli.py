@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -311,21 +312,34 @@ def run_delete(args: argparse.Namespace, url: str) -> int:
 
 
 def run_info(args: argparse.Namespace, url: str) -> int:
-    index = _open(url, args)
-    info = {"index": url, **index.info()}
+    def lines(info: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return [f"{url}: {info['count']} items in Milvus collection {info['collection']!r}",
+                f"  dim {info['dim']}, space {info['space']}, index {json.dumps(info['index'])}, ef {info['ef']}"], []
+
+    return report_info(args, url, _open(url, args), lines, "Milvus", "exact scan")
+
+
+def report_info(args: argparse.Namespace, name: str, index: Any,
+                lines: Callable[[dict[str, Any]], tuple[list[str], list[str]]], approx: str, exact: str) -> int:
+    """``clipq index info`` of any store: its ``info()`` (and ``--recall``) as JSON or as text.
+
+    Args:
+        lines: info -> (the lines before the model line, the lines after it) that describe the store.
+        approx / exact: what the recall line calls the store's search and the exact one.
+    """
+    info = {"index": name, **index.info()}
     if args.recall:
         info["recall"] = index.recall_check(k=args.k, n_queries=args.queries).to_dict()
     if args.json:
         print_json(info)
         return 0
+    head, tail = lines(info)
     model = info["model_id"] or "unknown"
-    print(f"{url}: {info['count']} items in Milvus collection {info['collection']!r}")
-    print(f"  dim {info['dim']}, space {info['space']}, index {json.dumps(info['index'])}, ef {info['ef']}")
-    print(f"  model {model[:16]}{'...' if len(model) > 16 else ''}")
+    print("\n".join([*head, f"  model {model[:16]}{'...' if len(model) > 16 else ''}", *tail]))
     if args.recall:
         r = info["recall"]
         print(
             f"  recall@{r['k']} {r['recall']:.4f} (min {r['min_recall']:.2f}) on {r['n_queries']} queries at "
-            f"ef {r['ef']}; Milvus {r['hnsw_qps']:.0f} QPS vs exact scan {r['exact_qps']:.0f} QPS"
+            f"ef {r['ef']}; {approx} {r['hnsw_qps']:.0f} QPS vs {exact} {r['exact_qps']:.0f} QPS"
         )
     return 0

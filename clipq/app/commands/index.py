@@ -205,22 +205,10 @@ def run_info(args: argparse.Namespace) -> int:
 
     if (url := store_target(args, None)) is not None:
         return store_cli.run_info(args, url)
-    index = ImageIndex.load(args.index)
-    info = {"index": args.index, **index.info()}
-    if args.recall:
-        info["recall"] = index.recall_check(k=args.k, n_queries=args.queries).to_dict()
-    if args.json:
-        print_json(info)
-        return 0
-    model = info["model_id"] or "unknown"
-    print(f"{args.index}: {info['count']} items ({info['deleted']} deleted, capacity {info['capacity']})")
-    print(f"  dim {info['dim']}, space {info['space']}, M {info['M']}, ef_construction {info['ef_construction']}, ef {info['ef']}")
-    print(f"  model {model[:16]}{'...' if len(model) > 16 else ''}")
-    print("\n".join(index_engine.describe(info)))
-    if args.recall:
-        r = info["recall"]
-        print(
-            f"  recall@{r['k']} {r['recall']:.4f} (min {r['min_recall']:.2f}) on {r['n_queries']} queries at ef {r['ef']}; "
-            f"HNSW {r['hnsw_qps']:.0f} QPS vs exact {r['exact_qps']:.0f} QPS"
-        )
-    return 0
+
+    def lines(info: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return [f"{args.index}: {info['count']} items ({info['deleted']} deleted, capacity {info['capacity']})",
+                f"  dim {info['dim']}, space {info['space']}, M {info['M']}, ef_construction {info['ef_construction']}, "
+                f"ef {info['ef']}"], list(index_engine.describe(info))
+
+    return store_cli.report_info(args, args.index, ImageIndex.load(args.index), lines, "HNSW", "exact")
