@@ -24,7 +24,9 @@ scalar quantiser on the data (0.947, 0.981 after rescoring), and because faiss b
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,10 @@ FAISS_ENGINES = {"sq8": "QT_8bit", "sq4": "QT_4bit", "ivfpq": None}
 MIN_TRAIN = 1000
 #: vectors a quantiser is fitted on at most (a random sample of the collection)
 TRAIN_SAMPLE = 200_000
+#: collections from this size log the fitting and encoding as they go
+PROGRESS_FROM = 1_000_000
+
+log = logging.getLogger(__name__)
 #: queries rescored per step (bounds the gathered [queries, candidates, dim] block)
 _RESCORE_STEP = 64
 
@@ -220,10 +226,21 @@ class FaissGraph:
             qtype = getattr(faiss.ScalarQuantizer, FAISS_ENGINES[self.kind])
             index = faiss.IndexHNSWSQ(self.dim, qtype, self.M, metric)
             index.hnsw.efConstruction = self.ef_construction
+        big = self._n >= PROGRESS_FROM
+        if big:
+            log.info("%s: fitting the codes on %d of %d vectors", self.kind, len(x), self._n)
+        t0 = t_log = time.perf_counter()
         with _threads(faiss, num_threads):
             index.train(x)
+            if big:
+                log.info("%s: codes fitted in %.0f s; encoding %d vectors", self.kind, time.perf_counter() - t0, self._n)
             for chunk in self.vectors.chunks():
                 index.add(np.ascontiguousarray(chunk))
+                if big and time.perf_counter() - t_log > 30:  # long work shows progress
+                    log.info("%s: %d of %d vectors encoded", self.kind, index.ntotal, self._n)
+                    t_log = time.perf_counter()
+        if big:
+            log.info("%s: %d vectors indexed in %.0f s", self.kind, self._n, time.perf_counter() - t0)
         self.index = index
 
     def rebuilt(self, labels: list[int], num_threads: int = -1) -> FaissGraph:
