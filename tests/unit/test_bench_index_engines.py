@@ -27,7 +27,13 @@ def test_engine_bench_writes_every_engine(tmp_path):
     for engine, b in res["builds"].items():
         assert b["params"]["name"] == engine and b["engine_bytes_per_vector"] > 0 and b["disk_bytes_per_vector"] > 0
         rows = [r for r in res["rows"] if r["engine"] == engine]
-        assert [(r["value"], r["rescore"]) for r in rows] == ENGINE_SWEEPS[engine]
+        got, sweep = [(r["value"], r["rescore"]) for r in rows], ENGINE_SWEEPS[engine]
+        assert got[: len(sweep)] == sweep
+        # below recall 0.99 the last setting's knob doubles, up to the engine's cap
+        last_knob, last_rescore = sweep[-1]
+        assert got[len(sweep):] == [(last_knob * 2 ** (i + 1), last_rescore) for i in range(len(got) - len(sweep))]
+        if len(got) > len(sweep):
+            assert max(r["recall"] for r in rows[:-1]) < 0.99
         assert all(0.0 <= r["recall"] <= 1.0 and r["qps_1t"] > 0 for r in rows)
         assert max(r["recall"] for r in rows) >= 0.9
         assert res["wrapper"][engine]["clipq_qps"] > 0 and res["wrapper"][engine]["raw_qps"] > 0

@@ -171,7 +171,7 @@ def run_engines(args: argparse.Namespace) -> int:
                 f"{engine}: resident {resident / n:.0f} B/vector after load (engine {engine_file / n:.0f}), "
                 f"disk {sum(files.values()) / n:.0f} B/vector, load {load_s:.1f} s"
             )
-            for knob, rescore in ENGINE_SWEEPS[engine] if engine in ENGINE_SWEEPS else []:
+            def measure(knob: int, rescore: int, index: Any = index, engine: str = engine) -> float:
                 if engine == "ivfpq":
                     index.set_search_params(nprobe=knob, rescore=rescore)
                 else:
@@ -193,6 +193,17 @@ def run_engines(args: argparse.Namespace) -> int:
                     f"{engine:8s} {row['knob']}={knob:<4d} rescore={rescore:<4d} recall@{K} {rec:.4f} "
                     f"{row['qps_1t']:8.0f} QPS 1t ({row['speedup']:.0f}x exact)"
                 )
+                return rec
+
+            sweep = ENGINE_SWEEPS.get(engine, [])
+            best = max((measure(knob, rescore) for knob, rescore in sweep), default=0.0)
+            # a larger collection needs a wider search: double the last setting's knob until recall
+            # 0.99 or the knob's cap (every IVF list; ef 2,048)
+            knob, rescore = sweep[-1] if sweep else (64, 0)
+            cap = int(index.engine_params().get("nlist") or 0) if engine == "ivfpq" else 2048
+            while best < 0.99 and knob * 2 <= cap:
+                knob *= 2
+                best = max(best, measure(knob, rescore))
             point = _best(rows, engine, TARGET_RECALL) or max(
                 (r for r in rows if r["engine"] == engine), key=lambda r: r["recall"]
             )
