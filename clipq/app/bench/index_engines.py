@@ -120,6 +120,7 @@ def run_engines(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_clusters = max(8, n // 100)
+    load_start = round(os.getloadavg()[0], 2)
     stream = bool(opt("index_stream")) or n * dim * 4 > STREAM_BYTES
     _log(f"index engines bench: {n} x {dim}, {n_clusters} clusters, {nq} queries, k={K}, M={M}, efc={efc}"
          + (" (streamed: the floats never held in memory at once)" if stream else ""))
@@ -221,6 +222,7 @@ def run_engines(args: argparse.Namespace) -> int:
     result = {
         "target": "index-engines",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "machine": _machine(),
         "versions": _versions(),
         "config": {
@@ -402,7 +404,9 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines = [
         f"# Index engines: {c['n']:,} x {c['dim']} clustered unit vectors, {c['queries']} queries, k = {c['k']}",
         "",
-        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores (shared machine); {res['date']}. "
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; {res['date']}; 1-minute load average "
+        f"{res.get('load_average', {}).get('start', '?')} at the start, {res.get('load_average', {}).get('end', '?')} "
+        "at the end (above 0 while it runs: its own threads; compare within a run on a shared machine). "
         f"HNSW M {c['M']}, ef_construction {c['ef_construction']}, {c['threads']} build threads; "
         f"queries on one thread. Exact batched numpy on {c['threads']} threads: {res['exact_qps']:.1f} queries/s.",
         "",
