@@ -77,12 +77,15 @@ IVF_TRAIN_PER_LIST = 64
 
 
 def ivf_lists(n: int) -> int:
-    """IVF lists for ``n`` vectors: sqrt(n) (1,000 for 1M), with at least 39 training points per list.
+    """IVF lists for ``n`` vectors: 4 sqrt(n) (4,000 for 1M; faiss's guide says 4-16 sqrt(n)), with at
+    least 39 training points per list.
 
-    sqrt(n) rather than faiss's suggested 4-16 sqrt(n): training (k-means) and assigning cost grow with
-    the lists, and on a 2-core machine 4,000 lists for 1M vectors would take most of an hour to train.
+    Measured on 1M x 512 clustered vectors (2-core Zen 5, PQ 64 x 4-bit, rescore 100, one query
+    thread): 1,000 lists gave recall@10 0.936 at nprobe 128 (5,938 queries/s), 2,000 lists 0.960 at
+    nprobe 64 (8,772), 4,000 lists 0.981 at nprobe 8 (10,800); training 4,000 lists on 200,000 vectors
+    took 34 s and encoding 1M 19 s on 2 threads.
     """
-    return int(max(1, min(np.sqrt(max(n, 1)), n // 39, 65536)))
+    return int(max(1, min(4 * np.sqrt(max(n, 1)), n // 39, 65536)))
 
 
 def pq_subquantizers(dim: int) -> int:
@@ -214,7 +217,8 @@ class FaissGraph:
         size = TRAIN_SAMPLE
         if self.kind == "ivfpq":
             self.nlist = self.nlist or ivf_lists(live.size)
-            size = min(size, max(IVF_TRAIN_PER_LIST * self.nlist, 10_000))
+            # 64 points a list, at least faiss's 39 a list where that is more than TRAIN_SAMPLE
+            size = min(max(size, 39 * self.nlist), max(IVF_TRAIN_PER_LIST * self.nlist, 10_000))
         sample = np.sort(rng.choice(live, size=min(size, live.size), replace=False))
         x = self.vectors.rows(sample)
         metric = faiss.METRIC_L2 if self.space == "l2" else faiss.METRIC_INNER_PRODUCT
