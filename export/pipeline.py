@@ -431,6 +431,11 @@ class _Exporter:
             if r.static and calibration is None:
                 results[r.name] = {"skipped": "static quantisation needs --data for calibration"}
                 continue
+            if not r.static and any(not results[k]["recipe"]["static"] for k in cands):
+                # dynamic graphs depend on their batch and are never the default: one opt-in is enough
+                # (the other recipes cost about 15 s each on a SigLIP-base tower at import)
+                results[r.name] = {"skipped": "a dynamic recipe already passed; dynamic graphs are opt-in only"}
+                continue
             path = self.cand_dir / f"{name}.{r.name}.int8.onnx"
             try:
                 quantize_int8(base, path, r, calibration=calibration, input_names=[t.name for t in spec.inputs])
