@@ -284,6 +284,9 @@ def export_parity(manifest: dict[str, Any]) -> str:
             continue
         if spec.get("default_variant") == "int8":
             why = RECIPES.get(i8.get("recipe"), i8.get("recipe", "?"))
+        elif i8.get("batch_invariant") is False:
+            inv = (i8.get("batch_invariance") or {}).get("max_rel", float("nan"))
+            why = f"{RECIPES.get(i8.get('recipe'), i8.get('recipe', '?'))}; opt-in only: moves {100 * inv:.1f} % with its batch"
         elif not i8.get("meets_target", True):
             why = f"not adopted: below {i8.get('target_min_cos', '?'):g}"
         else:
