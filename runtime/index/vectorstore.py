@@ -26,8 +26,23 @@ import numpy as np
 
 #: rows copied per step when a store is written (bounds the extra memory of a save)
 _COPY_ROWS = 65536
-#: tail rows kept in memory before they are written to a mapped segment
-SPILL_ROWS = int(os.environ.get("CLIPQ_SPILL_ROWS", str(1 << 20)))
+#: tail rows kept in memory before they are written to a mapped segment (``CLIPQ_SPILL_ROWS`` overrides)
+SPILL_ROWS = 1 << 20
+
+
+def _spill_rows() -> int:
+    raw = os.environ.get("CLIPQ_SPILL_ROWS")
+    if raw is None:
+        return SPILL_ROWS
+    try:
+        rows = int(raw)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"CLIPQ_SPILL_ROWS must be a number of rows >= 0 (0: never spill), not {raw!r}")
+    return rows
 
 
 class FloatStore:
@@ -46,7 +61,7 @@ class FloatStore:
         self._starts = np.cumsum([0, *(s.shape[0] for s in self._segments)], dtype=np.int64)
         self._tail = np.zeros((0, self.dim), np.float32)
         self._tail_len = 0
-        self.spill_rows = SPILL_ROWS if spill_rows is None else int(spill_rows)
+        self.spill_rows = _spill_rows() if spill_rows is None else int(spill_rows)
         self._spill_dir: Path | None = None
 
     @classmethod

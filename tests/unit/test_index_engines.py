@@ -283,3 +283,15 @@ def test_running_top_k_over_blocks_is_exact_top_k(data, space):
     want_idx, want_sc = exact_topk(q, x, 10, space=space)
     np.testing.assert_allclose(got_sc, want_sc, atol=1e-5)
     assert (got_idx == want_idx).mean() > 0.99  # ties of equal score may swap
+
+
+def test_a_bad_spill_size_is_a_typed_error(monkeypatch):
+    from clipq.runtime.index.vectorstore import FloatStore
+
+    monkeypatch.setenv("CLIPQ_SPILL_ROWS", "lots")
+    with pytest.raises(InvalidInputError, match="CLIPQ_SPILL_ROWS .*'lots'"):
+        FloatStore(8)
+    monkeypatch.setenv("CLIPQ_SPILL_ROWS", "0")
+    store = FloatStore(8)
+    store.append(np.zeros((5000, 8), np.float32))
+    assert store.spill_rows == 0 and store.spilled_segments == 0 and len(store) == 5000
