@@ -126,18 +126,17 @@ def run_engines(args: argparse.Namespace) -> int:
     stream = bool(opt("index_stream")) or n * dim * 4 > STREAM_BYTES
     _log(f"index engines bench: {n} x {dim}, {n_clusters} clusters, {nq} queries, k={K}, M={M}, efc={efc}"
          + (" (streamed: the floats never held in memory at once)" if stream else ""))
-    tmp_root = Path(tempfile.mkdtemp(prefix="clipq-engines-", dir=opt("index_tmp")))
-    if stream:
-        q, truth_ids, exact_qps, build = _streamed(n, dim, n_clusters, nq, threads, M, efc)
-    else:
-        q, truth_ids, exact_qps, build = _in_memory(n, dim, n_clusters, nq, threads, M, efc, tmp_root)
-    _log(f"exact batched numpy ({threads} threads): {exact_qps:.1f} QPS")
-
     builds: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     wrapper: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    try:
+    tmp_root = Path(tempfile.mkdtemp(prefix="clipq-engines-", dir=opt("index_tmp")))
+    try:  # the collection's file (in memory: 2 GB at 1M) and the saved indexes go with tmp_root
+        if stream:
+            q, truth_ids, exact_qps, build = _streamed(n, dim, n_clusters, nq, threads, M, efc)
+        else:
+            q, truth_ids, exact_qps, build = _in_memory(n, dim, n_clusters, nq, threads, M, efc, tmp_root)
+        _log(f"exact batched numpy ({threads} threads): {exact_qps:.1f} QPS")
         for engine in engines:
             gc.collect()
             need = memory_estimate(engine, n, dim, M)
