@@ -380,12 +380,14 @@ class RunningTopK:
         self.idx = np.full((self.q.shape[0], 0), -1, np.int64)
         self.sc = np.zeros((self.q.shape[0], 0), np.float32)
         self.seen = 0
+        self._q_sq = (self.q * self.q).sum(axis=1, keepdims=True) if space == "l2" else None
 
     def update(self, block: np.ndarray) -> None:
         """Score the next ``block`` [B, D] of rows (numbered from the rows already seen)."""
-        scores = self.q @ np.asarray(block, dtype=np.float32).T
-        if self.space == "l2":
-            scores = 2.0 * scores - (block * block).sum(axis=1)[None, :] - (self.q * self.q).sum(axis=1, keepdims=True)
+        block = np.asarray(block, dtype=np.float32)
+        scores = self.q @ block.T
+        if self._q_sq is not None:
+            scores = 2.0 * scores - (block * block).sum(axis=1)[None, :] - self._q_sq
         idx = np.concatenate([self.idx, np.broadcast_to(np.arange(self.seen, self.seen + block.shape[0]), scores.shape)], 1)
         sc = np.concatenate([self.sc, scores], 1)
         if sc.shape[1] > self.k:
