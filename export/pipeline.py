@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from clipq.runtime import specs
-from clipq.runtime.errors import ArtifactError, ClipqError, ParityError
+from clipq.runtime.errors import ArtifactError, ClipqError, MissingDependencyError, ParityError
 from clipq.runtime.manifest import Manifest, ModelSpec
 
 from .graphs import DEFAULT_OPSET, count_ops, export_onnx
@@ -303,7 +303,7 @@ class _Exporter:
             spec.variants["fp16"] = self._record(p16)
             rep.files["fp16"] = spec.variants["fp16"]
         if opts.openvino:
-            self._openvino(name, spec, fp32, samples, reference, rep, bool(n_matmul))
+            self._openvino(name, spec, fp32, samples, reference, rep, bool(n_matmul), self._held_out(spec, torch_run))
 
         # the CPU default: the fastest adopted graph of the last interleaved timing, and only if
         # it beats fp32 by the required margin
@@ -392,8 +392,23 @@ class _Exporter:
         rep.decisions["optimize"] = decision
         return fp32, "fp32"
 
+    def _held_out(self, spec: ModelSpec, torch_run: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> Any:
+        """Photos the calibration never saw and PyTorch's outputs on them, for an image graph whose
+        parity images are synthetic (no ``--data``); None otherwise or without scikit-image."""
+        from .calibration import held_out_photos
+
+        if self.factory.images or "pixel_values" not in {t.name for t in spec.inputs}:
+            return None
+        try:
+            photos = held_out_photos()
+        except MissingDependencyError:
+            return None
+        n = min(len(photos), max(spec.max_batch_size, 1))
+        feeds = SampleFactory(self.m, seed=self.opts.seed + 3, images=photos).inputs(spec, n)
+        return feeds, torch_run(feeds)
+
     def _openvino(self, name: str, spec: ModelSpec, fp32: Path, samples: Mapping[int, Mapping[str, np.ndarray]],
-                  reference: Mapping[int, np.ndarray], rep: NetworkReport, int8: bool) -> None:
+                  reference: Mapping[int, np.ndarray], rep: NetworkReport, int8: bool, held_out: Any = None) -> None:
         from .calibration import CalibrationSample
         from .openvino import OV_DIR, openvino_variants  # imports openvino only when asked for
 
@@ -405,7 +420,8 @@ class _Exporter:
             return [f.inputs(spec, 1, offset=i) for i in range(self.opts.openvino_subset_size)], s.source
 
         res = openvino_variants(name, fp32, self.stage_dir / OV_DIR, samples, reference, items,
-                                target=INT8_TARGET.get(name, 0.999), threads=self.opts.threads, int8=int8)
+                                target=INT8_TARGET.get(name, 0.999), threads=self.opts.threads, int8=int8,
+                                held_out=held_out)
         for variant, (xml, weights) in res.files.items():
             rep.files[variant] = spec.variants[variant] = self._record(xml, OV_DIR)
             self._record(weights, OV_DIR)

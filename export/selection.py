@@ -33,7 +33,7 @@ from clipq.runtime.records import CpuDefault
 
 from .parity import batch_sizes
 from .samples import SampleFactory
-from .timing import ProcessEngine, alternating
+from .timing import ProcessEngine, alternating, completed
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,19 @@ def _score(ms: Mapping[int, float]) -> float:
     return math.exp(sum(math.log(max(v, 1e-9)) for v in ms.values()) / max(len(ms), 1))
 
 
+#: a candidate over this many times slower than the fastest at a batch of the first round is not
+#: timed further (it cannot win: the choice is a geometric mean over the batches, and engines' ratios
+#: change with the batch by well under 2x); it saves the slowest cells, the onnxruntime fp32 graph at
+#: the largest batch above all (about 20 s of a SigLIP-base import on 2 cores)
+DROP_OVER = 2.0
+
+
 def select_network(m: Manifest, name: str, *, threads: int | None = None, batches: Sequence[int] | None = None,
                    rounds: int = 2, calls: int = 5, budget_s: float = 3.0, inputs: Any = None,
-                   work: Path | None = None) -> dict[str, Any]:
+                   work: Path | None = None, drop_over: float | None = DROP_OVER) -> dict[str, Any]:
     """Time every candidate of one network in its own process and return the record of the fastest.
+
+    ``drop_over``: see :data:`DROP_OVER` (None times every candidate at every batch).
 
     Returns:
         The ``cpu_default`` record (also set in ``m.models[name].meta``; the caller saves).
@@ -128,7 +137,8 @@ def select_network(m: Manifest, name: str, *, threads: int | None = None, batche
                 except Exception as err:  # noqa: BLE001 - a candidate that cannot start is not chosen
                     errors[key] = str(err)
                     log.warning("%s: %s could not be timed: %s", name, key, err)
-            secs = alternating(workers, feeds, rounds=rounds, calls=calls, budget_s=budget_s)
+            secs, dropped = completed(alternating(workers, feeds, rounds=rounds, calls=calls, budget_s=budget_s,
+                                                  drop_over=drop_over))
             info = {k: w.info for k, w in workers.items()}
         finally:
             for w in workers.values():
@@ -146,13 +156,17 @@ def select_network(m: Manifest, name: str, *, threads: int | None = None, batche
         "ms": {k: {str(b): round(x, 4) for b, x in v.items()} for k, v in ms.items()},
         "score_ms": {k: round(x, 4) for k, x in scores.items()},
         "batches": sizes, "rounds": rounds, "not_timed": errors,
+        "dropped": {k: {"ms": {str(b): x for b, x in v.items()},
+                        "why": f"over {drop_over}x the fastest at batch {max(v)} in the first round"}
+                    for k, v in dropped.items()},
         "method": "each engine in its own process, alternating rounds; best per-round median; geometric mean over batches",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "remeasure": RETUNE_COMMAND.format(root=m.root),
     })
     record.store(spec)
-    log.info("%s: CPU default %s (%s)", name, best,
-             ", ".join(f"{k} {scores[k]:.2f} ms" for k in sorted(scores, key=scores.get)))
+    log.info("%s: CPU default %s (%s)%s", name, best,
+             ", ".join(f"{k} {scores[k]:.2f} ms" for k in sorted(scores, key=scores.get)),
+             "".join(f"; {k} dropped: {max(v.values()):.2f} ms at batch {max(v)}" for k, v in dropped.items()))
     return record.to_dict()
 
 
@@ -170,7 +184,7 @@ def _versions() -> dict[str, str]:
 
 def select_engines(m: Manifest, networks: Sequence[str] | None = None, *, threads: int | None = None,
                    batches: Sequence[int] | None = None, rounds: int = 2, calls: int = 5, budget_s: float = 3.0,
-                   inputs: Any = None, save: bool = True) -> dict[str, Any]:
+                   inputs: Any = None, save: bool = True, drop_over: float | None = DROP_OVER) -> dict[str, Any]:
     """:func:`select_network` for each network with a graph; saves the manifest.
 
     Args:
@@ -179,6 +193,7 @@ def select_engines(m: Manifest, networks: Sequence[str] | None = None, *, thread
         threads: Threads of every engine (default: the engines' own default, every core).
         batches: Batch sizes (default 1, 8 and the largest served batch).
         rounds, calls, budget_s: Alternating rounds; calls and seconds per (engine, batch) cell.
+        drop_over: See :data:`DROP_OVER`.
         inputs: Real example inputs (:class:`~clipq.export.pipeline.ExportInputs`) for the timing feeds.
         save: Write the manifest afterwards.
 
@@ -189,7 +204,7 @@ def select_engines(m: Manifest, networks: Sequence[str] | None = None, *, thread
         log.warning("openvino is not installed: only onnxruntime variants are timed (pip install 'clipq[openvino]')")
     names = [n for n in (networks or list(m.models)) if n in m.models and m.models[n].file]
     out = {n: select_network(m, n, threads=threads, batches=batches, rounds=rounds, calls=calls, budget_s=budget_s,
-                             inputs=inputs) for n in names}
+                             inputs=inputs, drop_over=drop_over) for n in names}
     if save:
         m.save()
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,28 +207,49 @@ class ProcessEngine:
 
 
 def alternating(engines: Mapping[str, ProcessEngine], feeds: Mapping[int, str | os.PathLike[str]], *, rounds: int = 2,
-                calls: int = 5, budget_s: float | None = None, pause_s: float = 0.05) -> dict[str, dict[int, list[np.ndarray]]]:
+                calls: int = 5, budget_s: float | None = None, pause_s: float = 0.05,
+                drop_over: float | None = None) -> dict[str, dict[int, list[np.ndarray]]]:
     """Time every engine at every batch, in alternating rounds (the order rotates each round).
 
     Args:
         engines: name -> worker.
-        feeds: batch size -> saved feeds.
+        feeds: batch size -> saved feeds (timed in this order: smallest first gives ``drop_over`` its
+            cheapest evidence).
         rounds: Rounds; in each, every (batch, engine) gets one cell of up to ``calls`` calls.
         calls, budget_s: Calls per cell, and seconds after which a cell stops (at least one call).
         pause_s: Idle time between cells, so the previous engine's worker threads settle.
+        drop_over: In the first round, an engine whose median at a batch is over this many times the
+            fastest engine's there is not timed further (its cells stop where it was dropped). None
+            times every engine everywhere.
 
     Returns:
-        name -> batch -> one array of per-call seconds per round.
+        name -> batch -> one array of per-call seconds per round (fewer for a dropped engine).
     """
     names = list(engines)
     out: dict[str, dict[int, list[np.ndarray]]] = {n: {b: [] for b in feeds} for n in names}
+    dropped: set[str] = set()
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)] if names else []
         for b, path in feeds.items():
-            for n in order:
+            live = [n for n in order if n not in dropped]
+            for n in live:
                 out[n][b].append(engines[n].time(path, calls=calls, warmup=1 if r == 0 else 0, budget_s=budget_s))
                 time.sleep(pause_s)
+            if drop_over is not None and r == 0 and len(live) > 1:
+                med = {n: float(np.median(out[n][b][-1])) for n in live}
+                fastest = min(med.values())
+                dropped.update(n for n in live if med[n] > drop_over * fastest)
     return out
+
+
+def completed(secs: Mapping[str, Mapping[int, Sequence[np.ndarray]]]) -> tuple[dict[str, dict[int, list[np.ndarray]]],
+                                                                             dict[str, dict[int, float]]]:
+    """Split :func:`alternating`'s result: the engines timed at every batch, and the dropped ones with
+    the median ms of each batch they were timed at."""
+    full = {k: {b: list(v) for b, v in per.items()} for k, per in secs.items() if all(per.values())}
+    dropped = {k: {b: round(float(np.median(v[0])) * 1e3, 4) for b, v in per.items() if v}
+               for k, per in secs.items() if k not in full}
+    return full, dropped
 
 
 def _load_feeds(path: str, cache: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -419,7 +419,8 @@ def test_import_command_int8_default_within_its_gate(tmp_path, capsys):
             assert spec.parity[variant]["passed"] and spec.parity[variant]["min_cos"] >= REDUCED.min_cos
         rec = CpuDefault.of(spec)
         assert rec is not None and rec.measured_like(host), f"{name}: no CPU default measured on this machine"
-        assert set(rec.details["ms"]) >= {"onnxruntime/fp32", "openvino/ov_fp32"}  # both engines were timed
+        # both engines were timed (one over 2x slower at batch 1 is dropped after that batch)
+        assert set(rec.details["ms"]) | set(rec.details["dropped"]) >= {"onnxruntime/fp32", "openvino/ov_fp32"}
         runs_fp32 = (rec.engine, rec.variant) == ("onnxruntime", "fp32")
         gate[name] = FP32.min_cos if runs_fp32 else REDUCED.min_cos  # OpenVINO's IR may compute in bf16
     images = h._photos(4, seed=5)

@@ -12,6 +12,8 @@ import json
 import logging
 import shutil
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _require import require_module
@@ -151,6 +153,8 @@ def test_export_writes_gated_openvino_variants(ov_artifacts):
         p = spec.parity["ov_fp32"]
         assert p["min_cos"] >= p["target_min_cos"] >= 0.998 and set(p["batches"]) == {"1", "8", str(spec.max_batch_size)}
         assert spec.meta["openvino"]["ov_fp32"]["precision"] in ("bf16", "f32")
+        takes_pixels = any(t.name == "pixel_values" for t in spec.inputs)  # synthetic parity images: photos too
+        assert ("held_out" in p) == takes_pixels and (not takes_pixels or p["held_out"]["min_cos"] >= p["target_min_cos"])
         assert "task_metrics" in p  # the task gate ran on it
         dec = spec.meta["export"]["decisions"]["openvino"]["ov_int8"]
         assert "calibration" in dec and dec["calibration"]["source"].startswith("built-in")
@@ -176,8 +180,11 @@ def test_selection_records_cpu_default_and_connect_opens_it(ov_artifacts):
         rec = m.model(name).meta["cpu_default"]
         assert rec == report.selection[name]
         assert f"{rec['engine']}/{rec['variant']}" in rec["ms"] and set(rec["batches"]) == {1, 8}
-        assert {"onnxruntime/fp32", "openvino/ov_fp32"} <= set(rec["ms"])
+        assert {"onnxruntime/fp32", "openvino/ov_fp32"} <= set(rec["ms"]) | set(rec["dropped"])
         assert all(v > 0 for per in rec["ms"].values() for v in per.values())
+        for k, d in rec["dropped"].items():  # dropped only where over 2x the fastest at that batch
+            b = max(d["ms"], key=int)
+            assert d["ms"][b] > 2.0 * min(per[b] for per in rec["ms"].values()), (k, d)
         on = rec["measured_on"]
         assert on["cpu"] == host["cpu"] and on["threads"] == 1 and on["flags"] == host["flags"]
         assert {"amx_int8", "avx512_bf16", "avx512_vnni", "avx2"} <= set(on["flags"])
@@ -267,6 +274,61 @@ def test_timing_worker_reports_factory_errors():
 
     with pytest.raises(WorkerError, match="no_such_function"):
         ProcessEngine("clipq.export.selection:no_such_function", {}, timeout_s=120)
+
+
+def test_openvino_variants_must_also_meet_the_target_on_held_out_inputs(tiny_artifacts, tmp_path):
+    from clipq.export.openvino import openvino_variants
+
+    m, name = Manifest.load(tiny_artifacts), "clip_image"
+    ort = OrtBackend(m, variant="fp32", threads=1)
+    out = m.model(name).outputs[0].name
+    samples = {b: _feeds(m, name, b) for b in (1, 4)}
+    reference = {b: ort.infer(name, x)[out] for b, x in samples.items()}
+    feeds = _feeds(m, name, 3)
+    good = ort.infer(name, feeds)[out]
+    fp32 = Path(tiny_artifacts) / m.model(name).file
+
+    def run(held_out, where):
+        return openvino_variants(name, fp32, tmp_path / where, samples, reference, lambda: ([], "none"),
+                                 target=0.999, threads=1, int8=False, held_out=held_out)
+
+    res = run((feeds, good), "good")
+    assert "ov_fp32" in res.files and res.parity["ov_fp32"]["held_out"]["items"] == 3
+    assert res.parity["ov_fp32"]["held_out"]["min_cos"] >= 0.999
+    rotated = np.roll(good, 1, axis=1)  # outputs the graph does not give: the held-out inputs alone fail it
+    res = run((feeds, rotated), "bad")
+    assert "ov_fp32" not in res.files and "below 0.999" in res.decisions["ov_fp32"]["rejected"]
+    assert not list((tmp_path / "bad").glob("*.bin"))  # a refused IR is not left behind
+
+
+class _Timed:
+    """Stands in for a timing worker: answers each call with a fixed time per batch and counts cells."""
+
+    def __init__(self, ms: dict[str, float]):
+        self.ms, self.cells = ms, []
+
+    def time(self, path, calls=5, warmup=0, budget_s=None):
+        self.cells.append(path)
+        return np.full(calls, self.ms[path] / 1e3)
+
+
+def test_alternating_drops_an_engine_over_the_limit_after_its_first_batch():
+    from clipq.export.timing import alternating, completed
+
+    feeds = {1: "b1", 8: "b8", 32: "b32"}
+    def engines():
+        return {"fast": _Timed({"b1": 10, "b8": 60, "b32": 200}), "close": _Timed({"b1": 19, "b8": 70, "b32": 150}),
+                "slow": _Timed({"b1": 21, "b8": 400, "b32": 1600})}
+
+    e = engines()
+    full, dropped = completed(alternating(e, feeds, rounds=2, calls=3, pause_s=0, drop_over=2.0))
+    assert set(full) == {"fast", "close"} and e["slow"].cells == ["b1"]  # 2.1x at batch 1: no further cells
+    assert e["fast"].cells == e["close"].cells == ["b1", "b8", "b32"] * 2
+    assert dropped == {"slow": {1: 21.0}}
+    assert np.median(full["close"][32][1]) * 1e3 == pytest.approx(150)  # a close engine that wins later stays
+    e = engines()
+    full, dropped = completed(alternating(e, feeds, rounds=2, calls=3, pause_s=0))
+    assert set(full) == set(e) and not dropped and all(len(t.cells) == 6 for t in e.values())
 
 
 def test_task_gate_that_cannot_measure_a_variant_removes_it(ov_artifacts, tmp_path):
