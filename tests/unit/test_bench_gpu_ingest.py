@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _require import require_module
 
 
 def test_gpu_preprocess_matches_clipq_preprocessing():
     """The on-device resize + crop + normalise is CLIP's: within the runtime's pixels on a photo-like image."""
-    torch = pytest.importorskip("torch")  # the GPU script's own dependency (the train extra's torch)
+    torch = require_module("torch")  # the GPU script's own dependency (the train extra's torch)
     from PIL import Image
 
     from clipq.app.bench.gpu_ingest import MEAN, STD, gpu_preprocess
@@ -28,7 +29,7 @@ def test_gpu_preprocess_matches_clipq_preprocessing():
 
 
 def test_gpu_script_refuses_clearly_without_cuda(capsys, tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the refusal is for machines without one")
     from clipq.app.bench.gpu_ingest import main

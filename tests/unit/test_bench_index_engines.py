@@ -10,12 +10,11 @@ import argparse
 import json
 
 import numpy as np
-
-import pytest
+from _require import require_module
 
 from clipq.app.bench.index_engines import ENGINE_SWEEPS, run_engines
 
-pytest.importorskip("faiss")
+require_module("faiss")
 
 
 def test_engine_bench_writes_every_engine(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.app.batch_embed import SHARD_DIR, SUMMARY
 from clipq.app.cli import main
@@ -17,7 +18,7 @@ from clipq.runtime.index import SIDECAR_NAME, ImageIndex
 from clipq.runtime.index.engines import choose_engine
 from clipq.runtime.manifest import sha256_file
 
-pytest.importorskip("faiss")
+require_module("faiss")
 
 
 def embed_dir(root: Path, n: int = 2500, dim: int = 32) -> Path:

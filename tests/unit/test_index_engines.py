@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
 from clipq.runtime.errors import (
     ConcurrentWriteError,
@@ -28,7 +29,7 @@ from clipq.runtime.errors import (
 from clipq.runtime.index import SIDECAR_NAME, ImageIndex, exact_topk
 from clipq.runtime.index.engines import ENGINES, choose_engine, memory_estimate, parse_bytes
 
-pytest.importorskip("faiss")
+require_module("faiss")
 
 DIM, N = 32, 3000
 #: recall@10 every engine reaches here at its default settings (measured: hnswlib, sq8 and sq4

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _require import require_module
 
-pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
+require_module("pymilvus")
+require_module("milvus_lite")
 
 from clipq.runtime.errors import (  # noqa: E402
     ArtifactError,

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import shutil
-
 from pathlib import Path
 
 import numpy as np
