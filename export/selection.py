@@ -68,9 +68,9 @@ def backend_runner(artifacts: str, network: str, engine: str, variant: str, thre
     backend = open_backend(engine, artifacts, variant={network: variant}, threads=threads)
     out = backend.spec(network).outputs[0].name
     info: dict[str, Any] = {"engine": engine, "variant": variant}
-    describe = getattr(backend, "describe", None)
-    if describe is not None:
-        info.update(describe(network))
+    engine_info = getattr(backend, "engine_info", None)  # OpenVINO's says the precision it compiled in
+    if engine_info is not None:
+        info.update(engine_info(network))
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         return backend.infer(network, feeds)[out]

@@ -181,6 +181,8 @@ def test_selection_records_cpu_default_and_connect_opens_it(ov_artifacts):
         assert f"{rec['engine']}/{rec['variant']}" in rec["ms"] and set(rec["batches"]) == {1, 8}
         assert {"onnxruntime/fp32", "openvino/ov_fp32"} <= set(rec["ms"]) | set(rec["dropped"])
         assert all(v > 0 for per in rec["ms"].values() for v in per.values())
+        if rec["engine"] == "openvino":  # the precision the winner was timed in, as the export checked it
+            assert rec["precision"] == m.model(name).meta["openvino"][rec["variant"]]["precision"]
         for k, d in rec["dropped"].items():  # dropped only where over 2x the fastest at that batch
             b = max(d["ms"], key=int)
             assert d["ms"][b] > 2.0 * min(per[b] for per in rec["ms"].values()), (k, d)
@@ -298,6 +300,17 @@ def test_openvino_variants_must_also_meet_the_target_on_held_out_inputs(tiny_art
     res = run((feeds, rotated), "bad")
     assert "ov_fp32" not in res.files and "below 0.999" in res.decisions["ov_fp32"]["rejected"]
     assert not list((tmp_path / "bad").glob("*.bin"))  # a refused IR is not left behind
+
+
+def test_selection_worker_reports_the_engine_and_precision(ov_artifacts):
+    from clipq.export.selection import backend_runner
+
+    root, _ = ov_artifacts
+    m = Manifest.load(root)
+    run, info = backend_runner(str(root), "clip_image", "openvino", "ov_fp32", threads=1)
+    want = m.model("clip_image").meta["openvino"]["ov_fp32"]["precision"]
+    assert info == {"engine": "openvino", "variant": "ov_fp32", "precision": want}
+    assert run(_feeds(m, "clip_image", 2)).shape == (2, m.model("clip_image").outputs[0].shape[-1])
 
 
 class _Timed:
