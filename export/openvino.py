@@ -67,8 +67,6 @@ ENDS = r"patch_embedding|/head/|_projection/"
 MINMAX_ENDS_FLOAT = NncfRecipe("minmax_ends_float", smooth_quant=-1.0, ignored=(f".*(?:{ENDS}).*",))
 SMOOTH_QUANT_ENDS_FLOAT = NncfRecipe("smooth_quant_ends_float", ignored=(f".*(?:{ENDS}).*",))
 MINMAX_ENDS_FFN_FLOAT = NncfRecipe("minmax_ends_ffn_float", smooth_quant=-1.0, ignored=(f".*(?:{ENDS}|{FFN_OUT}).*",))
-SMOOTH_QUANT = NncfRecipe("smooth_quant")  # NNCF's own default for transformers
-MINMAX = NncfRecipe("minmax", smooth_quant=-1.0)
 #: tried in this order, the first that meets the gates kept. Measured on a 2-core AMD EPYC (Zen 5),
 #: NNCF 3.4, bf16 execution, cosine against fp32 on the synthetic parity images / on photos:
 #: SigLIP-base image tower: smooth_quant 0.972 / 0.9987, minmax 0.9985 / 0.9986, smooth_quant_ends_float

@@ -98,9 +98,11 @@ def _score(ms: Mapping[int, float]) -> float:
 
 
 #: a candidate over this many times slower than the fastest at a batch of the first round is not
-#: timed further (it cannot win: the choice is a geometric mean over the batches, and engines' ratios
-#: change with the batch by well under 2x); it saves the slowest cells, the onnxruntime fp32 graph at
-#: the largest batch above all (about 20 s of a SigLIP-base import on 2 cores)
+#: timed further. On a geometric mean over three batches it could still win only by being over 1.4x
+#: faster than the leader at both others; the ratio between two engines moved by 30 % at most from
+#: batch to batch in the CLIP ViT-B/32 selection (onnxruntime fp32 / OpenVINO int8 3.1-3.7x, the
+#: OpenVINO IR 1.4-1.8x; 2-core AMD EPYC Zen 5). It saves the slowest cells, onnxruntime fp32 at the
+#: largest batch above all (about 20 s of a SigLIP-base import on 2 cores)
 DROP_OVER = 2.0
 
 
